@@ -1,0 +1,7 @@
+"""``python -m curvebench``."""
+
+import sys
+
+from curvebench.cli import main
+
+sys.exit(main())

@@ -1,0 +1,312 @@
+"""The ``curvebench`` command line: list, run and show.
+
+User errors (unknown names, bad values, missing data, missing CUDA, unwritable results
+directory) exit with status 2 and one line on stderr; nothing is written before all inputs of a
+command are validated.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import math
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NoReturn
+
+from tabulate import tabulate
+
+__all__ = ["main", "UsageError", "summary_rows", "register_command"]
+
+EXIT_USAGE = 2
+
+
+class UsageError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> NoReturn:  # one line, not usage + message
+        raise UsageError(f"{self.prog}: {message}")
+
+
+#: Extra subcommands contributed by other modules: ``name -> (add_arguments, handler)``.
+_COMMANDS: dict[str, tuple[str, Callable[[argparse.ArgumentParser], None],
+                           Callable[[argparse.Namespace], int]]] = {}
+
+
+def register_command(name: str, *, help: str,
+                     add_arguments: Callable[[argparse.ArgumentParser], None],
+                     handler: Callable[[argparse.Namespace], int]) -> None:
+    """Add a subcommand (used by the sweep and report modules)."""
+    _COMMANDS[name] = (help, add_arguments, handler)
+
+
+def _csv(text: str) -> list[str]:
+    items = [item.strip() for item in text.split(",") if item.strip()]
+    if not items:
+        raise argparse.ArgumentTypeError("expected a comma-separated list")
+    return items
+
+
+def _seeds(text: str) -> list[int]:
+    try:
+        seeds = [int(item) for item in _csv(text)]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
+    if any(seed < 0 for seed in seeds):
+        raise argparse.ArgumentTypeError("seeds must be non-negative")
+    return seeds
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"must be positive, got {value}")
+    return value
+
+
+def _positive_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {text!r}") from None
+    if not value > 0 or not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"must be positive, got {text}")
+    return value
+
+
+def _hyperparameter(text: str) -> tuple[str, str]:
+    key, sep, value = text.partition("=")
+    if not sep or not key.strip() or not value.strip():
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return key.strip(), value.strip()
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="curvebench", description=__doc__.splitlines()[0])
+    from curvebench import __version__
+
+    parser.add_argument("--version", action="version", version=f"curvebench {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    commands.add_parser("list", help="list problems and optimizers")
+
+    run = commands.add_parser("run", help="run problems × optimizers × seeds and store them")
+    run.add_argument("--problem", type=_csv, required=True, help="comma-separated names")
+    run.add_argument("--optimizer", type=_csv, required=True, help="comma-separated names")
+    run.add_argument("--hp", type=_hyperparameter, action="append", default=[],
+                     metavar="NAME=VALUE", help="hyperparameter override (repeatable)")
+    run.add_argument("--seed", type=_seeds, default=[0], help="comma-separated seeds")
+    run.add_argument("--steps", type=_positive_int, help="max optimizer steps")
+    run.add_argument("--max-seconds", type=_positive_float, help="max measured training time")
+    run.add_argument("--batch-size", type=_positive_int)
+    run.add_argument("--eval-every", type=_positive_int)
+    run.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
+    run.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    run.add_argument("--out", type=Path, default=Path("results"), help="results directory")
+    run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
+                                                   "a user cache directory)")
+    run.add_argument("--force", action="store_true", help="re-run configurations already stored")
+    run.add_argument("--no-stop-at-target", action="store_true",
+                     help="keep training after the target is reached")
+
+    show = commands.add_parser("show", help="summary table of stored runs")
+    show.add_argument("directory", type=Path)
+
+    for name, (help_text, add_arguments, _) in _COMMANDS.items():
+        add_arguments(commands.add_parser(name, help=help_text))
+    return parser
+
+
+def _list_command(args: argparse.Namespace) -> int:
+    from curvebench.optimizers import OPTIMIZERS
+    from curvebench.problems import PROBLEMS
+
+    problem_rows = [
+        [p.name, ",".join(sorted(p.tags)), p.loss, p.batch_size,
+         f"{p.target.metric} {'≤' if p.target.direction == 'min' else '≥'} {p.target.value:g}",
+         p.budget.max_steps or "", p.description]
+        for p in PROBLEMS
+    ]
+    print(tabulate(problem_rows, headers=["problem", "tags", "loss", "batch", "target",
+                                          "max steps", "description"]))
+    print()
+    optimizer_rows = [
+        [o.name, "yes" if o.needs_curvature else "", "yes" if o.supports_conv else "no",
+         ", ".join(f"{k}={v}" for k, v in o.defaults.items()), o.description]
+        for o in OPTIMIZERS
+    ]
+    print(tabulate(optimizer_rows, headers=["optimizer", "curvature", "conv", "defaults",
+                                            "description"]))
+    return 0
+
+
+def _fmt(value: Any, spec: str = ".4g") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    return format(value, spec) if isinstance(value, int | float) else str(value)
+
+
+def summary_rows(records: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
+    """Headers and rows of the one-line-per-run summary (shared by ``run`` and ``show``)."""
+    headers = ["problem", "optimizer", "hyperparameters", "seed", "status", "steps→target",
+               "s→target", "steps", "seconds", "final train loss", "final test metric"]
+    rows = []
+    for r in sorted(records, key=lambda r: (r.config.problem, r.config.optimizer,
+                                            r.config.hyperparameters, r.config.seed)):
+        from curvebench.problems import PROBLEMS
+
+        metric = PROBLEMS.get(r.config.problem).eval_metric if r.config.problem in PROBLEMS \
+            else "test_loss"
+        overrides = _non_default(r.config.optimizer, r.config.hyperparameter_dict)
+        rows.append([r.config.problem, r.config.optimizer, overrides, r.config.seed, r.status,
+                     _fmt(r.steps_to_target), _fmt(r.seconds_to_target, ".3g"), r.steps_run,
+                     _fmt(r.seconds, ".3g"), _fmt(r.final.get("train_loss")),
+                     f"{metric}={_fmt(r.final.get(metric))}"])
+    return headers, rows
+
+
+def _non_default(optimizer: str, hyperparameters: dict[str, Any]) -> str:
+    from curvebench.optimizers import OPTIMIZERS
+
+    defaults = OPTIMIZERS.get(optimizer).defaults if optimizer in OPTIMIZERS else {}
+    changed = {k: v for k, v in hyperparameters.items() if defaults.get(k) != v}
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in sorted(changed.items())) or "defaults"
+
+
+def _run_command(args: argparse.Namespace) -> int:
+    from tqdm import tqdm
+
+    from curvebench.environment import DeviceError
+    from curvebench.harness import execute, plan_run
+    from curvebench.optimizers import HyperparameterError, get_optimizer
+    from curvebench.problems import Budget, get_problem
+    from curvebench.problems.datasets import DatasetError
+    from curvebench.registry import UnknownNameError
+    from curvebench.store import RunStore, StoreError
+
+    overrides = dict(args.hp)
+    try:
+        problems = [get_problem(name) for name in args.problem]
+        optimizers = [get_optimizer(name) for name in args.optimizer]
+        configs = []
+        for problem, optimizer, seed in itertools.product(problems, optimizers, args.seed):
+            budget = problem.budget
+            if args.steps is not None or args.max_seconds is not None:
+                budget = Budget(max_steps=args.steps, max_seconds=args.max_seconds)
+            configs.append(plan_run(
+                problem=problem, optimizer=optimizer, hyperparameters=overrides, seed=seed,
+                device=args.device, budget=budget, batch_size=args.batch_size,
+                dtype=args.dtype, eval_every=args.eval_every,
+                stop_at_target=not args.no_stop_at_target))
+        if args.data_dir is not None and not args.data_dir.is_dir():
+            raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not "
+                             "a directory")
+        for problem in problems:  # load every data set before anything runs
+            from curvebench.harness import device_data
+            from curvebench.environment import resolve_device
+            from curvebench.harness import DTYPES
+
+            device_data(problem, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
+                        data_dir=args.data_dir)
+        store = RunStore(args.out)
+        store.check_writable()
+        for config in configs:  # optimizer hyperparameter ranges, checked on a real model
+            problem = get_problem(config.problem)
+            get_optimizer(config.optimizer).build(
+                model=problem.build_model(seed=0), loss=problem.make_loss(),
+                hyperparameters=config.hyperparameter_dict)
+    except (UnknownNameError, HyperparameterError, DatasetError, DeviceError, StoreError,
+            ValueError) as error:
+        raise UsageError(str(error)) from None
+
+    records = []
+    skipped = 0
+    with tqdm(total=len(configs), desc="runs", unit="run", disable=None) as runs_bar:
+        for config in configs:
+            existing = None if args.force else store.load(config)
+            if existing is not None:
+                records.append(existing)
+                skipped += 1
+                runs_bar.update()
+                continue
+            label = f"{config.problem} {config.optimizer} seed={config.seed}"
+            with tqdm(total=config.max_steps, desc=label, unit="step", leave=False,
+                      disable=None, mininterval=0.5) as steps_bar:
+                def progress(step: int, loss: float, bar=steps_bar) -> None:
+                    bar.update()
+                    if step % 50 == 0:
+                        bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+
+                record = execute(config, data_dir=args.data_dir, progress=progress)
+            store.write(record, overwrite=args.force)
+            records.append(record)
+            runs_bar.update()
+    headers, rows = summary_rows(records)
+    print(tabulate(rows, headers=headers))
+    print(f"\n{len(records) - skipped} run(s) stored in {args.out}"
+          + (f", {skipped} already stored (use --force to re-run)" if skipped else ""))
+    return 0
+
+
+def _show_command(args: argparse.Namespace) -> int:
+    from curvebench.store import RunStore
+
+    if not args.directory.is_dir():
+        raise UsageError(f"results directory {str(args.directory)!r} does not exist")
+    records, unreadable = RunStore(args.directory).scan()
+    for item in unreadable:
+        print(f"curvebench: skipped unreadable {item.path.name}: {item.reason}", file=sys.stderr)
+    if not records:
+        print(f"no runs stored in {args.directory}")
+        return 0
+    headers, rows = summary_rows(records)
+    print(tabulate(rows, headers=headers))
+    return 0
+
+
+_HANDLERS: dict[str, Callable[[argparse.Namespace], int]] = {
+    "list": _list_command,
+    "run": _run_command,
+    "show": _show_command,
+}
+
+
+def _load_plugins() -> None:
+    """Import modules that contribute subcommands (present once those features land)."""
+    import importlib
+
+    for module in ("curvebench.sweep", "curvebench.reports.cli"):
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``curvebench`` command; returns the exit status."""
+    _load_plugins()
+    try:
+        args = build_parser().parse_args(argv)
+        handler = _HANDLERS.get(args.command) or _COMMANDS[args.command][2]
+        return handler(args)
+    except UsageError as error:
+        message = " ".join(str(error).split())
+        if not message.startswith("curvebench"):
+            message = f"curvebench: error: {message}"
+        print(message, file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("curvebench: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,167 @@
+"""Problems on data that needs no files or network: synthetic teachers, digits, MNIST-1D.
+
+Targets of these problems come from tuned Adam baselines (as AlgoPerf sets its targets); each
+target's ``provenance`` says how the value was obtained.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+from torch import nn
+
+from curvebench.problems import datasets, models
+from curvebench.problems.spec import Budget, ProblemSpec, Target, register_problem
+
+__all__ = ["linreg_optimum"]
+
+_LINREG = {"n_train": 1024, "n_test": 1024, "d_in": 32, "d_out": 4, "noise": 0.1}
+
+
+@functools.lru_cache(maxsize=1)
+def _linreg_data(*, data_dir=None) -> datasets.Dataset:
+    del data_dir
+    return datasets.synthetic_regression(**_LINREG, teacher="linear", seed=0)
+
+
+def linreg_optimum() -> float:
+    """The minimal training MSE of ``synthetic-linreg`` (least squares in float64)."""
+    import torch
+
+    data = _linreg_data()
+    x = torch.cat([data.x_train.double(), torch.ones(len(data.x_train), 1, dtype=torch.float64)],
+                  dim=1)
+    solution = torch.linalg.lstsq(x, data.y_train.double()).solution
+    return float(((x @ solution - data.y_train.double()) ** 2).mean())
+
+
+def _digits(*, data_dir=None) -> datasets.Dataset:
+    del data_dir
+    return datasets.digits(seed=0)
+
+
+def _digits_autoencoder(*, data_dir=None) -> datasets.Dataset:
+    data = _digits()
+    return dataclasses.replace(data, y_train=data.x_train, y_test=data.x_test, num_classes=None)
+
+
+def _mnist1d(*, data_dir=None) -> datasets.Dataset:
+    del data_dir
+    return datasets.mnist1d(seed=0)
+
+
+def _adam(detail: str) -> str:
+    return f"Tuned Adam baseline (curvebench, CPU, float32): {detail}"
+
+
+register_problem(ProblemSpec(
+    name="synthetic-linreg",
+    description="Linear least squares, 1024×32 Gaussian inputs, 4 outputs, noise σ=0.1.",
+    model_factory=lambda: nn.Linear(32, 4),
+    loss="mse",
+    load_data=_linreg_data,
+    batch_size=128,
+    eval_metric="test_loss",
+    # The closed-form optimum of this fixed data set is 0.0096553 (see linreg_optimum()).
+    target=Target(metric="train_loss", value=0.00975, direction="min",
+                  provenance="Least-squares optimum 0.0096553 computed in closed form "
+                             "(linreg_optimum), plus 1%."),
+    budget=Budget(max_steps=2000),
+    eval_every=10,
+    tags=frozenset({"convex", "offline", "regression", "suite"}),
+    reference="Teacher-student linear regression (known optimum).",
+))
+
+register_problem(ProblemSpec(
+    name="digits-logreg",
+    description="Multinomial logistic regression on scikit-learn's 8×8 digits.",
+    model_factory=lambda: nn.Linear(64, 10),
+    loss="cross_entropy",
+    load_data=_digits,
+    batch_size=128,
+    eval_metric="test_accuracy",
+    target=Target(metric="train_loss", value=0.15, direction="min",
+                  provenance=_adam("provisional")),
+    budget=Budget(max_steps=2000),
+    eval_every=20,
+    tags=frozenset({"convex", "offline", "suite"}),
+    reference="scikit-learn digits (UCI optdigits test set, 1797 images).",
+))
+
+register_problem(ProblemSpec(
+    name="digits-mlp",
+    description="MLP 64-64-64-10 (tanh) on 8×8 digits.",
+    model_factory=lambda: models.mlp([64, 64, 64, 10], activation="tanh"),
+    loss="cross_entropy",
+    load_data=_digits,
+    batch_size=128,
+    eval_metric="test_accuracy",
+    target=Target(metric="test_accuracy", value=0.96, direction="max",
+                  provenance=_adam("provisional")),
+    budget=Budget(max_steps=3000),
+    eval_every=20,
+    tags=frozenset({"mlp", "offline", "suite"}),
+))
+
+register_problem(ProblemSpec(
+    name="digits-cnn",
+    description="CNN conv16@3-pool-conv32@3-pool-fc10 (ReLU) on 8×8 digits.",
+    model_factory=models.digits_cnn,
+    loss="cross_entropy",
+    load_data=_digits,
+    batch_size=128,
+    eval_metric="test_accuracy",
+    target=Target(metric="test_accuracy", value=0.97, direction="max",
+                  provenance=_adam("provisional")),
+    budget=Budget(max_steps=3000),
+    eval_every=20,
+    tags=frozenset({"cnn", "offline", "suite"}),
+))
+
+register_problem(ProblemSpec(
+    name="digits-autoencoder",
+    description="Autoencoder 64-32-16-32-64 (sigmoid, linear code) on 8×8 digits, sigmoid BCE.",
+    model_factory=lambda: models.autoencoder([64, 32, 16], activation="sigmoid"),
+    loss="bce_logits",
+    load_data=_digits_autoencoder,
+    batch_size=128,
+    eval_metric="test_loss",
+    target=Target(metric="train_loss", value=0.30, direction="min",
+                  provenance=_adam("provisional")),
+    budget=Budget(max_steps=3000),
+    eval_every=20,
+    tags=frozenset({"autoencoder", "mlp", "offline", "suite"}),
+))
+
+register_problem(ProblemSpec(
+    name="mnist1d-mlp",
+    description="MLP 40-100-100-10 (ReLU) on MNIST-1D (4000/1000).",
+    model_factory=lambda: models.mlp([40, 100, 100, 10], activation="relu"),
+    loss="cross_entropy",
+    load_data=_mnist1d,
+    batch_size=128,
+    eval_metric="test_accuracy",
+    target=Target(metric="test_accuracy", value=0.60, direction="max",
+                  provenance=_adam("provisional")),
+    budget=Budget(max_steps=4000),
+    eval_every=50,
+    tags=frozenset({"mlp", "offline", "suite"}),
+    reference="Greydanus 2020, 'Scaling down deep learning' (MNIST-1D).",
+))
+
+register_problem(ProblemSpec(
+    name="mnist1d-cnn",
+    description="1-D CNN (three strided conv32 layers, linear read-out) on MNIST-1D.",
+    model_factory=models.mnist1d_cnn,
+    loss="cross_entropy",
+    load_data=_mnist1d,
+    batch_size=128,
+    eval_metric="test_accuracy",
+    target=Target(metric="test_accuracy", value=0.85, direction="max",
+                  provenance=_adam("provisional")),
+    budget=Budget(max_steps=4000),
+    eval_every=50,
+    tags=frozenset({"cnn", "offline", "suite"}),
+    reference="Greydanus 2020, 'Scaling down deep learning' (MNIST-1D).",
+))
