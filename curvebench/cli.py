@@ -111,6 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--out", type=Path, default=Path("results"), help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
                                                    "a user cache directory)")
+    run.add_argument("--offline", action="store_true",
+                     help="never download data sets (same as CURVEBENCH_OFFLINE=1)")
     run.add_argument("--force", action="store_true", help="re-run configurations already stored")
     run.add_argument("--no-stop-at-target", action="store_true",
                      help="keep training after the target is reached")
@@ -183,8 +185,8 @@ def _non_default(optimizer: str, hyperparameters: dict[str, Any]) -> str:
 def _run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from curvebench.environment import DeviceError
-    from curvebench.harness import execute, plan_run
+    from curvebench.environment import DeviceError, resolve_device
+    from curvebench.harness import DTYPES, device_data, execute, plan_run
     from curvebench.optimizers import HyperparameterError, get_optimizer
     from curvebench.problems import Budget, get_problem
     from curvebench.problems.datasets import DatasetError
@@ -192,6 +194,12 @@ def _run_command(args: argparse.Namespace) -> int:
     from curvebench.store import RunStore, StoreError
 
     overrides = dict(args.hp)
+    if args.offline:
+        import os
+
+        from curvebench.problems.file_problems import OFFLINE_ENV
+
+        os.environ[OFFLINE_ENV] = "1"
     try:
         problems = [get_problem(name) for name in args.problem]
         optimizers = [get_optimizer(name) for name in args.optimizer]
@@ -209,19 +217,15 @@ def _run_command(args: argparse.Namespace) -> int:
             raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not "
                              "a directory")
         for problem in problems:  # load every data set before anything runs
-            from curvebench.harness import device_data
-            from curvebench.environment import resolve_device
-            from curvebench.harness import DTYPES
-
             device_data(problem, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
                         data_dir=args.data_dir)
-        store = RunStore(args.out)
-        store.check_writable()
         for config in configs:  # optimizer hyperparameter ranges, checked on a real model
             problem = get_problem(config.problem)
             get_optimizer(config.optimizer).build(
                 model=problem.build_model(seed=0), loss=problem.make_loss(),
                 hyperparameters=config.hyperparameter_dict)
+        store = RunStore(args.out)
+        store.check_writable()  # last: creates the directory only for a valid command
     except (UnknownNameError, HyperparameterError, DatasetError, DeviceError, StoreError,
             ValueError) as error:
         raise UsageError(str(error)) from None

@@ -11,7 +11,7 @@ import functools
 import math
 import resource
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -22,7 +22,7 @@ from curvebench.batches import ShuffledBatches
 from curvebench.environment import environment_info, resolve_device
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers import CurvatureOptimizer, OptimizerSpec, get_optimizer
-from curvebench.problems import Budget, ProblemSpec, get_problem
+from curvebench.problems import Budget, ProblemSpec, Target, get_problem
 from curvebench.records import RunConfig, RunRecord, Status
 from curvebench.timing import PhaseTimer, synchronized_clock
 
@@ -31,6 +31,7 @@ __all__ = [
     "execute",
     "run",
     "evaluate",
+    "first_reaching",
     "DeviceData",
     "device_data",
     "DTYPES",
@@ -180,6 +181,20 @@ def _mean_loss(model, loss, inputs, targets, *, accuracy: bool) -> tuple[float, 
     return mean, (correct / max(count, 1)).item() if accuracy else math.nan
 
 
+def first_reaching(*, steps: Sequence[int], seconds: Sequence[float], values: Sequence[float],
+                   target: Target) -> tuple[int, float] | None:
+    """The ``(step, seconds)`` of the first evaluation whose value meets ``target``, or None.
+
+    This is the definition of steps- and seconds-to-target: targets are checked only at
+    evaluations, so the answer is the first evaluation step at which the held-out (or full
+    training-set) metric meets the threshold; NaN never meets it.
+    """
+    for step, second, value in zip(steps, seconds, values, strict=True):
+        if target.is_met(float(value)):
+            return int(step), float(second)
+    return None
+
+
 class _Columns:
     """Per-step columns that may gain new keys at any step (earlier rows filled with NaN)."""
 
@@ -265,8 +280,11 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
         nonlocal steps_to_target, seconds_to_target
         metrics = evaluate(model, loss_fn, data)
         evaluations.append({"step": step, "seconds": seconds, **metrics})
-        if steps_to_target is None and target.is_met(metrics[target.metric]):
-            steps_to_target, seconds_to_target = step, seconds
+        if steps_to_target is None:
+            reached = first_reaching(steps=[step], seconds=[seconds],
+                                     values=[metrics[target.metric]], target=target)
+            if reached is not None:
+                steps_to_target, seconds_to_target = reached
         return all(math.isfinite(v) for k, v in metrics.items() if k.endswith("loss"))
 
     record_evaluation()

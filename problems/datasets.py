@@ -543,7 +543,7 @@ def download_file(
         fd, tmp_name = tempfile.mkstemp(dir=dest.parent, prefix=f".{dest.name}.", suffix=".part")
         tmp = Path(tmp_name)
         try:
-            hasher = hashlib.new(algo)
+            hasher = hashlib.new(algo, usedforsecurity=False)
             request = urllib.request.Request(url, headers={"User-Agent": "curvebench"})
             with (
                 os.fdopen(fd, "wb") as out,

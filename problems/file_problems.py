@@ -7,23 +7,32 @@ targets are taken from the literature, and each ``provenance`` says so.
 from __future__ import annotations
 
 import dataclasses
+import os
 
 from torch import nn
 
 from curvebench.problems import datasets, models
 from curvebench.problems.spec import Budget, ProblemSpec, Target, register_problem
 
+#: Set this environment variable to 1 to never download (missing files are an error at once).
+OFFLINE_ENV = "CURVEBENCH_OFFLINE"
+
+
+def downloads_allowed() -> bool:
+    """False when ``CURVEBENCH_OFFLINE`` is set to a true value (``--offline`` sets it)."""
+    return os.environ.get(OFFLINE_ENV, "").strip().lower() not in {"1", "true", "yes", "on"}
+
 
 def _mnist(*, data_dir=None) -> datasets.Dataset:
-    return datasets.mnist(data_dir=data_dir)
+    return datasets.mnist(data_dir=data_dir, download=downloads_allowed())
 
 
 def _fashion(*, data_dir=None) -> datasets.Dataset:
-    return datasets.fashion_mnist(data_dir=data_dir)
+    return datasets.fashion_mnist(data_dir=data_dir, download=downloads_allowed())
 
 
 def _cifar10(*, data_dir=None) -> datasets.Dataset:
-    return datasets.cifar10(data_dir=data_dir)
+    return datasets.cifar10(data_dir=data_dir, download=downloads_allowed())
 
 
 def _mnist_autoencoder(*, data_dir=None) -> datasets.Dataset:

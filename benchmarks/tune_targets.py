@@ -1,0 +1,63 @@
+"""Set the offline problems' targets from a tuned Adam baseline (as AlgoPerf does).
+
+For each offline problem, Adam runs over a learning-rate grid and several seeds with the
+problem's full budget (training does not stop at the target; evaluations every
+max(eval_every, 50) steps). For each learning rate we take,
+per seed, the best value of the target's metric over all evaluations; the tuned learning rate is
+the one with the best worst-seed value. That worst-seed value, rounded to the loose side, is the
+target: the tuned baseline reaches it in every seed.
+
+    python benchmarks/tune_targets.py [--problems a,b] [--seeds 0,1] > targets.txt
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+
+import numpy as np
+
+from curvebench.harness import run
+from curvebench.problems import PROBLEMS
+
+LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+
+
+def best_value(record, metric: str, direction: str) -> float:
+    values = np.array(record.evaluations[metric], dtype=float)
+    values = values[np.isfinite(values)]
+    if not len(values):
+        return math.nan
+    return float(values.min() if direction == "min" else values.max())
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--problems", default="")
+    parser.add_argument("--seeds", default="0,1")
+    args = parser.parse_args()
+    seeds = [int(s) for s in args.seeds.split(",")]
+    names = args.problems.split(",") if args.problems else [
+        p.name for p in PROBLEMS if p.offline and p.name != "synthetic-linreg"]
+    for name in names:
+        problem = PROBLEMS.get(name)
+        metric, direction = problem.target.metric, problem.target.direction
+        results = {}
+        for lr in LEARNING_RATES:
+            values = [best_value(run(problem=name, optimizer="adam", hyperparameters={"lr": lr},
+                                     seed=seed, stop_at_target=False,
+                                     eval_every=max(problem.eval_every, 50)), metric, direction)
+                      for seed in seeds]
+            worst = max(values) if direction == "min" else min(values)
+            results[lr] = worst
+            print(f"{name} lr={lr:g} per-seed best {metric}: "
+                  + ", ".join(f"{v:.4f}" for v in values), flush=True)
+        pick = (min if direction == "min" else max)(results, key=lambda k: (
+            results[k] if math.isfinite(results[k]) else (math.inf if direction == "min"
+                                                          else -math.inf)))
+        print(f"TARGET {name} {metric} {direction} lr={pick:g} worst-seed best="
+              f"{results[pick]:.5f} budget={problem.budget.max_steps} seeds={seeds}", flush=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,166 @@
+"""Harness: steps-to-target, divergence, timing that excludes evaluation, records."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import pytest
+import torch
+
+from curvebench import harness
+from curvebench.environment import DeviceError
+from curvebench.harness import first_reaching, plan_run, run
+from curvebench.optimizers import OPTIMIZERS, CurvatureOptimizer, OptimizerSpec
+from curvebench.problems import Budget, Target, get_problem
+from curvebench.problems.offline_problems import linreg_optimum
+from curvebench.records import RunRecord
+
+
+class ScriptedOptimizer(CurvatureOptimizer):
+    """Jumps to the least-squares solution at ``jump_step``; writes NaN at ``nan_step``."""
+
+    def __init__(self, model, *, loss, jump_step: int = 0, nan_step: int = 0):
+        super().__init__(model, loss=loss, defaults={})
+        self.jump_step, self.nan_step, self.calls = jump_step, nan_step, 0
+
+    def curvature_step(self, *, inputs, targets):
+        self.calls += 1
+        value = self.loss(self.model(inputs), targets).detach()
+        weight, bias = self.model.weight, self.model.bias
+        with torch.no_grad():
+            if self.calls == self.jump_step:
+                data = get_problem("synthetic-linreg").dataset()
+                x = torch.cat([data.x_train.double(), torch.ones(len(data.x_train), 1,
+                                                                 dtype=torch.float64)], 1)
+                solution = torch.linalg.lstsq(x, data.y_train.double()).solution
+                weight.copy_(solution[:-1].T)
+                bias.copy_(solution[-1])
+            if self.calls == self.nan_step:
+                weight.fill_(math.nan)
+        self.counters["forward_passes"] += 1
+        self.step_info = {"calls": float(self.calls)}
+        return value
+
+
+@pytest.fixture
+def scripted():
+    spec = OptimizerSpec(
+        name="scripted-test", description="test double", reference="tests",
+        factory=lambda *, model, loss, **hp: ScriptedOptimizer(model, loss=loss, **hp),
+        defaults={"jump_step": 0, "nan_step": 0}, needs_curvature=True)
+    OPTIMIZERS.register(spec)
+    yield spec.name
+    OPTIMIZERS.unregister(spec.name)
+
+
+def test_first_reaching_on_constructed_trajectory():
+    target = Target(metric="test_accuracy", value=0.9, direction="max", provenance="test")
+    steps, seconds = [0, 10, 20, 30, 40], [0.0, 1.0, 2.0, 3.0, 4.0]
+    assert first_reaching(steps=steps, seconds=seconds, values=[0.1, 0.5, 0.9, 0.95, 0.8],
+                          target=target) == (20, 2.0)
+    assert first_reaching(steps=steps, seconds=seconds, values=[0.1, math.nan, 0.89, 0.5, 0.2],
+                          target=target) is None
+    low = Target(metric="train_loss", value=1.0, direction="min", provenance="test")
+    assert first_reaching(steps=steps, seconds=seconds, values=[3, 2, math.nan, 1.0, 0.5],
+                          target=low) == (30, 3.0)
+
+
+def test_steps_to_target_is_first_evaluation_after_reaching(scripted):
+    assert get_problem("synthetic-linreg").target.value > linreg_optimum()
+    record = run(problem="synthetic-linreg", optimizer=scripted, hyperparameters={"jump_step": 7},
+                 eval_every=1, budget=Budget(max_steps=50), batch_size=1024)
+    assert record.status == "reached"
+    assert record.steps_to_target == 7 and record.steps_run == 7
+    assert record.seconds_to_target == pytest.approx(record.history["seconds"][6])
+    assert record.history["calls"] == [float(i) for i in range(1, 8)]
+    assert record.counters["forward_passes"] == 7
+
+
+def test_no_stop_at_target_keeps_training(scripted):
+    record = run(problem="synthetic-linreg", optimizer=scripted, hyperparameters={"jump_step": 3},
+                 eval_every=5, budget=Budget(max_steps=12), stop_at_target=False)
+    assert record.status == "reached" and record.steps_to_target == 5
+    assert record.steps_run == 12 and record.evaluations["step"] == [0, 5, 10, 12]
+
+
+def test_nan_is_diverged_at_that_step(scripted):
+    record = run(problem="synthetic-linreg", optimizer=scripted, hyperparameters={"nan_step": 5},
+                 eval_every=100, budget=Budget(max_steps=50))
+    assert record.status == "diverged"
+    assert record.steps_run == 6  # the loss evaluated at the NaN parameters is step 6's
+    assert math.isnan(record.history["loss"][-1])
+    json.dumps(record.to_dict(), allow_nan=False)  # stored as strict JSON
+
+
+def test_exploding_loss_is_diverged():
+    record = run(problem="synthetic-linreg", optimizer="sgd", hyperparameters={"lr": 50.0},
+                 budget=Budget(max_steps=200))
+    assert record.status == "diverged" and record.steps_run < 200
+
+
+def test_budget_status_when_target_missed():
+    record = run(problem="digits-logreg", optimizer="sgd", hyperparameters={"lr": 1e-4},
+                 budget=Budget(max_steps=5))
+    assert record.status == "budget"
+    assert record.steps_to_target is None and record.seconds_to_target is None
+
+
+def test_slow_evaluation_does_not_inflate_measured_time(monkeypatch):
+    real = harness.evaluate
+
+    def slow(*args, **kwargs):
+        time.sleep(0.05)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(harness, "evaluate", slow)
+    record = run(problem="digits-logreg", optimizer="sgd", eval_every=1,
+                 budget=Budget(max_steps=20), stop_at_target=False)
+    assert len(record.evaluations["step"]) == 21  # 21 × 50 ms = 1 s of evaluation
+    assert record.seconds < 0.5
+    assert record.history["seconds"] == sorted(record.history["seconds"])
+
+
+def test_max_seconds_budget():
+    record = run(problem="digits-logreg", optimizer="sgd", hyperparameters={"lr": 1e-4},
+                 budget=Budget(max_seconds=0.05))
+    assert record.status == "budget" and 0.05 <= record.seconds < 1.0
+
+
+def test_record_round_trips_and_has_environment():
+    record = run(problem="digits-mlp", optimizer="adam", budget=Budget(max_steps=5))
+    again = RunRecord.from_dict(json.loads(json.dumps(record.to_dict())))
+    assert again.config == record.config and again.history["loss"] == record.history["loss"]
+    env = record.environment
+    for key in ("python", "torch", "curvebench", "device", "device_name", "threads", "dtype",
+                "tf32_matmul"):
+        assert key in env
+    assert env["tf32_matmul"] is False
+    assert record.peak_memory_bytes > 0
+    assert set(record.phase_seconds) == {"forward", "backward", "update"}
+    assert record.counters == {"forward_passes": 5, "backward_passes": 5}
+
+
+def test_float64_runs():
+    record = run(problem="synthetic-linreg", optimizer="sgd", dtype="float64",
+                 budget=Budget(max_steps=3))
+    assert record.environment["dtype"] == "float64" and record.steps_run == 3
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the no-CUDA error")
+def test_cuda_unavailable_is_a_clear_error():
+    with pytest.raises(DeviceError, match="CUDA was requested"):
+        plan_run(problem="digits-mlp", optimizer="sgd", device="cuda")
+
+
+def test_plan_run_validates():
+    with pytest.raises(ValueError, match="batch size"):
+        plan_run(problem="digits-mlp", optimizer="sgd", batch_size=0)
+    with pytest.raises(ValueError, match="dtype"):
+        plan_run(problem="digits-mlp", optimizer="sgd", dtype="float16")
+    a = plan_run(problem="digits-mlp", optimizer="sgd", hyperparameters={"lr": 0.1})
+    b = plan_run(problem="digits-mlp", optimizer="sgd")
+    assert a.key() == b.key()  # explicit default == implicit default
+    c = plan_run(problem="digits-mlp", optimizer="sgd", hyperparameters={"lr": "0.2"})
+    assert c.key() != a.key() and c.hyperparameter_dict["lr"] == 0.2

@@ -1,0 +1,72 @@
+"""The losses' closed-form output Hessians against double backward, in float64."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from curvebench.losses import LOSSES, loss_by_name
+from tests.dense_reference import dense_output_hessian
+
+N, D = 5, 4
+
+
+def _targets(name: str, generator: torch.Generator) -> torch.Tensor:
+    if LOSSES[name].classification:
+        return torch.randint(0, D, (N,), generator=generator)
+    return torch.rand(N, D, generator=generator, dtype=torch.float64)
+
+
+@pytest.fixture(params=sorted(LOSSES))
+def case(request):
+    generator = torch.Generator().manual_seed(0)
+    output = torch.randn(N, D, generator=generator, dtype=torch.float64)
+    return loss_by_name(request.param), output, _targets(request.param, generator)
+
+
+def _blocks(dense: torch.Tensor) -> torch.Tensor:
+    """Per-sample diagonal blocks of an (N·D, N·D) matrix, checking the rest is zero."""
+    full = dense.view(N, D, N, D)
+    blocks = torch.stack([full[n, :, n, :] for n in range(N)])
+    off = full.clone()
+    for n in range(N):
+        off[n, :, n, :] = 0
+    assert off.abs().max() < 1e-14, "the output Hessian must be block-diagonal over samples"
+    return blocks
+
+
+def test_hessian_matches_double_backward(case):
+    loss, output, targets = case
+    expected = _blocks(dense_output_hessian(loss, output, targets))
+    torch.testing.assert_close(loss.hessian_matrix(output), expected, rtol=1e-12, atol=1e-14)
+
+
+def test_hessian_vector_product_batched_vectors(case):
+    loss, output, _ = case
+    vectors = torch.randn(N, D, 3, dtype=torch.float64)
+    batched = loss.hessian_vector_product(output, vectors)
+    single = torch.stack([loss.hessian_vector_product(output, vectors[..., k]) for k in range(3)],
+                         dim=-1)
+    torch.testing.assert_close(batched, single)
+
+
+def test_hessian_factor_squares_to_hessian(case):
+    loss, output, _ = case
+    factor = loss.hessian_factor(output)
+    torch.testing.assert_close(factor @ factor.transpose(1, 2), loss.hessian_matrix(output),
+                               rtol=1e-12, atol=1e-14)
+
+
+def test_sampled_gradient_is_unbiased_for_hessian(case):
+    loss, output, _ = case
+    generator = torch.Generator().manual_seed(1)
+    samples = torch.stack([loss.sampled_output_gradient(output, generator=generator)
+                           for _ in range(5000)])
+    estimate = torch.einsum("snd,sne->nde", samples, samples) / len(samples)
+    exact = loss.hessian_matrix(output)
+    assert (estimate - exact).norm() / exact.norm() < 0.1
+
+
+def test_unknown_loss_lists_known():
+    with pytest.raises(KeyError, match="known: bce_logits, cross_entropy, mse"):
+        loss_by_name("hinge")
