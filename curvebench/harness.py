@@ -1,7 +1,8 @@
 """Run one problem × optimizer × hyperparameters × seed and return a :class:`RunRecord`.
 
-The clock: each step is timed from a device synchronisation before it to one after it and the
-durations are summed, so evaluation, logging and storing never enter the measured time.
+The clock: each step (fetching the batch from device memory, forward, backward, curvature work,
+update) is timed from a device synchronisation before it to one after it and the durations are
+summed, so evaluation, logging and storing never enter the measured time.
 """
 
 from __future__ import annotations
@@ -45,6 +46,8 @@ EVAL_TRAIN_EXAMPLES = 10_000
 #: A run has diverged when its batch loss exceeds this multiple of the first batch loss.
 DIVERGENCE_FACTOR = 100.0
 _EVAL_CHUNK = 2048
+#: Work of one first-order step, for the per-step counters.
+_FIRST_ORDER_COUNTS = {"forward_passes": 1, "backward_passes": 1}
 
 #: Called after each step with ``(step, loss)``; the harness's progress bars use it.
 ProgressCallback = Callable[[int, float], None]
@@ -203,11 +206,16 @@ class _Columns:
         self.data: dict[str, list[float]] = {name: [] for name in names}
 
     def append(self, values: Mapping[str, float]) -> None:
+        data = self.data
+        if len(values) == len(data) and all(key in data for key in values):  # common case
+            for key, value in values.items():
+                data[key].append(float(value))
+            self.rows += 1
+            return
         for key, value in values.items():
-            column = self.data.setdefault(key, [math.nan] * self.rows)
-            column.append(float(value))
+            data.setdefault(key, [math.nan] * self.rows).append(float(value))
         self.rows += 1
-        for column in self.data.values():
+        for column in data.values():
             if len(column) < self.rows:
                 column.append(math.nan)
 
@@ -290,8 +298,8 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
     record_evaluation()
     try:
         while step < max_steps:
-            inputs, targets = next(batches)
             start = synchronized_clock(device)
+            inputs, targets = next(batches)
             if curvature:
                 loss = optimizer.step(inputs=inputs, targets=targets)
             else:
@@ -312,12 +320,13 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
                 optimizer.counters.clear()
                 info = dict(optimizer.step_info)
             else:
-                step_counters = {"forward_passes": 1, "backward_passes": 1}
+                step_counters = _FIRST_ORDER_COUNTS
                 info = {}
+            row = {"step": step, "seconds": seconds, "loss": loss_value, **info}
             for name, value in step_counters.items():
                 counters[name] = counters.get(name, 0.0) + value
-            history.append({"step": step, "seconds": seconds, "loss": loss_value, **info,
-                            **{f"count_{k}": v for k, v in step_counters.items()}})
+                row[f"count_{name}"] = value
+            history.append(row)
             if progress is not None:
                 progress(step, loss_value)
             if initial_loss is None:

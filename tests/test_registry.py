@@ -1,0 +1,51 @@
+"""Registries: discovery of package modules and entry points, duplicates, unknown names."""
+
+from __future__ import annotations
+
+import importlib.metadata
+from dataclasses import dataclass
+
+import pytest
+
+from curvebench.registry import DuplicateNameError, Registry, UnknownNameError
+
+
+@dataclass(frozen=True)
+class Item:
+    name: str
+
+
+def test_entry_point_plugins_are_loaded(monkeypatch):
+    registry: Registry[Item] = Registry(kind="thing", package="curvebench.problems",
+                                        entry_point_group="curvebench.things")
+    calls = []
+
+    class FakeEntryPoint:
+        def load(self):
+            def register():
+                calls.append(1)
+                registry.register(Item("from-plugin"))
+            return register
+
+    def fake_entry_points(*, group):
+        assert group == "curvebench.things"
+        return [FakeEntryPoint()]
+
+    monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
+    assert "from-plugin" in registry.names()
+    registry.names()
+    assert calls == [1]  # discovery happens once
+
+
+def test_duplicates_unknown_and_invalid_names():
+    registry: Registry[Item] = Registry(kind="thing", package="curvebench.problems",
+                                        entry_point_group="curvebench.nothing")
+    registry.register(Item("alpha-one"))
+    with pytest.raises(DuplicateNameError):
+        registry.register(Item("alpha-one"))
+    with pytest.raises(ValueError, match="no spaces or commas"):
+        registry.register(Item("a,b"))
+    with pytest.raises(UnknownNameError) as error:
+        registry.get("alpha-on")
+    assert str(error.value) == ("unknown thing 'alpha-on' (did you mean 'alpha-one'?); "
+                                "known: alpha-one")
