@@ -27,9 +27,12 @@ def test_entry_point_plugins_are_loaded(monkeypatch):
                 registry.register(Item("from-plugin"))
             return register
 
-    def fake_entry_points(*, group):
-        assert group == "curvebench.things"
-        return [FakeEntryPoint()]
+    real = importlib.metadata.entry_points
+
+    def fake_entry_points(**kwargs):
+        if kwargs.get("group") == "curvebench.things":
+            return [FakeEntryPoint()]
+        return real(**kwargs)
 
     monkeypatch.setattr(importlib.metadata, "entry_points", fake_entry_points)
     assert "from-plugin" in registry.names()
