@@ -270,8 +270,9 @@ def _show_command(args: argparse.Namespace) -> int:
     if not records:
         print(f"no runs stored in {args.directory}")
         return 0
-    headers, rows = summary_rows(records)
-    print(tabulate(rows, headers=headers))
+    from curvebench.reports.tables import tables_text
+
+    print(tables_text(records, fmt="text"), end="")
     return 0
 
 

@@ -39,7 +39,9 @@ def test_run_product_resume_and_show(tmp_path, capsys):
     assert code == 0 and "0 run(s) stored" in out and "8 already stored" in out
     assert {p: p.stat().st_mtime_ns for p in files} == stamps
     code, out, _ = _run(capsys, "show", str(out_dir))
-    assert code == 0 and out.count("digits-logreg") == 4 and "status" in out
+    assert code == 0 and "status" in out and "Leaderboard" in out
+    runs_table = out.split("Leaderboard")[0]
+    assert runs_table.count("digits-logreg") == 4
     (out_dir / "run-ffffffffffffffff.json").write_text("{broken")
     code, out, err = _run(capsys, "show", str(out_dir))
     assert code == 0 and "skipped unreadable run-ffffffffffffffff.json" in err

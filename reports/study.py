@@ -1,0 +1,165 @@
+"""A study as the reports see it: stored runs, their summary DataFrame and per-step curves.
+
+A *configuration* (``arm``) is one optimizer with one set of hyperparameters and one batch size
+on one problem; its seeds are repeated runs of it. Labels name only the hyperparameters that
+differ from the optimizer's registered defaults.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from curvebench.records import RunRecord
+from curvebench.store import RunStore, UnreadableRun, runs_dataframe
+
+__all__ = [
+    "Study",
+    "PASS_WEIGHTS",
+    "GRADIENT_EQUIVALENTS_DEFINITION",
+    "gradient_equivalents",
+    "configuration_label",
+]
+
+#: Weight of each per-step counter in gradient-equivalent passes (one gradient = 1.0).
+PASS_WEIGHTS: Mapping[str, float] = {
+    "forward_passes": 0.5,
+    "backward_passes": 0.5,
+    "ggn_products": 1.0,
+    "hessian_products": 1.0,
+}
+
+#: The definition, as printed on the report pages.
+GRADIENT_EQUIVALENTS_DEFINITION = (
+    "Gradient-equivalent passes = (forward passes + backward passes) / 2 + GGN-vector products "
+    "+ Hessian-vector products, summed over steps from the optimizers' own counters. One "
+    "mini-batch gradient (one forward and one backward pass) counts 1; a GGN- or Hessian-vector "
+    "product (a forward-mode and a reverse-mode pass) counts 1. Line-search function "
+    "evaluations count through the forward passes the optimizer reports; CG iterations count "
+    "through their curvature products."
+)
+
+
+def gradient_equivalents(history: Mapping[str, Sequence[float]]) -> np.ndarray:
+    """Cumulative gradient-equivalent passes after each step of one run.
+
+    ``G_t = Σ_{s≤t} Σ_c w_c · count_c(s)`` with weights :data:`PASS_WEIGHTS`; missing counters
+    (NaN or absent columns) count 0.
+
+    Args:
+        history: a run's per-step columns (``count_<counter>`` columns are read).
+
+    Returns:
+        Array with one value per step.
+    """
+    steps = len(history.get("step", ()))
+    total = np.zeros(steps)
+    for counter, weight in PASS_WEIGHTS.items():
+        column = history.get(f"count_{counter}")
+        if column is not None:
+            total += weight * np.nan_to_num(np.asarray(column, dtype=float), nan=0.0)
+    return np.cumsum(total)
+
+
+def configuration_label(optimizer: str, hyperparameters: Mapping[str, Any],
+                        defaults: Mapping[str, Any]) -> str:
+    """``"lr=0.3 momentum=0"``: the hyperparameters that differ from the defaults."""
+    changed = {k: v for k, v in hyperparameters.items() if defaults.get(k) != v}
+    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+             for k, v in sorted(changed.items())]
+    return " ".join(parts) or "defaults"
+
+
+def _optimizer_defaults(name: str) -> Mapping[str, Any]:
+    from curvebench.optimizers import OPTIMIZERS
+
+    return OPTIMIZERS.get(name).defaults if name in OPTIMIZERS else {}
+
+
+@dataclass(frozen=True)
+class Study:
+    """The stored runs of one results directory.
+
+    Attributes:
+        records: readable runs, in the store's order.
+        unreadable: files that could not be read.
+        runs: one row per run (:func:`curvebench.store.runs_dataframe` columns plus
+            ``configuration`` (hyperparameter label), ``arm`` (optimizer and label, with the
+            batch size when it varies within the problem) and ``gradient_equivalents``).
+        directory: where the runs came from, when loaded from a directory.
+    """
+
+    records: tuple[RunRecord, ...]
+    unreadable: tuple[UnreadableRun, ...] = ()
+    runs: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False)
+    directory: Path | None = None
+
+    @classmethod
+    def load(cls, directory: Path | str) -> Study:
+        """Scan a results directory."""
+        records, unreadable = RunStore(directory).scan()
+        return cls.from_records(records, unreadable=unreadable, directory=Path(directory))
+
+    @classmethod
+    def from_records(cls, records: Iterable[RunRecord], *,
+                     unreadable: Iterable[UnreadableRun] = (),
+                     directory: Path | None = None) -> Study:
+        """Build a study from records (synthetic or loaded)."""
+        records = tuple(records)
+        runs = runs_dataframe(list(records))
+        if records:
+            labels = [configuration_label(r.config.optimizer, r.config.hyperparameter_dict,
+                                          _optimizer_defaults(r.config.optimizer))
+                      for r in records]
+            runs["configuration"] = labels
+            batch_sizes = runs.groupby("problem")["batch_size"].transform("nunique")
+            runs["arm"] = [
+                f"{o} {c}" + (f" bs={b}" if n > 1 else "")
+                for o, c, b, n in zip(runs["optimizer"], labels, runs["batch_size"], batch_sizes,
+                                      strict=True)
+            ]
+            runs["gradient_equivalents"] = [
+                float(gradient_equivalents(r.history)[-1]) if r.history.get("step") else 0.0
+                for r in records
+            ]
+            runs["started_at"] = [r.started_at for r in records]
+        return cls(records=records, unreadable=tuple(unreadable), runs=runs, directory=directory)
+
+    def problems(self) -> list[str]:
+        """Problem names present, sorted."""
+        return sorted(self.runs["problem"].unique()) if len(self.runs) else []
+
+    def problem_runs(self, problem: str) -> pd.DataFrame:
+        """Rows of :attr:`runs` for one problem."""
+        return self.runs[self.runs["problem"] == problem]
+
+    def curves(self, keys: Iterable[str], *, source: str = "history") -> pd.DataFrame:
+        """Long table of the per-step (``history``) or per-evaluation columns of some runs.
+
+        Adds ``key`` and ``arm`` columns, and ``gradient_equivalents`` for ``history``.
+        """
+        wanted = set(keys)
+        arms = dict(zip(self.runs["key"], self.runs["arm"], strict=True)) if wanted else {}
+        frames = []
+        for record in self.records:
+            key = record.config.key()
+            if key not in wanted:
+                continue
+            columns = getattr(record, source)
+            if not columns or not columns.get("step"):
+                continue
+            frame = pd.DataFrame({k: np.asarray(v, dtype=float) for k, v in columns.items()})
+            if source == "history":
+                frame["gradient_equivalents"] = gradient_equivalents(columns)
+            frame["key"] = key
+            frame["arm"] = arms[key]
+            frames.append(frame)
+        if not frames:
+            return pd.DataFrame(columns=["key", "arm", "step"])
+        return pd.concat(frames, ignore_index=True)
+
