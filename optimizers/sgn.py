@@ -1,0 +1,411 @@
+"""SGN (stochastic generalized Gauss-Newton) and Hessian-free optimisation with truncated CG.
+
+One step on a batch with loss ``L`` and parameters ``θ``:
+
+1. Linearise the network once (:class:`~curvebench.curvature.Linearization`): gradient ``g``
+   and GGN products ``G v = Jᵀ H J v`` without re-running the forward pass. Weight decay ``ω``
+   adds ``(ω/2)‖θ‖²`` to the objective, so ``g ← g + ωθ`` and ``G ← G + ωI``. Optional momentum
+   replaces ``g`` by the bias-corrected moving average ``m̂ = m / (1 − βᵗ)``,
+   ``m ← β m + (1 − β) g`` (the authors' ``BETA``).
+2. Solve ``(G + λI) d = −g`` by truncated CG (:func:`~curvebench.conjugate_gradient.
+   conjugate_gradient`) with ``k`` iterations (optionally warm-started from the previous
+   direction times a decay, optionally with Martens' relative-progress rule).
+3. Try ``θ + α d`` with ``α = step_size``; the reduction ratio
+   ``r = (f(θ + αd) − f(θ)) / (α gᵀd + ½ α² dᵀ(G + λI)d)`` adapts the damping
+   (Levenberg–Marquardt / trust-region rule, Nocedal & Wright Alg. 4.1):
+   ``r < ¼ → λ ← 3/2 λ``; ``r > ¾ → λ ← max(2/3 λ, λ_min)``.
+4. Optional Armijo backtracking: while ``f(θ + αd) > f(θ) + c α gᵀd`` (at most
+   ``max_backtracks`` times) ``α ← ρ α``. Function evaluations reuse the step's dropout masks.
+
+``sgn`` uses the defaults of the authors' public Theano code (repository ``gmatilde/SGN``, file
+``SGN/optimizers/solvers.py`` and the experiment configurations under ``results/``):
+``DAMP_RHO = 1e-4`` (λ₀), ``DAMP_RHO_MIN = 1e-6``, ``TR = True`` (adaptive damping),
+``LS = True`` with ``C_LS = 1e-4``, ``RHO_LS = 0.5``, ``MAX_LS_ITERS = 10``, ``ALPHA = 1``,
+``BETA = 0`` (no momentum), ``MAX_CG_ITERS = 3`` after ``K_CG = 10`` warm-up steps with
+``MIN_CG_ITERS = 10`` (their MNIST runs; 3 gave their best MNIST accuracy), CG started from
+zero, no preconditioner. Two deliberate differences: the CG tolerance is relative
+(``‖r‖/‖g‖ ≤ 1e-6``) where theirs is ``max|r_i| ≤ 1e-6``, and the Armijo test uses the
+current ``α`` on its right-hand side (theirs keeps the one of ``α = 1``).
+
+``hf`` follows Martens 2010 and Martens & Sutskever 2012: CG warm start from ``0.95`` times the
+previous direction, the relative-progress stopping rule, Levenberg–Marquardt damping from
+``λ₀ = 1`` with no floor, and backtracking with ``c = 1e-2``, ``ρ = 0.8``. It omits Martens'
+CG-iterate backtracking and the per-example-gradient preconditioner.
+
+Reference: Gargiani, Zanelli, Diehl, Hutter 2020, "On the promise of the stochastic generalized
+Gauss-Newton method for training DNNs" (arXiv 2006.02409); Martens 2010, "Deep learning via
+Hessian-free optimization"; Schraudolph 2002.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from typing import Any
+
+import torch
+from torch import nn
+
+from curvebench.conjugate_gradient import CGResult, conjugate_gradient
+from curvebench.curvature import Linearization, check_supported, flatten, unflatten
+from curvebench.losses import CurvatureLoss
+from curvebench.optimizers.base import CurvatureOptimizer
+from curvebench.optimizers.spec import (
+    Choice,
+    LogUniform,
+    OptimizerSpec,
+    Uniform,
+    register_optimizer,
+)
+
+__all__ = ["GaussNewtonCG", "update_damping", "armijo_backtracking"]
+
+_STATE = "gauss_newton"
+
+
+def update_damping(damping: float, *, ratio: float, minimum: float = 0.0) -> float:
+    """Levenberg–Marquardt rule on the reduction ratio ``r`` (Martens 2010; Nocedal & Wright 4.1).
+
+    ``r < ¼`` (or not finite) → ``3/2 λ``; ``r > ¾`` → ``max(2/3 λ, minimum)``; else ``λ``.
+    """
+    if not math.isfinite(ratio) or ratio < 0.25:
+        return 1.5 * damping
+    if ratio > 0.75:
+        return max(2.0 / 3.0 * damping, minimum)
+    return damping
+
+
+def armijo_backtracking(
+    evaluate: Any,
+    *,
+    value: float,
+    slope: float,
+    step_size: float = 1.0,
+    c: float = 1e-4,
+    factor: float = 0.5,
+    max_backtracks: int = 10,
+    first_value: float | None = None,
+) -> tuple[float, float, int]:
+    """Backtrack ``α ← factor·α`` until ``f(α) ≤ f(0) + c α slope`` (Nocedal & Wright Alg. 3.1).
+
+    Args:
+        evaluate: ``α ↦ f(θ + α d)`` (a float).
+        value: ``f(θ)``.
+        slope: the directional derivative ``gᵀd`` (negative for a descent direction).
+        step_size: the first ``α`` tried.
+        c: sufficient-decrease constant.
+        factor: shrink factor ``ρ ∈ (0, 1)``.
+        max_backtracks: at most this many shrinks; the last ``α`` is kept even if it fails.
+        first_value: ``f(θ + step_size·d)`` if already known (saves one evaluation).
+
+    Returns:
+        ``(α, f(θ + α d), evaluations done)``.
+    """
+    alpha = step_size
+    evaluations = 0
+    if first_value is None:
+        current = float(evaluate(alpha))
+        evaluations += 1
+    else:
+        current = first_value
+    backtracks = 0
+    while not current <= value + c * alpha * slope and backtracks < max_backtracks:
+        alpha *= factor
+        current = float(evaluate(alpha))
+        evaluations += 1
+        backtracks += 1
+    return alpha, current, evaluations
+
+
+class GaussNewtonCG(CurvatureOptimizer):
+    """Damped Gauss-Newton steps from truncated CG on exact GGN products (SGN, Hessian-free).
+
+    See the module docstring for the algorithm. All hyperparameters are keyword-only scalars.
+    The step is global (one CG solve over all parameters), so the settings are read from the
+    first parameter group; change them there (``optimizer.param_groups[0]["damping_min"]``).
+
+    Args:
+        model: the network.
+        loss: its :class:`~curvebench.losses.CurvatureLoss`.
+        cg_iterations: maximum CG iterations ``k`` per step.
+        cg_tolerance: CG stops at relative residual ``‖r‖/‖g‖ ≤ cg_tolerance``.
+        cg_relative_progress: use Martens' relative-progress stopping rule.
+        warm_start_decay: start CG from this times the previous direction (0: from zero).
+        damping: initial ``λ ≥ 0``.
+        damping_min: floor ``λ_min`` of the adaptive rule (``≤ damping``).
+        adaptive_damping: adapt ``λ`` by the reduction ratio.
+        line_search: Armijo backtracking on ``α``.
+        armijo_c: sufficient-decrease constant ``c ∈ (0, 1)``.
+        backtrack_factor: shrink factor ``ρ ∈ (0, 1)``.
+        max_backtracks: at most this many shrinks per step.
+        step_size: first (or fixed) ``α > 0``.
+        momentum: ``β ∈ [0, 1)`` of the gradient moving average.
+        weight_decay: ``ω ≥ 0``: ``(ω/2)‖θ‖²`` is added to the objective.
+        warmup_steps: the first this many steps use ``warmup_cg_iterations`` instead of ``k``.
+        warmup_cg_iterations: CG iterations during warm-up (``≥ 1``).
+        params: parameters to optimise (default: all that require gradients).
+
+    Raises:
+        ValueError: for any out-of-range hyperparameter, or a model with BatchNorm in training
+            mode.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: CurvatureLoss,
+        cg_iterations: int = 3,
+        cg_tolerance: float = 1e-6,
+        cg_relative_progress: bool = False,
+        warm_start_decay: float = 0.0,
+        damping: float = 1e-4,
+        damping_min: float = 1e-6,
+        adaptive_damping: bool = True,
+        line_search: bool = True,
+        armijo_c: float = 1e-4,
+        backtrack_factor: float = 0.5,
+        max_backtracks: int = 10,
+        step_size: float = 1.0,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        warmup_steps: int = 10,
+        warmup_cg_iterations: int = 10,
+        params: Iterable[torch.Tensor] | None = None,
+    ) -> None:
+        _check_int("cg_iterations", cg_iterations, minimum=1)
+        _check_int("max_backtracks", max_backtracks, minimum=0)
+        _check_int("warmup_steps", warmup_steps, minimum=0)
+        _check_int("warmup_cg_iterations", warmup_cg_iterations, minimum=1)
+        _check_range("cg_tolerance", cg_tolerance, low=0.0)
+        _check_range("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
+        _check_range("damping", damping, low=0.0)
+        _check_range("damping_min", damping_min, low=0.0)
+        if damping_min > damping:
+            raise ValueError(f"damping_min ({damping_min:g}) must not exceed damping "
+                             f"({damping:g})")
+        _check_range("armijo_c", armijo_c, low=0.0, high=1.0, open_low=True, open_high=True)
+        _check_range("backtrack_factor", backtrack_factor, low=0.0, high=1.0, open_low=True,
+                     open_high=True)
+        _check_range("step_size", step_size, low=0.0, open_low=True)
+        _check_range("momentum", momentum, low=0.0, high=1.0, open_high=True)
+        _check_range("weight_decay", weight_decay, low=0.0)
+        check_supported(model)  # UnsupportedModelError is a ValueError: a user error
+        defaults = dict(
+            cg_iterations=cg_iterations, cg_tolerance=cg_tolerance,
+            cg_relative_progress=bool(cg_relative_progress), warm_start_decay=warm_start_decay,
+            damping=damping, damping_min=damping_min, adaptive_damping=bool(adaptive_damping),
+            line_search=bool(line_search), armijo_c=armijo_c, backtrack_factor=backtrack_factor,
+            max_backtracks=max_backtracks, step_size=step_size, momentum=momentum,
+            weight_decay=weight_decay, warmup_steps=warmup_steps,
+            warmup_cg_iterations=warmup_cg_iterations,
+        )
+        super().__init__(model, loss=loss, defaults=defaults, params=params)
+        self.state[_STATE] = {"step": 0, "damping": float(damping)}
+
+    @property
+    def damping(self) -> float:
+        """The current ``λ``."""
+        return float(self.state[_STATE]["damping"])
+
+    @property
+    def hyperparameters(self) -> dict[str, Any]:
+        """The settings in force: those of the first parameter group (one step is global)."""
+        return self.param_groups[0]
+
+    def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        h = self.hyperparameters
+        state = self.state[_STATE]
+        timer = self.phase_timer
+        params = self.parameters_list()
+        decay = h["weight_decay"]
+
+        linearization = Linearization(self.model, loss=self.loss, inputs=inputs,
+                                      targets=targets, params=params, phase_timer=timer)
+        self.counters.update(forward_passes=1, backward_passes=1, function_evaluations=1)
+
+        with timer.phase("update"):
+            theta = flatten([p.detach() for p in params], params)
+            grad = linearization.gradient
+            if decay:
+                grad = grad.add(theta, alpha=decay)
+            state["step"] += 1
+            rhs = grad
+            if h["momentum"]:
+                beta = h["momentum"]
+                average = state.get("gradient_average")
+                average = (1 - beta) * grad if average is None else (
+                    average.mul(beta).add_(grad, alpha=1 - beta))
+                state["gradient_average"] = average
+                rhs = average / (1 - beta ** state["step"])
+
+        def matvec(vector: torch.Tensor) -> torch.Tensor:
+            with timer.phase("curvature"):
+                product = linearization.ggn_vector_product(vector)
+                return product.add(vector, alpha=decay) if decay else product
+
+        damping = float(state["damping"])
+        iterations = (h["warmup_cg_iterations"] if state["step"] <= h["warmup_steps"]
+                      else h["cg_iterations"])
+        previous = state.get("previous_direction")
+        initial = (previous * h["warm_start_decay"]
+                   if previous is not None and h["warm_start_decay"] > 0 else None)
+        with timer.phase("solve"):
+            result = conjugate_gradient(
+                matvec, gradient=rhs, damping=damping, max_iterations=iterations,
+                tolerance=h["cg_tolerance"], initial=initial,
+                relative_progress=h["cg_relative_progress"],
+            )
+        self.counters.update(ggn_products=result.products, cg_iterations=result.iterations)
+        direction = result.direction
+        state["previous_direction"] = direction
+
+        f0 = float(linearization.loss_value) + (
+            0.5 * decay * float(theta @ theta) if decay else 0.0)
+        alpha, ratio, evaluations = self._choose_step(linearization, theta, direction, result,
+                                                     f0=f0, damping=damping)
+        self.counters.update(forward_passes=evaluations, function_evaluations=evaluations)
+        if not evaluations:  # otherwise the parameters already hold θ + αd, the last one tried
+            with timer.phase("update"):
+                _write(params, theta.add(direction, alpha=alpha))
+
+        self.step_info = {
+            "cg_iterations": float(result.iterations),
+            "cg_relative_residual": result.relative_residual,
+            "damping": damping,
+            "step_size": alpha,
+            "reduction_ratio": ratio,
+            "quadratic_model": result.quadratic_value,
+            "warm_started": float(result.warm_started),
+        }
+        return linearization.loss_value
+
+    def _choose_step(self, linearization: Linearization, theta: torch.Tensor,
+                     direction: torch.Tensor, result: CGResult, *, f0: float,
+                     damping: float) -> tuple[float, float, int]:
+        """Reduction ratio, damping update and line search; returns ``(α, r, evaluations)``."""
+        h = self.hyperparameters
+        state = self.state[_STATE]
+        alpha = h["step_size"]
+        if not (h["adaptive_damping"] or h["line_search"]):
+            return alpha, math.nan, 0
+        params = self.parameters_list()
+        decay = h["weight_decay"]
+        slope = result.quadratic_value - 0.5 * result.curvature  # gᵀd
+
+        def evaluate(step: float) -> float:
+            _write(params, theta.add(direction, alpha=step))
+            return float(linearization.evaluate_loss(regularizer=decay))
+
+        with self.phase_timer.phase("line_search"):
+            first = evaluate(alpha)
+            evaluations = 1
+            predicted = alpha * slope + 0.5 * alpha * alpha * result.curvature
+            ratio = (first - f0) / predicted if predicted < 0 else -math.inf
+            if h["adaptive_damping"]:
+                state["damping"] = update_damping(damping, ratio=ratio,
+                                                  minimum=h["damping_min"])
+            if h["line_search"]:
+                alpha, _, more = armijo_backtracking(
+                    evaluate, value=f0, slope=slope, step_size=alpha, c=h["armijo_c"],
+                    factor=h["backtrack_factor"], max_backtracks=h["max_backtracks"],
+                    first_value=first,
+                )
+                evaluations += more
+        return alpha, ratio, evaluations
+
+
+def _write(params: list[torch.Tensor], vector: torch.Tensor) -> None:
+    """Copy the flat ``vector`` into ``params`` in place."""
+    with torch.no_grad():
+        for p, value in zip(params, unflatten(vector, params), strict=True):
+            p.copy_(value)
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        raise ValueError(f"{name} must be an integer ≥ {minimum}, got {value!r}")
+
+
+def _check_range(name: str, value: Any, *, low: float, high: float = math.inf,
+                 open_low: bool = False, open_high: bool = False) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} must be a finite number, got {value!r}")
+    below = value <= low if open_low else value < low
+    above = value >= high if open_high else value > high
+    if below or above:
+        left, right = "(" if open_low else "[", ")" if open_high or high == math.inf else "]"
+        raise ValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}")
+
+
+def _factory(**fixed: Any):
+    """A factory that builds :class:`GaussNewtonCG` with some hyperparameters fixed."""
+
+    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
+        return GaussNewtonCG(model, loss=loss, **fixed, **hyperparameters)
+
+    return factory
+
+
+_SGN_DEFAULTS = {
+    "cg_iterations": 3,
+    "cg_tolerance": 1e-6,
+    "damping": 1e-4,
+    "damping_min": 1e-6,
+    "adaptive_damping": True,
+    "line_search": True,
+    "step_size": 1.0,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "warmup_steps": 10,
+    "warmup_cg_iterations": 10,
+}
+
+register_optimizer(OptimizerSpec(
+    name="sgn",
+    description="Stochastic generalized Gauss-Newton: truncated CG on exact GGN products, "
+                "trust-region damping, Armijo line search.",
+    factory=_factory(cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
+                     backtrack_factor=0.5, max_backtracks=10),
+    defaults=_SGN_DEFAULTS,
+    search_space={
+        "cg_iterations": Choice((1, 2, 3, 5, 10)),
+        "damping": LogUniform(1e-6, 1.0),
+        "line_search": Choice((True, False)),
+        "momentum": Uniform(0.0, 0.9),
+    },
+    needs_curvature=True,
+    supports_conv=True,
+    deterministic=True,
+    reference="Gargiani, Zanelli, Diehl & Hutter 2020, 'On the promise of the stochastic "
+              "generalized Gauss-Newton method for training DNNs' (arXiv 2006.02409); defaults "
+              "from the authors' code (gmatilde/SGN, SGN/optimizers/solvers.py).",
+))
+
+register_optimizer(OptimizerSpec(
+    name="hf",
+    description="Hessian-free (Martens 2010): warm-started CG with relative-progress stopping, "
+                "Levenberg-Marquardt damping, backtracking.",
+    factory=_factory(cg_relative_progress=True, armijo_c=1e-2, backtrack_factor=0.8,
+                     max_backtracks=20, adaptive_damping=True, line_search=True, momentum=0.0,
+                     warmup_steps=0, warmup_cg_iterations=1),
+    defaults={
+        "cg_iterations": 25,
+        "cg_tolerance": 0.0,
+        "warm_start_decay": 0.95,
+        "damping": 1.0,
+        "damping_min": 0.0,
+        "step_size": 1.0,
+        "weight_decay": 0.0,
+    },
+    search_space={
+        "cg_iterations": Choice((10, 25, 50, 100)),
+        "damping": LogUniform(1e-4, 10.0),
+        "warm_start_decay": Choice((0.0, 0.5, 0.95)),
+    },
+    needs_curvature=True,
+    supports_conv=True,
+    deterministic=True,
+    reference="Martens 2010, 'Deep learning via Hessian-free optimization'; Martens & Sutskever "
+              "2012, 'Training deep and recurrent networks with Hessian-free optimization'.",
+))

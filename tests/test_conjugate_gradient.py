@@ -1,0 +1,168 @@
+"""Truncated conjugate gradient against dense solves, in float64."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from curvebench.conjugate_gradient import CGResult, conjugate_gradient
+
+
+def _spd(n: int, *, condition: float = 100.0, seed: int = 0) -> torch.Tensor:
+    """A symmetric positive definite matrix with eigenvalues in ``[1, condition]``."""
+    generator = torch.Generator().manual_seed(seed)
+    q, _ = torch.linalg.qr(torch.randn(n, n, dtype=torch.float64, generator=generator))
+    eigenvalues = torch.logspace(0, torch.log10(torch.tensor(condition)).item(), n,
+                                 dtype=torch.float64)
+    return q @ torch.diag(eigenvalues) @ q.T
+
+
+def _gradient(n: int, seed: int = 1) -> torch.Tensor:
+    return torch.randn(n, dtype=torch.float64, generator=torch.Generator().manual_seed(seed))
+
+
+def _model_value(matrix, gradient, damping, d) -> float:
+    return float(gradient @ d + 0.5 * d @ (matrix @ d + damping * d))
+
+
+@pytest.mark.parametrize("damping", [0.0, 0.5])
+def test_matches_dense_solve(damping):
+    n = 20
+    matrix, g = _spd(n), _gradient(n)
+    result = conjugate_gradient(lambda v: matrix @ v, gradient=g, damping=damping,
+                                max_iterations=10 * n, tolerance=1e-13)
+    expected = torch.linalg.solve(matrix + damping * torch.eye(n, dtype=torch.float64), -g)
+    assert torch.allclose(result.direction, expected, rtol=1e-10, atol=1e-12)
+    assert result.stop_reason == "tolerance"
+    assert result.relative_residual <= 1e-13
+    assert result.products == result.iterations
+    assert result.quadratic_value == pytest.approx(
+        _model_value(matrix, g, damping, result.direction), rel=1e-10)
+    assert result.curvature == pytest.approx(
+        float(result.direction @ (matrix @ result.direction + damping * result.direction)),
+        rel=1e-10)
+
+
+def test_semidefinite_matrix_with_damping():
+    n = 15
+    factor = torch.randn(n, 4, dtype=torch.float64)
+    matrix = factor @ factor.T  # rank 4
+    g = _gradient(n)
+    result = conjugate_gradient(lambda v: matrix @ v, gradient=g, damping=1e-2,
+                                max_iterations=100, tolerance=1e-12)
+    expected = torch.linalg.solve(matrix + 1e-2 * torch.eye(n, dtype=torch.float64), -g)
+    assert torch.allclose(result.direction, expected, rtol=1e-9, atol=1e-10)
+
+
+def test_truncation_history_and_monotone_model():
+    n = 30
+    matrix, g = _spd(n, condition=1e4), _gradient(n)
+    result = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=5)
+    assert result.iterations == result.products == 5
+    assert result.stop_reason == "max_iterations"
+    assert len(result.residual_history) == len(result.model_values) == 6
+    assert result.residual_history[0] == pytest.approx(1.0)
+    assert result.model_values[0] == 0.0
+    assert all(b < a for a, b in zip(result.model_values, result.model_values[1:], strict=False))
+    true_residual = float((-g - matrix @ result.direction).norm() / g.norm())
+    assert result.relative_residual == pytest.approx(true_residual, rel=1e-8)
+    # With k iterations CG minimises q over the Krylov space: no 5-step gradient descent beats it.
+    assert result.quadratic_value < _steepest_descent_value(matrix, g, steps=5)
+
+
+def _steepest_descent_value(matrix, g, *, steps: int) -> float:
+    d = torch.zeros_like(g)
+    for _ in range(steps):
+        r = -g - matrix @ d
+        d = d + (r @ r) / (r @ (matrix @ r)) * r
+    return _model_value(matrix, g, 0.0, d)
+
+
+def test_warm_start_from_solution_needs_no_iteration():
+    n = 12
+    matrix, g = _spd(n), _gradient(n)
+    solution = torch.linalg.solve(matrix, -g)
+    result = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=50,
+                                tolerance=1e-8, initial=solution)
+    assert result.iterations == 0
+    assert result.products == 1
+    assert result.stop_reason == "tolerance"
+    assert torch.allclose(result.direction, solution)
+
+
+def test_harmful_warm_start_is_ignored_and_good_one_helps():
+    n = 25
+    matrix, g = _spd(n, condition=1e3), _gradient(n)
+    solution = torch.linalg.solve(matrix, -g)
+    cold = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=3)
+    bad = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=3,
+                             initial=-solution)
+    assert torch.allclose(bad.direction, cold.direction)
+    assert bad.products == cold.products + 1
+    warm = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=3,
+                              initial=0.9 * solution)
+    assert warm.quadratic_value < cold.quadratic_value
+    assert warm.warm_started and not bad.warm_started and not cold.warm_started
+
+
+def test_diagonal_preconditioner_converges_faster_to_the_same_solution():
+    n = 40
+    scales = torch.logspace(0, 4, n, dtype=torch.float64)
+    base = _spd(n, condition=3.0)
+    matrix = scales.sqrt()[:, None] * base * scales.sqrt()[None, :]
+    g = _gradient(n)
+    plain = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=500,
+                               tolerance=1e-10)
+    preconditioned = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=500,
+                                        tolerance=1e-10, preconditioner=matrix.diagonal())
+    expected = torch.linalg.solve(matrix, -g)
+    assert torch.allclose(preconditioned.direction, expected, rtol=1e-7, atol=1e-12)
+    assert preconditioned.iterations < plain.iterations
+
+
+def test_relative_progress_rule_stops_early():
+    n = 400
+    matrix, g = _spd(n, condition=1e6), _gradient(n)
+    full = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=300)
+    early = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=300,
+                               relative_progress=True, progress_epsilon=5e-2)
+    assert early.stop_reason == "relative_progress"
+    assert 10 < early.iterations < full.iterations
+    values = early.model_values
+    window = max(10, -(-early.iterations // 10))
+    i = early.iterations
+    assert (values[i] - values[i - window]) / values[i] < window * 5e-2
+
+
+def test_zero_gradient_and_nonpositive_curvature():
+    n = 5
+    result = conjugate_gradient(lambda v: v, gradient=torch.zeros(n, dtype=torch.float64),
+                                max_iterations=3)
+    assert result.stop_reason == "zero_gradient" and result.iterations == 0
+    assert torch.count_nonzero(result.direction) == 0
+    negative = conjugate_gradient(lambda v: -v, gradient=_gradient(n), max_iterations=3)
+    assert negative.stop_reason == "nonpositive_curvature"
+    assert torch.count_nonzero(negative.direction) == 0
+
+
+def test_invalid_arguments_raise():
+    g = _gradient(3)
+    with pytest.raises(ValueError):
+        conjugate_gradient(lambda v: v, gradient=g, damping=-1.0, max_iterations=1)
+    with pytest.raises(ValueError):
+        conjugate_gradient(lambda v: v, gradient=g, max_iterations=-1)
+    with pytest.raises(ValueError):
+        conjugate_gradient(lambda v: v, gradient=g, max_iterations=1,
+                           preconditioner=torch.zeros(3, dtype=torch.float64))
+    with pytest.raises(ValueError):
+        conjugate_gradient(lambda v: v, gradient=g, max_iterations=1,
+                           initial=torch.zeros(4, dtype=torch.float64))
+
+
+def test_result_is_frozen():
+    result = conjugate_gradient(lambda v: v, gradient=_gradient(3), max_iterations=1)
+    assert isinstance(result, CGResult)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        result.iterations = 2  # type: ignore[misc]

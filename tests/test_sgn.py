@@ -1,0 +1,252 @@
+"""SGN and Hessian-free: exact solves, damping rule, line search, hyperparameters, harness."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from torch import nn
+
+from curvebench.curvature import UnsupportedModelError
+from curvebench.harness import run
+from curvebench.losses import CrossEntropyLoss, MSELoss
+from curvebench.optimizers import HyperparameterError, get_optimizer
+from curvebench.optimizers.sgn import GaussNewtonCG, armijo_backtracking, update_damping
+from curvebench.problems import Budget, get_problem
+from curvebench.problems.offline_problems import linreg_optimum
+from curvebench.timing import PhaseTimer
+
+
+def _linreg(dtype=torch.float64):
+    problem = get_problem("synthetic-linreg")
+    data = problem.dataset()
+    model = problem.build_model(seed=0, dtype=dtype)
+    return model, problem.make_loss(), data.x_train.to(dtype), data.y_train.to(dtype)
+
+
+def _exact(**overrides):
+    settings = dict(cg_tolerance=1e-14, damping=0.0, damping_min=0.0, adaptive_damping=False,
+                    line_search=False, warmup_steps=0)
+    settings.update(overrides)
+    return settings
+
+
+def test_one_step_with_k_equal_n_and_no_damping_solves_linreg_exactly():
+    model, loss, x, y = _linreg()
+    n = sum(p.numel() for p in model.parameters())
+    optimizer = GaussNewtonCG(model, loss=loss, **_exact(cg_iterations=n))
+    before = float(optimizer.step(inputs=x, targets=y))
+    with torch.no_grad():
+        after = float(loss(model(x), y))
+    optimum = linreg_optimum()
+    assert before > 10 * optimum
+    assert after == pytest.approx(optimum, rel=1e-10)
+    assert optimizer.step_info["cg_relative_residual"] <= 1e-14
+    assert optimizer.step_info["cg_iterations"] <= n
+    # A truncated solve (k = 1) does not get there: the check can fail.
+    model, loss, x, y = _linreg()
+    GaussNewtonCG(model, loss=loss, **_exact(cg_iterations=1)).step(inputs=x, targets=y)
+    with torch.no_grad():
+        assert float(loss(model(x), y)) > 1.01 * optimum
+
+
+def test_weight_decay_solves_ridge_regression_exactly():
+    model, loss, x, y = _linreg()
+    decay = 0.3
+    n = sum(p.numel() for p in model.parameters())
+    GaussNewtonCG(model, loss=loss, weight_decay=decay, **_exact(cg_iterations=n)).step(
+        inputs=x, targets=y)
+    # Closed form: minimise (1/(N·D))‖XW + b − Y‖² + (ω/2)(‖W‖² + ‖b‖²).
+    features = torch.cat([x, torch.ones(len(x), 1, dtype=x.dtype)], dim=1)
+    scale = 2.0 / y.numel()
+    system = scale * features.T @ features + decay * torch.eye(features.shape[1],
+                                                               dtype=x.dtype)
+    solution = torch.linalg.solve(system, scale * features.T @ y)
+    ours = torch.cat([model.weight.detach().T, model.bias.detach()[None]], dim=0)
+    assert torch.allclose(ours, solution, rtol=1e-9, atol=1e-11)
+
+
+def test_update_damping_rule():
+    assert update_damping(1.0, ratio=0.1) == 1.5
+    assert update_damping(1.0, ratio=-3.0) == 1.5
+    assert update_damping(1.0, ratio=math.nan) == 1.5
+    assert update_damping(1.0, ratio=0.5) == 1.0
+    assert update_damping(1.0, ratio=0.25) == 1.0
+    assert update_damping(1.0, ratio=0.75) == 1.0
+    assert update_damping(1.0, ratio=0.9) == pytest.approx(2 / 3)
+    assert update_damping(1e-6, ratio=0.9, minimum=1e-6) == 1e-6
+
+
+def test_damping_shrinks_on_an_exact_quadratic_model_and_grows_on_a_bad_one():
+    # Linear least squares: the Gauss-Newton model is the objective, so r ≈ 1 → λ ← 2/3 λ.
+    model, loss, x, y = _linreg()
+    optimizer = GaussNewtonCG(model, loss=loss, cg_iterations=2, damping=1e-2, damping_min=3e-3,
+                              line_search=False, warmup_steps=0)
+    expected = 1e-2
+    for _ in range(5):  # later steps sit at the optimum, where r is rounding noise
+        optimizer.step(inputs=x, targets=y)
+        assert optimizer.step_info["damping"] == pytest.approx(expected)
+        # f(θ+d) − f(θ) = gᵀd + ½dᵀGd, the model adds ½λ‖d‖² > 0: r is just above 1.
+        assert 1.0 <= optimizer.step_info["reduction_ratio"] < 1.1
+        expected = max(2 / 3 * expected, 3e-3)
+    assert optimizer.damping == pytest.approx(3e-3)
+    # A Gauss-Newton model with a tenth of the true curvature: the exact model minimiser
+    # d = −10 G⁻¹g predicts q = −5 s (s = gᵀG⁻¹g) but f changes by −10 s + 50 s = 40 s, so
+    # r = −8 < 1/4 → λ ← 3/2 λ.
+    model, _, x, y = _linreg()
+    n = sum(p.numel() for p in model.parameters())
+    optimizer = GaussNewtonCG(model, loss=_TenthCurvatureMSE(),
+                              **_exact(cg_iterations=n, adaptive_damping=True, damping=1e-9))
+    optimizer.step(inputs=x, targets=y)
+    assert optimizer.step_info["reduction_ratio"] == pytest.approx(-8.0, rel=1e-6)
+    assert optimizer.damping == pytest.approx(1.5e-9)
+
+
+class _TenthCurvatureMSE(MSELoss):
+    def hessian_vector_product(self, output, vector):
+        return 0.1 * super().hessian_vector_product(output, vector)
+
+
+def _quadratic(matrix: torch.Tensor, theta: torch.Tensor, direction: torch.Tensor):
+    def f(alpha: float) -> float:
+        point = theta + alpha * direction
+        return float(0.5 * point @ matrix @ point)
+    return f
+
+
+def test_armijo_backtracking_on_a_quadratic():
+    matrix = torch.diag(torch.tensor([1.0, 10.0], dtype=torch.float64))
+    theta = torch.tensor([1.0, 1.0], dtype=torch.float64)
+    gradient = matrix @ theta
+    direction = -gradient  # the minimiser along it is α* = gᵀg / gᵀAg ≈ 0.099
+    f = _quadratic(matrix, theta, direction)
+    slope = float(gradient @ direction)
+    alpha, value, evaluations = armijo_backtracking(f, value=f(0.0), slope=slope, c=1e-4)
+    # f(α) = ½(1 − α)² + 5(1 − 10α)²: α = 1, 1/2, 1/4 increase f; 1/8 is the first that passes.
+    assert alpha == 1 / 8
+    assert evaluations == 4
+    assert value == pytest.approx(f(alpha))
+    assert value <= f(0.0) + 1e-4 * alpha * slope
+    assert f(2 * alpha) > f(0.0) + 1e-4 * 2 * alpha * slope
+    # A full step that already decreases enough is kept without backtracking.
+    newton = -torch.linalg.solve(matrix, gradient)
+    g = _quadratic(matrix, theta, newton)
+    assert armijo_backtracking(g, value=g(0.0), slope=float(gradient @ newton)) == (1.0, 0.0, 1)
+    # An ascent direction exhausts the backtracks and keeps the last α.
+    h = _quadratic(matrix, theta, gradient)
+    alpha, _, evaluations = armijo_backtracking(h, value=h(0.0), slope=-1.0, max_backtracks=3)
+    assert alpha == 1 / 8 and evaluations == 4
+
+
+def test_line_search_inside_a_step_shortens_an_overlong_step():
+    model, loss, x, y = _linreg()
+    n = sum(p.numel() for p in model.parameters())
+    optimizer = GaussNewtonCG(model, loss=loss, step_size=4.0,
+                              **_exact(cg_iterations=n, line_search=True))
+    optimizer.step(inputs=x, targets=y)
+    # q(α) = f0 + (α²/2 − α)·c is below the Armijo line only for α < 2(1 − 1e-4): α = 1.
+    assert optimizer.step_info["step_size"] == 1.0
+    with torch.no_grad():
+        assert float(loss(model(x), y)) == pytest.approx(linreg_optimum(), rel=1e-10)
+    assert optimizer.counters["function_evaluations"] == 1 + 3
+
+
+def test_counters_step_info_and_phases():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+    optimizer = GaussNewtonCG(model, loss=CrossEntropyLoss(), cg_iterations=4, warmup_steps=0,
+                              cg_tolerance=0.0)
+    optimizer.phase_timer = PhaseTimer("cpu")
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+    optimizer.step(inputs=x, targets=y)
+    assert set(optimizer.step_info) >= {"cg_iterations", "cg_relative_residual", "damping",
+                                        "step_size", "reduction_ratio", "quadratic_model"}
+    assert optimizer.step_info["cg_iterations"] == 4
+    counters = optimizer.counters
+    assert counters["ggn_products"] == 4 and counters["cg_iterations"] == 4
+    assert counters["backward_passes"] == 1
+    assert counters["function_evaluations"] >= 2
+    assert counters["forward_passes"] == counters["function_evaluations"]
+    phases = optimizer.phase_timer.collect()
+    assert {"forward", "backward", "curvature", "solve", "line_search", "update"} <= set(phases)
+
+
+def test_warmup_momentum_and_warm_start_change_the_step():
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 5), torch.randint(0, 3, (32,))
+
+    def steps(**settings):
+        torch.manual_seed(1)
+        model = nn.Sequential(nn.Linear(5, 8), nn.Tanh(), nn.Linear(8, 3))
+        optimizer = GaussNewtonCG(model, loss=CrossEntropyLoss(), cg_tolerance=0.0, damping=1.0,
+                                  **settings)
+        infos = []
+        for _ in range(3):
+            optimizer.step(inputs=x, targets=y)
+            infos.append(dict(optimizer.step_info))
+        return infos, [p.detach().clone() for p in model.parameters()]
+
+    infos, plain = steps(cg_iterations=2, warmup_steps=2, warmup_cg_iterations=5)
+    assert [i["cg_iterations"] for i in infos] == [5, 5, 2]
+    _, with_momentum = steps(cg_iterations=2, momentum=0.5, warmup_steps=2,
+                             warmup_cg_iterations=5)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, with_momentum, strict=True))
+    warm_infos, warm = steps(cg_iterations=2, warm_start_decay=0.9, warmup_steps=2,
+                    warmup_cg_iterations=5)
+    assert not all(torch.equal(a, b) for a, b in zip(plain, warm, strict=True))
+    assert all(i["warm_started"] == 1.0 for i in warm_infos[1:])
+
+
+def test_dropout_model_trains():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 16), nn.Tanh(), nn.Dropout(0.2), nn.Linear(16, 3))
+    optimizer = GaussNewtonCG(model, loss=CrossEntropyLoss())
+    x = torch.randn(64, 5)
+    y = (x @ torch.randn(5, 3)).argmax(dim=1)  # a learnable teacher
+    losses = [float(optimizer.step(inputs=x, targets=y)) for _ in range(15)]
+    assert losses[-1] < 0.7 * losses[0]
+
+
+_BAD = [{"cg_iterations": 0}, {"damping": -1.0}, {"damping": 1e-7}, {"step_size": 0.0},
+        {"weight_decay": -0.1}, {"cg_tolerance": -1.0}, {"damping": math.inf}]
+
+
+@pytest.mark.parametrize(("name", "overrides"), [
+    (name, overrides) for name in ("sgn", "hf") for overrides in _BAD
+    # damping 1e-7 is only bad below sgn's floor damping_min = 1e-6; hf has no floor
+    if not (name == "hf" and overrides == {"damping": 1e-7})
+])
+def test_bad_hyperparameters_are_user_errors(name, overrides):
+    spec = get_optimizer(name)
+    assert set(overrides) <= set(spec.defaults)
+    with pytest.raises(HyperparameterError) as error:
+        spec.build(model=nn.Linear(3, 2), loss=MSELoss(), hyperparameters=overrides)
+    assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize("overrides", [{"momentum": 1.0}, {"warmup_cg_iterations": 0},
+                                       {"warm_start_decay": 1.5}, {"armijo_c": 1.0},
+                                       {"backtrack_factor": 0.0}, {"max_backtracks": -1}])
+def test_bad_constructor_arguments_raise_value_error(overrides):
+    with pytest.raises(ValueError):
+        GaussNewtonCG(nn.Linear(3, 2), loss=MSELoss(), **overrides)
+
+
+def test_batchnorm_in_training_mode_is_refused_at_construction():
+    model = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Linear(4, 2))
+    with pytest.raises(HyperparameterError, match="BatchNorm1d") as error:
+        get_optimizer("sgn").build(model=model, loss=MSELoss())
+    assert isinstance(error.value.__cause__, UnsupportedModelError)
+
+
+@pytest.mark.parametrize("name", ["sgn", "hf"])
+def test_reaches_the_target_through_the_harness(name):
+    record = run(problem="synthetic-linreg", optimizer=name, batch_size=1024,
+                 budget=Budget(max_steps=60))
+    assert record.status == "reached", (record.status, record.error, record.final)
+    assert record.steps_to_target <= 60
+    history = record.history
+    assert {"cg_iterations", "cg_relative_residual", "damping", "step_size"} <= set(history)
+    assert record.counters["ggn_products"] >= record.counters["cg_iterations"] > 0
+    assert record.phase_seconds["curvature"] > 0
