@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-import time
 
 import pytest
 import torch
@@ -108,18 +107,31 @@ def test_budget_status_when_target_missed():
 
 
 def test_slow_evaluation_does_not_inflate_measured_time(monkeypatch):
+    """A fake clock: every reading advances it 1 ms, every evaluation advances it 100 s."""
+    from types import SimpleNamespace
+
+    from curvebench import timing
+
+    clock = {"now": 0.0}
+
+    def perf_counter() -> float:
+        clock["now"] += 1e-3
+        return clock["now"]
+
     real = harness.evaluate
 
     def slow(*args, **kwargs):
-        time.sleep(0.05)
+        clock["now"] += 100.0
         return real(*args, **kwargs)
 
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=perf_counter))
     monkeypatch.setattr(harness, "evaluate", slow)
     record = run(problem="digits-logreg", optimizer="sgd", eval_every=1,
                  budget=Budget(max_steps=20), stop_at_target=False)
-    assert len(record.evaluations["step"]) == 21  # 21 × 50 ms = 1 s of evaluation
-    assert record.seconds < 0.5
+    assert len(record.evaluations["step"]) == 21  # 2100 fake seconds of evaluation
+    assert record.seconds < 1.0  # only the clock readings inside the steps count
     assert record.history["seconds"] == sorted(record.history["seconds"])
+    assert record.evaluations["seconds"][-1] == pytest.approx(record.seconds)
 
 
 def test_max_seconds_budget():
