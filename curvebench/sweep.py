@@ -1,0 +1,561 @@
+"""Run a study's configurations serially, in a local process pool, or on a Dask cluster.
+
+Workers run :func:`curvebench.harness.execute` and return the record as a plain dictionary; the
+driver alone writes records to the :class:`~curvebench.store.RunStore`, one atomic file per run
+as soon as it arrives. A sweep therefore resumes where it stopped: configurations with a
+readable stored record are skipped, and a killed sweep loses only the runs that were in flight.
+
+Failures are results. Training failures and divergences come back from the harness as records
+with status ``error``/``diverged``; an exception raised in a worker outside training, or a
+worker process that dies (while the run is alone in the process pool; after Dask's own retries
+on a cluster), is stored as an ``error`` record with the reason in ``error``.
+``--retry-errors`` runs stored ``error`` records again.
+
+Also registers the ``curvebench sweep`` subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import datetime as dt
+import math
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+from curvebench.records import RunConfig, RunRecord
+from curvebench.store import RunStore
+
+__all__ = [
+    "EXECUTORS",
+    "Executor",
+    "SweepResult",
+    "SweepError",
+    "execute_config",
+    "failure_record",
+    "pending_configs",
+    "run_sweep",
+    "study_summary",
+    "threads_per_worker",
+]
+
+Executor = Literal["serial", "process", "dask"]
+#: The executors ``run_sweep`` knows.
+EXECUTORS: tuple[Executor, ...] = ("serial", "process", "dask")
+
+#: ``worker(config_dict, data_dir) -> record_dict``; must be picklable for process and dask.
+Worker = Callable[[dict[str, Any], "str | None"], dict[str, Any]]
+#: What an executor yields per configuration: ``(config, record dict or None, failure or None)``.
+_Outcome = tuple[RunConfig, "dict[str, Any] | None", "str | None"]
+
+
+class SweepError(RuntimeError):
+    """The sweep cannot start (executor unavailable, scheduler unreachable); one line."""
+
+
+@dataclass(frozen=True)
+class SweepResult:
+    """What a sweep did.
+
+    Args:
+        records: the records of every configuration of the sweep (stored earlier or now), in
+            the order of the configurations.
+        ran: configurations run by this call.
+        skipped: configurations already stored (not run).
+        worker_failures: configurations whose worker failed outside training (stored as
+            ``error`` records).
+        seconds: wall-clock seconds of the call.
+    """
+
+    records: tuple[RunRecord, ...]
+    ran: int
+    skipped: int
+    worker_failures: int
+    seconds: float
+
+
+def threads_per_worker(workers: int, *, cores: int | None = None) -> int:
+    """Torch intra-op threads per worker so ``workers`` processes share the cores: ``⌊c/w⌋ ≥ 1``."""
+    cores = cores or _cores()
+    return max(1, cores // max(1, workers))
+
+
+def _cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def execute_config(config: dict[str, Any], data_dir: str | None = None) -> dict[str, Any]:
+    """Worker function: run one configuration (a :meth:`RunConfig.to_dict`) → record dict."""
+    from curvebench.harness import execute
+
+    return execute(RunConfig.from_dict(config), data_dir=data_dir).to_dict()
+
+
+def _set_threads(threads: int | None) -> None:
+    if threads:
+        import torch
+
+        torch.set_num_threads(threads)
+
+
+def _execute_with_threads(config: dict[str, Any], data_dir: str | None, threads: int | None,
+                          worker: Worker) -> dict[str, Any]:
+    _set_threads(threads)
+    return worker(config, data_dir)
+
+
+def failure_record(config: RunConfig, reason: str) -> RunRecord:
+    """An ``error`` record for a configuration whose worker failed before producing a record."""
+    from curvebench.problems import PROBLEMS
+
+    target: dict[str, Any] = {}
+    if config.problem in PROBLEMS:
+        spec = PROBLEMS.get(config.problem).target
+        target = {"metric": spec.metric, "value": spec.value, "direction": spec.direction}
+    return RunRecord(
+        config=config, status="error", steps_run=0, seconds=0.0, steps_to_target=None,
+        seconds_to_target=None, target=target, final={},
+        history={"step": [], "seconds": [], "loss": []}, evaluations={}, counters={},
+        phase_seconds={}, peak_memory_bytes=None, environment={},
+        started_at=dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
+        error=_one_line(reason)[:500], notes={"failure": "worker"},
+    )
+
+
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _exception_line(error: BaseException) -> str:
+    return _one_line(f"{type(error).__name__}: {error}")
+
+
+def pending_configs(configs: Sequence[RunConfig], store: RunStore, *, force: bool = False,
+                    retry_errors: bool = False) -> tuple[list[RunConfig], dict[RunConfig,
+                                                                                RunRecord]]:
+    """Split ``configs`` into those to run and the stored records of the others.
+
+    Args:
+        configs: the sweep.
+        store: where records live.
+        force: run everything again.
+        retry_errors: run configurations whose stored record has status ``error`` again.
+    """
+    todo: list[RunConfig] = []
+    stored: dict[RunConfig, RunRecord] = {}
+    for config in dict.fromkeys(configs):
+        record = None if force else store.load(config)
+        if record is None or (retry_errors and record.status == "error"):
+            todo.append(config)
+        else:
+            stored[config] = record
+    return todo, stored
+
+
+def run_sweep(
+    configs: Sequence[RunConfig],
+    *,
+    store: RunStore,
+    executor: Executor = "serial",
+    workers: int | None = None,
+    scheduler: str | None = None,
+    data_dir: Path | str | None = None,
+    force: bool = False,
+    retry_errors: bool = False,
+    worker: Worker = execute_config,
+    progress: bool = True,
+) -> SweepResult:
+    """Run the configurations not yet stored and write each record as it arrives.
+
+    Args:
+        configs: the runs (e.g. :meth:`curvebench.study.Study.run_configs`).
+        store: the results directory.
+        executor: ``serial`` (in this process), ``process`` (a local process pool, each worker
+            with ``threads_per_worker(workers)`` torch threads) or ``dask``
+            (``dask.distributed.Client(scheduler)``, or a ``LocalCluster`` of ``workers``
+            processes when ``scheduler`` is ``None``).
+        workers: number of parallel workers (default: the number of cores; ignored by serial
+            and by a given Dask scheduler).
+        scheduler: Dask scheduler address (``tcp://host:8786``), or a ``dask.distributed``
+            ``Client``/cluster object to use as is (then nothing is closed here).
+        data_dir: data root passed to every worker.
+        force: run configurations again even when stored (the new record replaces the old).
+        retry_errors: run stored ``error`` records again.
+        worker: the function run per configuration (tests replace it).
+        progress: show a progress bar (on a terminal) or one line per run on stderr with an ETA.
+
+    Returns:
+        A :class:`SweepResult`.
+
+    Raises:
+        SweepError: unknown executor, Dask missing or its scheduler unreachable.
+        StoreError: the results directory is not writable.
+    """
+    start = time.perf_counter()
+    if executor not in EXECUTORS:
+        raise SweepError(f"unknown executor {executor!r}; use one of {', '.join(EXECUTORS)}")
+    if workers is not None and workers < 1:
+        raise SweepError(f"workers must be positive, got {workers}")
+    store.check_writable()
+    todo, stored = pending_configs(configs, store, force=force, retry_errors=retry_errors)
+    overwrite = set(todo) if (force or retry_errors) else set()
+    data = None if data_dir is None else str(data_dir)
+    new: dict[RunConfig, RunRecord] = {}
+    failures = 0
+    if todo:
+        if executor == "serial":
+            outcomes = _serial(todo, worker=worker, data_dir=data)
+        elif executor == "process":
+            outcomes = _process_pool(todo, worker=worker, data_dir=data,
+                                     workers=workers or _cores())
+        else:
+            outcomes = _dask(todo, worker=worker, data_dir=data, workers=workers,
+                             scheduler=scheduler)
+        with _Progress(len(todo), enabled=progress) as bar:
+            for config, result, failure in outcomes:
+                if failure is None:
+                    record = RunRecord.from_dict(result)
+                else:
+                    failures += 1
+                    record = failure_record(config, failure)
+                try:
+                    store.write(record, overwrite=config in overwrite)
+                except FileExistsError:  # another sweep stored it meanwhile: keep theirs
+                    record = store.load(config) or record
+                new[config] = record
+                bar.done(record)
+    ordered = [new.get(c) or stored.get(c) for c in dict.fromkeys(configs)]
+    return SweepResult(records=tuple(r for r in ordered if r is not None), ran=len(new),
+                       skipped=len(stored), worker_failures=failures,
+                       seconds=time.perf_counter() - start)
+
+
+def _serial(configs: Sequence[RunConfig], *, worker: Worker,
+            data_dir: str | None) -> Iterator[_Outcome]:
+    for config in configs:
+        try:
+            yield config, worker(config.to_dict(), data_dir), None
+        except Exception as error:  # noqa: BLE001 — a failing worker is a result
+            yield config, None, _exception_line(error)
+
+
+def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str | None,
+                  workers: int) -> Iterator[_Outcome]:
+    """A pool of ``workers`` fresh processes (``forkserver`` where available, else ``spawn``).
+
+    At most ``workers`` runs are in flight. When a worker process dies, the pool breaks and
+    every run in flight is a suspect: suspects are run again one at a time in a new pool, so a
+    death while a suspect runs alone is its own, and it is stored as an ``error`` record. A
+    pool whose workers cannot start at all (checked with a trivial task) stops the sweep with
+    :class:`SweepError` instead of blaming the runs.
+    """
+    import multiprocessing
+
+    methods = multiprocessing.get_all_start_methods()
+    context = multiprocessing.get_context("forkserver" if "forkserver" in methods else "spawn")
+    if context.get_start_method() == "forkserver":  # workers fork with torch already imported
+        context.set_forkserver_preload(["curvebench.harness"])
+    threads = threads_per_worker(workers)
+    pending = collections.deque(configs)
+    suspects: set[RunConfig] = set()
+    while pending:
+        pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
+                                   initializer=_set_threads, initargs=(threads,))
+        running: dict[Any, RunConfig] = {}
+        broken = False
+        try:
+            try:
+                pool.submit(os.getpid).result()
+            except BrokenProcessPool as error:
+                raise SweepError("the process pool's workers die on start-up (is the sweep "
+                                 "started from a script without an `if __name__ == "
+                                 f"'__main__':` guard?): {_exception_line(error)}") from None
+            while running or (pending and not broken):
+                while pending and not broken and len(running) < workers:
+                    alone = pending[0] in suspects or any(c in suspects
+                                                          for c in running.values())
+                    if running and alone:
+                        break
+                    config = pending.popleft()
+                    running[pool.submit(worker, config.to_dict(), data_dir)] = config
+                if not running:
+                    break
+                done, _ = wait(running, return_when=FIRST_COMPLETED)
+                for future in done:
+                    config = running.pop(future)
+                    try:
+                        yield config, future.result(), None
+                    except BrokenProcessPool:
+                        broken = True
+                        if config in suspects:  # it ran alone: the death is its own
+                            yield config, None, ("the worker process died running this "
+                                                 "configuration (alone in the pool)")
+                        else:
+                            suspects.add(config)
+                            pending.appendleft(config)
+                    except Exception as error:  # noqa: BLE001 — a failing worker is a result
+                        yield config, None, _exception_line(error)
+        finally:
+            pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _dask(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str | None,
+          workers: int | None, scheduler: Any) -> Iterator[_Outcome]:
+    try:
+        from dask.distributed import Client, LocalCluster, as_completed
+    except ImportError:
+        raise SweepError("the dask executor needs dask.distributed: "
+                         "pip install 'dask[distributed]'") from None
+    owned: list[Any] = []
+    threads: int | None = None
+    try:
+        if scheduler is None:
+            count = workers or _cores()
+            cluster = LocalCluster(n_workers=count, threads_per_worker=1, processes=True,
+                                   dashboard_address=None)
+            owned.append(cluster)
+            client = Client(cluster)
+            owned.insert(0, client)
+            threads = threads_per_worker(count)
+        elif isinstance(scheduler, str):
+            try:
+                client = Client(scheduler, timeout="20s")
+            except (OSError, TimeoutError) as error:
+                raise SweepError(f"cannot connect to the Dask scheduler {scheduler!r}: "
+                                 f"{_exception_line(error)}") from None
+            owned.append(client)
+        elif isinstance(scheduler, Client):
+            client = scheduler
+        else:  # a cluster object
+            client = Client(scheduler)
+            owned.append(client)
+    except SweepError:
+        raise
+    except Exception as error:  # noqa: BLE001 — cluster start-up failures are one line
+        for item in owned:
+            item.close()
+        raise SweepError(f"cannot start the Dask cluster: {_exception_line(error)}") from None
+    try:
+        futures = {}
+        for config in configs:
+            future = client.submit(_execute_with_threads, config.to_dict(), data_dir, threads,
+                                   worker, key=f"curvebench-run-{config.key()}", pure=False)
+            futures[future.key] = (future, config)
+        for future in as_completed([f for f, _ in futures.values()]):
+            config = futures[future.key][1]
+            try:
+                result = future.result()
+            except Exception as error:  # noqa: BLE001 — includes KilledWorker
+                yield config, None, _exception_line(error)
+            else:
+                yield config, result, None
+            future.release()
+    finally:
+        for item in owned:
+            item.close()
+
+
+class _Progress:
+    """A tqdm bar on a terminal; otherwise one line per finished run with an ETA on stderr."""
+
+    def __init__(self, total: int, *, enabled: bool) -> None:
+        from tqdm import tqdm
+
+        self.total = total
+        self.enabled = enabled
+        self.count = 0
+        self.start = time.perf_counter()
+        self.statuses: collections.Counter[str] = collections.Counter()
+        self.bar = tqdm(total=total, desc="sweep", unit="run", disable=None if enabled else True,
+                        dynamic_ncols=True)
+
+    def __enter__(self) -> _Progress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.bar.close()
+
+    def done(self, record: RunRecord) -> None:
+        self.count += 1
+        self.statuses[record.status] += 1
+        if not self.enabled:
+            return
+        if not self.bar.disable:
+            self.bar.set_postfix(dict(self.statuses), refresh=False)
+            self.bar.update()
+            return
+        elapsed = time.perf_counter() - self.start
+        eta = elapsed / self.count * (self.total - self.count)
+        config = record.config
+        print(f"curvebench sweep: {self.count}/{self.total} "
+              f"[{_clock(elapsed)} elapsed, ETA {_clock(eta)}] {config.problem} "
+              f"{config.optimizer} {_hyperparameters(config)} seed={config.seed} "
+              f"batch={config.batch_size}: {record.status}", file=sys.stderr, flush=True)
+
+
+def _clock(seconds: float) -> str:
+    seconds = int(round(seconds))
+    return f"{seconds // 3600:d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
+
+
+def _hyperparameters(config: RunConfig) -> str:
+    from curvebench.optimizers import OPTIMIZERS
+
+    defaults = OPTIMIZERS.get(config.optimizer).defaults if config.optimizer in OPTIMIZERS else {}
+    changed = {k: v for k, v in config.hyperparameters if defaults.get(k) != v}
+    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
+                    for k, v in sorted(changed.items())) or "defaults"
+
+
+# ---------------------------------------------------------------------------------------------
+# Summary and the command line
+
+
+def study_summary(records: Sequence[RunRecord], *,
+                  optimizer_specs: Mapping[str, Any] | None = None) -> tuple[list[str],
+                                                                          list[list[Any]]]:
+    """Headers and rows: one line per problem × optimizer × batch size of a sweep.
+
+    Columns: runs and their statuses, best steps-to-target with its bootstrap interval over
+    seeds, the median over configurations, best seconds-to-target, robustness (see
+    :func:`curvebench.metrics.robustness`) and the best hyperparameters.
+    """
+    from curvebench import metrics
+    from curvebench.store import runs_dataframe
+
+    headers = ["problem", "optimizer", "batch", "configs", "runs", "reached", "diverged",
+               "error", "best steps→target [95% CI]", "median steps", "best s→target",
+               "robustness", "best hyperparameters"]
+    if not records:
+        return headers, []
+    frame = runs_dataframe(list(records))
+    summary = metrics.steps_to_target_summary(frame)
+    robust = metrics.robustness(frame, optimizer_specs=optimizer_specs)
+    merged = summary.merge(robust[[*metrics.GROUP, "robustness"]], on=list(metrics.GROUP))
+    counts = (frame.groupby([*metrics.GROUP, "status"]).size().unstack("status", fill_value=0))
+    rows = []
+    for _, row in merged.iterrows():
+        key = tuple(row[c] for c in metrics.GROUP)
+        status = counts.loc[key] if key in counts.index else {}
+        rows.append([
+            row["problem"], row["optimizer"], int(row["batch_size"]), int(row["n_configs"]),
+            int(row["n_runs"]), int(status.get("reached", 0)), int(status.get("diverged", 0)),
+            int(status.get("error", 0)),
+            _interval(row["best_steps"], row["best_steps_low"], row["best_steps_high"]),
+            _number(row["median_steps"]), _number(row["best_seconds"], ".3g"),
+            f"{row['robustness']:.2f}", row["best_hyperparameters"],
+        ])
+    return headers, rows
+
+
+def _number(value: float, spec: str = ".0f") -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "—"
+    if math.isinf(value):
+        return "not reached"
+    return format(value, spec)
+
+
+def _interval(best: float, low: float, high: float) -> str:
+    if not math.isfinite(best):
+        return "not reached"
+    return f"{best:.0f} [{_number(low)}, {_number(high).replace('not reached', '∞')}]"
+
+
+def _add_arguments(parser: argparse.ArgumentParser) -> None:
+    from curvebench.cli import _positive_int
+
+    parser.add_argument("study", type=Path, help="study file (TOML)")
+    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    parser.add_argument("--executor", choices=EXECUTORS, default="serial",
+                        help="serial (default), process (local process pool) or dask")
+    parser.add_argument("--scheduler", metavar="ADDRESS",
+                        help="Dask scheduler address (default: start a LocalCluster)")
+    parser.add_argument("--workers", type=_positive_int,
+                        help="parallel workers (default: the number of cores)")
+    parser.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
+                                                      "a user cache directory)")
+    parser.add_argument("--force", action="store_true", help="re-run configurations already "
+                                                             "stored")
+    parser.add_argument("--retry-errors", action="store_true",
+                        help="re-run stored runs whose status is error")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="validate the study, print what would run, and exit")
+
+
+def _sweep_command(args: argparse.Namespace) -> int:
+    from tabulate import tabulate
+
+    from curvebench.cli import UsageError
+    from curvebench.environment import DeviceError, resolve_device
+    from curvebench.harness import DTYPES, device_data
+    from curvebench.problems import get_problem
+    from curvebench.problems.datasets import DatasetError
+    from curvebench.store import StoreError
+    from curvebench.study import StudyError, load_study
+
+    try:
+        study = load_study(args.study)
+        configs = study.run_configs()
+        study.check_buildable()
+    except StudyError as error:
+        raise UsageError(str(error)) from None
+    if args.scheduler is not None and args.executor != "dask":
+        raise UsageError("--scheduler needs --executor dask")
+    if args.data_dir is not None and not args.data_dir.is_dir():
+        raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not a "
+                         "directory")
+    store = RunStore(args.out)
+    try:
+        device = resolve_device(study.device)
+        for name in study.problems:  # every data set must load before anything runs
+            device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
+                        data_dir=args.data_dir)
+        store.check_writable()
+    except (DatasetError, DeviceError, StoreError) as error:
+        raise UsageError(str(error)) from None
+    if args.executor == "dask":
+        try:
+            import dask.distributed  # noqa: F401
+        except ImportError:
+            raise UsageError("--executor dask needs dask.distributed: "
+                             "pip install 'dask[distributed]'") from None
+    for problem, optimizer, reason in study.incompatible():
+        print(f"curvebench sweep: skipping {optimizer} on {problem}: {reason}", file=sys.stderr)
+    todo, _ = pending_configs(configs, store, force=args.force, retry_errors=args.retry_errors)
+    print(f"study {study.name!r}: {len(configs)} run(s), {len(configs) - len(todo)} already "
+          f"stored, {len(todo)} to run ({args.executor})", file=sys.stderr)
+    if args.dry_run:
+        return 0
+    try:
+        result = run_sweep(configs, store=store, executor=args.executor, workers=args.workers,
+                           scheduler=args.scheduler, data_dir=args.data_dir, force=args.force,
+                           retry_errors=args.retry_errors)
+    except (SweepError, StoreError) as error:
+        raise UsageError(str(error)) from None
+    headers, rows = study_summary(result.records)
+    print(tabulate(rows, headers=headers))
+    failures = f", {result.worker_failures} worker failure(s)" if result.worker_failures else ""
+    print(f"\n{result.ran} run(s) stored in {args.out}, {result.skipped} already stored"
+          f"{failures}; {result.seconds:.1f} s")
+    return 0
+
+
+def _register() -> None:
+    from curvebench.cli import register_command
+
+    register_command("sweep", help="run a study file (hyperparameter sweep) and store its runs",
+                     add_arguments=_add_arguments, handler=_sweep_command)
+
+
+_register()

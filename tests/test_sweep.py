@@ -1,0 +1,247 @@
+"""Tests of curvebench.sweep: resume after SIGKILL, divergence, executors agree, failures stored."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curvebench.cli import main
+from curvebench.harness import DIVERGENCE_FACTOR
+from curvebench.records import RunConfig
+from curvebench.store import RunStore
+from curvebench.study import load_study
+from curvebench.sweep import run_sweep, threads_per_worker
+
+ROOT = Path(__file__).resolve().parent.parent
+
+KILL_STUDY = """
+problems = ["synthetic-linreg"]
+seeds = [0]
+stop_at_target = false
+eval_every = 50
+[budget]
+max_steps = 100
+[optimizers.sgd]
+fixed = { momentum = 0.0 }
+grid = { lr = { low = 1e-4, high = 1e-2, n = 10 } }
+"""
+
+SMALL_STUDY = """
+problems = ["synthetic-linreg", "digits-logreg"]
+seeds = [0]
+eval_every = 5
+[budget]
+max_steps = 15
+[optimizers.sgd]
+grid = { lr = [0.01, 1.0, 1000.0] }
+[optimizers.adam]
+"""
+
+
+def study_configs(tmp_path: Path, text: str) -> list[RunConfig]:
+    path = tmp_path / "study.toml"
+    path.write_text(text, encoding="utf-8")
+    return load_study(path).run_configs()
+
+
+def run_files(directory: Path) -> dict[str, bytes]:
+    return {p.name: p.read_bytes() for p in sorted(directory.glob("run-*.json"))}
+
+
+@pytest.mark.slow
+def test_sigkill_mid_sweep_then_resume_keeps_every_completed_run(tmp_path):
+    study = tmp_path / "study.toml"
+    study.write_text(KILL_STUDY, encoding="utf-8")
+    out = tmp_path / "results"
+    configs = load_study(study).run_configs()
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen([sys.executable, "-m", "curvebench", "sweep", str(study),
+                                "--out", str(out)], cwd=tmp_path, env=env,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.monotonic() + 120
+        while len(list(out.glob("run-*.json"))) < 2:
+            assert process.poll() is None, "the sweep ended before it could be killed"
+            assert time.monotonic() < deadline, "no runs stored within two minutes"
+            time.sleep(0.01)
+        os.kill(process.pid, signal.SIGKILL)
+    finally:
+        process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    before = run_files(out)
+    assert 2 <= len(before) < len(configs), "the kill came too late to test a resume"
+
+    records, unreadable = RunStore(out).scan()
+    assert not unreadable and len(records) == len(before)
+
+    result = run_sweep(configs, store=RunStore(out), progress=False)
+    assert result.skipped == len(before)
+    assert result.ran == len(configs) - len(before)  # none is run twice
+    after = run_files(out)
+    assert {name: after[name] for name in before} == before  # completed runs kept, untouched
+    assert len(after) == len(configs)  # one file per configuration, no duplicates
+    records, unreadable = RunStore(out).scan()
+    assert not unreadable
+    assert {r.config for r in records} == set(configs)
+
+
+def test_learning_rate_sweep_records_divergence_within_a_step(tmp_path):
+    text = """
+problems = ["synthetic-linreg"]
+eval_every = 5
+[budget]
+max_steps = 30
+[optimizers.sgd]
+fixed = { momentum = 0.0 }
+grid = { lr = { low = 1e-6, high = 1e3, n = 10 } }
+"""
+    configs = study_configs(tmp_path, text)
+    result = run_sweep(configs, store=RunStore(tmp_path / "out"), progress=False)
+    assert len(result.records) == len(configs) == 10
+    status = {r.config.hyperparameter_dict["lr"]: r.status for r in result.records}
+    assert status[1e-6] == "budget" and status[1e3] == "diverged"
+    assert all(s in ("budget", "reached", "diverged") for s in status.values())
+    for record in result.records:
+        losses = record.history["loss"]
+        assert len(losses) == record.steps_run
+        if record.status != "diverged":
+            assert all(math.isfinite(v) for v in losses)
+            continue
+        bad = [i for i, v in enumerate(losses)
+               if not math.isfinite(v) or v > DIVERGENCE_FACTOR * losses[0]]
+        first_non_finite = next((i for i, v in enumerate(losses) if not math.isfinite(v)), None)
+        assert bad, "a diverged run must show a non-finite or exploding loss"
+        assert record.steps_run <= bad[0] + 1
+        if first_non_finite is not None:
+            assert record.steps_run <= first_non_finite + 1
+    stored, unreadable = RunStore(tmp_path / "out").scan()
+    assert not unreadable and len(stored) == 10
+
+
+def comparable(record) -> dict:
+    """What must agree between executors (everything except clocks and the environment)."""
+    return {"config": record.config, "status": record.status, "steps_run": record.steps_run,
+            "steps_to_target": record.steps_to_target,
+            "losses": np.asarray(record.history["loss"], dtype=float),
+            "evaluations": {k: np.asarray(v, dtype=float) for k, v in record.evaluations.items()
+                            if k != "seconds"},
+            "final": record.final, "counters": record.counters}
+
+
+def assert_same_records(left, right) -> None:
+    assert [r.config for r in left] == [r.config for r in right]
+    for a, b in zip(left, right, strict=True):
+        a, b = comparable(a), comparable(b)
+        for key in ("config", "status", "steps_run", "steps_to_target", "counters"):
+            assert a[key] == b[key], key
+        np.testing.assert_allclose(a["losses"], b["losses"], rtol=1e-6)
+        for column in a["evaluations"]:
+            np.testing.assert_allclose(a["evaluations"][column], b["evaluations"][column],
+                                       rtol=1e-6)
+
+
+@pytest.mark.slow
+def test_dask_local_cluster_stores_the_same_records_as_serial(tmp_path):
+    distributed = pytest.importorskip("dask.distributed")
+    configs = study_configs(tmp_path, SMALL_STUDY)
+    serial = run_sweep(configs, store=RunStore(tmp_path / "serial"), progress=False)
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        dask = run_sweep(configs, store=RunStore(tmp_path / "dask"), executor="dask",
+                         scheduler=client, progress=False)
+    assert dask.ran == serial.ran == len(configs)
+    assert_same_records(serial.records, dask.records)
+    stored = sorted(RunStore(tmp_path / "dask"), key=lambda r: r.config.key())
+    assert_same_records(sorted(serial.records, key=lambda r: r.config.key()), stored)
+    assert {r.status for r in stored} == {"diverged", "budget"}
+
+
+def crash_on_large_lr(config: dict, data_dir):
+    """A worker whose process dies on one configuration (as a segfault or OOM kill would)."""
+    from curvebench.sweep import execute_config
+
+    if config["hyperparameters"]["lr"] > 100:
+        os._exit(3)
+    return execute_config(config, data_dir)
+
+
+@pytest.mark.slow
+def test_process_pool_matches_serial_and_stores_a_dying_worker_as_error(tmp_path):
+    configs = study_configs(tmp_path, SMALL_STUDY.replace(', "digits-logreg"', ""))
+    serial = run_sweep(configs, store=RunStore(tmp_path / "serial"), progress=False)
+    pool = run_sweep(configs, store=RunStore(tmp_path / "pool"), executor="process", workers=2,
+                     worker=crash_on_large_lr, progress=False)
+    crashed = [r for r in pool.records if r.config.hyperparameter_dict.get("lr", 0) > 100]
+    assert len(crashed) == 1 and crashed[0].status == "error" and "died" in crashed[0].error
+    assert pool.worker_failures == len(crashed)
+    healthy = [r for r in pool.records if r not in crashed]
+    expected = [r for r in serial.records if r.config in {h.config for h in healthy}]
+    assert_same_records(expected, healthy)
+    assert len(list((tmp_path / "pool").glob("run-*.json"))) == len(configs)
+
+
+def failing_worker(config: dict, data_dir):
+    raise RuntimeError("data server\nunreachable")
+
+
+def test_worker_exception_is_stored_as_error_and_retried_on_request(tmp_path):
+    configs = study_configs(tmp_path, SMALL_STUDY)[:3]
+    store = RunStore(tmp_path / "out")
+    failed = run_sweep(configs, store=store, worker=failing_worker, progress=False)
+    assert failed.worker_failures == 3
+    assert {r.status for r in store} == {"error"}
+    assert all(r.error == "RuntimeError: data server unreachable" for r in store)
+    resumed = run_sweep(configs, store=store, progress=False)
+    assert (resumed.ran, resumed.skipped) == (0, 3)  # errors are results
+    retried = run_sweep(configs, store=store, retry_errors=True, progress=False)
+    assert retried.ran == 3 and "error" not in {r.status for r in store}
+    assert len(list(store.directory.glob("run-*.json"))) == 3
+
+
+def test_sweep_command_resumes_and_prints_a_summary(tmp_path, capsys):
+    study = tmp_path / "study.toml"
+    study.write_text(SMALL_STUDY.replace('"digits-logreg"', ""), encoding="utf-8")
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    first = capsys.readouterr()
+    assert "robustness" in first.out and "synthetic-linreg" in first.out
+    assert "4 run(s) stored" in first.out and "ETA" in first.err
+    files = run_files(out)
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    assert "0 run(s) stored" in capsys.readouterr().out
+    assert run_files(out) == files
+    assert main(["sweep", str(study), "--out", str(out), "--dry-run", "--force"]) == 0
+    assert "4 to run" in capsys.readouterr().err
+
+
+def test_sweep_command_rejects_bad_executor_options(tmp_path, capsys):
+    study = tmp_path / "study.toml"
+    study.write_text(SMALL_STUDY, encoding="utf-8")
+    assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--scheduler",
+                 "tcp://127.0.0.1:1"]) == 2
+    assert "--scheduler needs --executor dask" in capsys.readouterr().err
+    assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--executor", "mpi"]) == 2
+    assert not (tmp_path / "o").exists()
+
+
+def test_threads_per_worker_shares_the_cores():
+    assert threads_per_worker(1, cores=8) == 8
+    assert threads_per_worker(3, cores=8) == 2
+    assert threads_per_worker(16, cores=8) == 1
+
+
+def test_stored_records_are_strict_json(tmp_path):
+    configs = study_configs(tmp_path, SMALL_STUDY)[:2]
+    run_sweep(configs, store=RunStore(tmp_path / "out"), progress=False)
+    for path in (tmp_path / "out").glob("run-*.json"):
+        json.loads(path.read_text(), parse_constant=lambda c: pytest.fail(f"non-JSON {c}"))
