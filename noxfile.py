@@ -21,3 +21,13 @@ def lint(session: nox.Session) -> None:
     """ruff check."""
     session.install("ruff")
     session.run("ruff", "check", ".")
+
+
+@nox.session
+def bench(session: nox.Session) -> None:
+    """asv suite against this environment (``nox -s bench -- --quick --dry-run`` to smoke-test)."""
+    session.install(TORCH, "-e", ".[dev]")
+    commit = session.run("git", "rev-parse", "HEAD", external=True, silent=True).strip()
+    session.run("asv", "machine", "--yes")
+    session.run("asv", "run", "--python=same", "--set-commit-hash", commit, "--show-stderr",
+                *session.posargs)

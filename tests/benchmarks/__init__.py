@@ -1,0 +1,1 @@
+"""pytest-benchmark micro-benchmarks of the curvature kernels (run with ``--run-benchmarks``)."""

@@ -1,0 +1,32 @@
+"""Session-wide test options: pytest-benchmark kernel benchmarks run only when asked for.
+
+Everything under ``tests/benchmarks`` carries the ``kernel_benchmark`` marker (set by that
+folder's conftest). A plain ``python -m pytest`` collects those files, so an import error in
+them still fails the run, but deselects their tests; ``--run-benchmarks`` keeps them::
+
+    python -m pytest tests/benchmarks --run-benchmarks --benchmark-enable
+"""
+
+from __future__ import annotations
+
+import pytest
+
+RUN_BENCHMARKS = "--run-benchmarks"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption(RUN_BENCHMARKS, action="store_true", default=False,
+                     help="run the kernel_benchmark micro-benchmarks in tests/benchmarks "
+                          "(add --benchmark-enable to time them; pyproject disables timing)")
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Deselect ``kernel_benchmark`` items unless ``--run-benchmarks`` was given."""
+    if config.getoption(RUN_BENCHMARKS):
+        return
+    kept = [item for item in items if item.get_closest_marker("kernel_benchmark") is None]
+    if len(kept) != len(items):
+        config.hook.pytest_deselected(
+            items=[item for item in items if item.get_closest_marker("kernel_benchmark")])
+        items[:] = kept
