@@ -108,6 +108,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=_positive_int)
     run.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"])
+    run.add_argument("--threads", type=_positive_int,
+                     help="torch CPU threads (default: torch's choice; recorded in every run)")
     run.add_argument("--out", type=Path, default=Path("results"), help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
                                                    "a user cache directory)")
@@ -194,6 +196,10 @@ def _run_command(args: argparse.Namespace) -> int:
     from curvebench.store import RunStore, StoreError
 
     overrides = dict(args.hp)
+    if args.threads is not None:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.offline:
         import os
 

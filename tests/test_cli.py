@@ -49,9 +49,13 @@ def test_run_product_resume_and_show(tmp_path, capsys):
 
 def test_hyperparameters_are_recorded(tmp_path, capsys):
     code, out, _ = _run(capsys, "run", "--problem", "digits-logreg", "--optimizer", "sgd",
-                        "--hp", "lr=0.05", "--hp", "momentum=0", "--steps", "2",
+                        "--hp", "lr=0.05", "--hp", "momentum=0", "--steps", "2", "--threads", "1",
                         "--out", str(tmp_path))
     assert code == 0 and "lr=0.05" in out and "momentum=0" in out
+    from curvebench.store import RunStore
+
+    (record,) = RunStore(tmp_path).scan()[0]
+    assert record.environment["threads"] == 1
 
 
 BAD_INPUTS = {
