@@ -1,0 +1,513 @@
+"""Kronecker factors of the per-layer Gauss-Newton blocks: K-FAC, KFLR, KFRA, empirical Fisher.
+
+For a layer with pre-activations ``s_{n,t} = W ã_{n,t}`` (``t`` runs over the positions that
+share the weight: one for a Linear layer on ``(N, d)`` inputs, the output pixels of a
+convolution) and ``ã = [a; 1]`` the layer input with a homogeneous coordinate for the bias, the
+Gauss-Newton block of ``vec([W, b])`` (column-major) is approximated by ``G ≈ A ⊗ S`` with
+
+    A = (1/N) Σ_n Σ_t ã_{n,t} ã_{n,t}ᵀ,        S = (1/T) Σ_n Σ_t Σ_k B_{k,n,t} B_{k,n,t}ᵀ,
+
+where ``B_{k,n,t} = J_{s_{n,t}}ᵀ c_{k,n}`` backpropagates vector ``k`` of a factor of the
+output Hessian of the *batch-mean* loss (so ``S`` already carries the loss's ``1/N``). The
+curvature types differ only in those vectors:
+
+=============  =====================================================================  ===========
+type           vectors ``c_{k,n}`` backpropagated to every layer                      reference
+=============  =====================================================================  ===========
+``kflr``       the ``D`` columns of ``C_n`` with ``H_n = C_n C_nᵀ``                   Botev 2017
+                (:meth:`~curvebench.losses.CurvatureLoss.hessian_factor`): exact
+``kfac``       ``mc_samples`` draws of                                                Martens &
+                :meth:`~curvebench.losses.CurvatureLoss.sampled_output_gradient`,     Grosse 2015
+                each weighted ``1/mc_samples``: unbiased for ``kflr``'s ``S``
+``kfra``       none: ``S_l = (W_{l+1}ᵀ S_{l+1} W_{l+1}) ⊙ E_n[f′(h_n) f′(h_n)ᵀ]``,   Botev 2017
+                started from ``S_out = Σ_n H_n``; MLPs only (:func:`kfra_support`)
+``empirical``  the gradient of the true-label loss, ``S = N Σ_n Σ_t b bᵀ / T`` with   Kunstner
+                ``b_{n,t} = ∂L/∂s_{n,t}``, i.e. ``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ``              2019
+=============  =====================================================================  ===========
+
+With one position (``T = 1``) and one example, ``kflr`` (and ``kfra``) give the exact GGN block.
+The empirical Fisher is that of the per-example loss ``ℓ_n`` (``L = (1/N) Σ_n ℓ_n``): for
+cross-entropy this is the empirical Fisher of the likelihood; for MSE and BCE, whose ``ℓ_n``
+averages over the ``D`` outputs, it differs from the likelihood's by the loss's scale ``c``
+(see :mod:`curvebench.losses`), which the losses do not expose separately.
+
+Scaling convention for convolutions (KFC, Grosse & Martens 2016, eq. 32): ``A`` *sums* the
+outer products of the unfolded patches over the ``T = H_out·W_out`` output positions
+(Ω of the paper) and ``S`` *averages* the backpropagated outer products over them (Γ of the
+paper), so ``A ⊗ S`` is the unbiased estimate of the GGN block under the paper's assumptions of
+spatial homogeneity and spatially uncorrelated derivatives, and a convolution with a single
+output position is exactly a Linear layer. BackPACK (``KFAC``/``KFLR`` extensions) uses the
+same ``A`` but a factor that is ``T`` times larger for ``S`` — and it sums the backpropagated
+vectors over positions *before* the outer product, which makes its ``S`` the exact GGN of the
+bias. We use the paper's scaling because it keeps one damping value meaningful for Linear and
+convolution layers alike (the ``S`` of both is a per-position curvature) and because it is the
+construction whose assumptions the paper states. Linear layers agree with BackPACK exactly:
+BackPACK's weight factors are ``[S, A[:-1, :-1]]`` and its bias factor is ``S``.
+
+All factors are symmetric positive semi-definite; ``A`` has the shape of ``ã`` and ``S`` of
+``s``. Layers with a block: ``nn.Linear`` and ``nn.Conv1d``/``nn.Conv2d`` with ``groups=1``
+(any stride, padding, padding mode and dilation).
+
+References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
+approximate curvature"; Grosse & Martens 2016, "A Kronecker-factored approximate Fisher matrix
+for convolution layers"; Botev, Ritter & Barber 2017, "Practical Gauss-Newton optimisation for
+deep learning"; Kunstner, Hennig & Balles 2019, "Limitations of the empirical Fisher
+approximation for natural gradient descent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, jacrev
+
+from curvebench.losses import CurvatureLoss
+
+__all__ = [
+    "CURVATURE_TYPES",
+    "CurvatureType",
+    "KFRA_ELEMENTWISE",
+    "KroneckerFactors",
+    "KroneckerFactorCollector",
+    "UnsupportedModelError",
+    "has_kronecker_block",
+    "kronecker_layers",
+    "kfra_support",
+    "layer_inputs",
+    "layer_pre_activations",
+    "kronecker_factors",
+    "parameter_matrix",
+    "split_parameter_matrix",
+    "dense_ggn_block",
+    "kronecker_approximation_error",
+]
+
+CurvatureType = Literal["kflr", "kfac", "kfra", "empirical"]
+#: The curvature types, in the order of the table above.
+CURVATURE_TYPES: tuple[str, ...] = ("kflr", "kfac", "kfra", "empirical")
+
+#: Modules KFRA can backpropagate through: elementwise activations (diagonal Jacobian) and
+#: identities. Any other module (besides ``nn.Linear``) makes a model unsupported by KFRA.
+KFRA_ELEMENTWISE: tuple[type[nn.Module], ...] = (
+    nn.ReLU, nn.LeakyReLU, nn.Tanh, nn.Sigmoid, nn.ELU, nn.SELU, nn.GELU, nn.SiLU, nn.Softplus,
+    nn.Identity,
+)
+
+_CONV = (nn.Conv1d, nn.Conv2d)
+
+
+class UnsupportedModelError(ValueError):
+    """The model has a layer the requested curvature type cannot handle (one-line message)."""
+
+
+@dataclass(frozen=True)
+class KroneckerFactors:
+    """The two factors of one layer's block ``G ≈ A ⊗ S`` (see the module docstring).
+
+    Attributes:
+        A: ``(d_in + 1, d_in + 1)`` with a bias (homogeneous coordinate last), else
+            ``(d_in, d_in)``; ``d_in = C_in · Π kernel`` for convolutions.
+        S: ``(d_out, d_out)``; ``d_out`` the output features or channels.
+    """
+
+    A: torch.Tensor
+    S: torch.Tensor
+
+    def kron(self) -> torch.Tensor:
+        """The dense ``A ⊗ S`` (for tests and tiny layers), ordered like ``vec([W, b])``."""
+        return torch.kron(self.A, self.S)
+
+
+def has_kronecker_block(module: nn.Module) -> bool:
+    """Whether ``module`` gets a Kronecker block: Linear, or Conv1d/Conv2d with ``groups=1``."""
+    if isinstance(module, nn.Linear):
+        return True
+    return isinstance(module, _CONV) and module.groups == 1
+
+
+def kronecker_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
+    """``(name, module)`` of every layer of ``model`` with a block, in forward-definition order."""
+    return [(name, m) for name, m in model.named_modules() if has_kronecker_block(m)]
+
+
+def _leaves(model: nn.Module) -> list[nn.Module]:
+    if isinstance(model, nn.Sequential):
+        return [leaf for child in model for leaf in _leaves(child)]
+    return [model]
+
+
+def kfra_support(model: nn.Module) -> str | None:
+    """Return ``None`` when KFRA can handle ``model``, else a one-line reason.
+
+    KFRA backpropagates one batch-averaged matrix through the network, which needs the network
+    to be a chain: an ``nn.Sequential`` (nested ones are flattened) of ``nn.Linear`` layers and
+    the elementwise modules in :data:`KFRA_ELEMENTWISE`, or a single ``nn.Linear``.
+    """
+    if not isinstance(model, (nn.Sequential, nn.Linear)):
+        return f"KFRA needs an nn.Sequential MLP, got {type(model).__name__}"
+    leaves = _leaves(model)
+    for index, leaf in enumerate(leaves):
+        if not isinstance(leaf, (nn.Linear, *KFRA_ELEMENTWISE)):
+            return (f"KFRA supports only Linear layers and elementwise activations; layer "
+                    f"{index} is {type(leaf).__name__}")
+    if not any(isinstance(leaf, nn.Linear) for leaf in leaves):
+        return "KFRA needs at least one Linear layer"
+    return None
+
+
+def layer_inputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The layer inputs per position, ``(N, T, d_in)`` (unfolded patches for convolutions).
+
+    Patches are ordered like ``weight.reshape(C_out, -1)``: channel-major, then kernel offsets.
+    """
+    n = inputs.shape[0]
+    if isinstance(module, nn.Linear):
+        return inputs.reshape(n, -1, module.in_features)
+    if not isinstance(module, _CONV):
+        raise TypeError(f"no Kronecker block for {type(module).__name__}")
+    x = inputs
+    if isinstance(module, nn.Conv1d):
+        x = x.unsqueeze(2)
+        kernel, stride = (1, *module.kernel_size), (1, *module.stride)
+        dilation = (1, *module.dilation)
+    else:
+        kernel, stride, dilation = module.kernel_size, module.stride, module.dilation
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        padding = module.padding if isinstance(module, nn.Conv2d) else (0, *module.padding)
+    else:  # 'same'/'valid' or non-zero padding modes: pad exactly as the module's forward does
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(inputs, module._reversed_padding_repeated_twice, mode=mode)
+        x = x.unsqueeze(2) if isinstance(module, nn.Conv1d) else x
+        padding = (0, 0)
+    patches = F.unfold(x, kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
+    return patches.transpose(1, 2)
+
+
+def layer_pre_activations(module: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
+    """The layer outputs per position, ``(N, T, d_out)``, from ``(N, ..., d_out)`` (Linear) or
+    ``(N, C_out, *spatial)`` (convolution)."""
+    n = outputs.shape[0]
+    if isinstance(module, nn.Linear):
+        return outputs.reshape(n, -1, module.out_features)
+    return outputs.reshape(n, module.out_channels, -1).transpose(1, 2)
+
+
+def _homogeneous(module: nn.Module, patches: torch.Tensor) -> torch.Tensor:
+    if module.bias is None:
+        return patches
+    return torch.cat([patches, patches.new_ones(*patches.shape[:-1], 1)], dim=-1)
+
+
+def parameter_matrix(module: nn.Module, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+    """Arrange a layer's weight-shaped and bias-shaped tensors as ``[W, b]``, ``(d_out, d_in+1)``.
+
+    With this layout the Kronecker product acts as ``(A ⊗ S) vec(V) = vec(S V A)``.
+    """
+    matrix = weight.reshape(weight.shape[0], -1)
+    if module.bias is None:
+        return matrix
+    if bias is None:
+        raise ValueError("a layer with a bias needs the bias-shaped tensor")
+    return torch.cat([matrix, bias.reshape(-1, 1)], dim=1)
+
+
+def split_parameter_matrix(module: nn.Module,
+                           matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Inverse of :func:`parameter_matrix`: ``(weight-shaped, bias-shaped or None)``."""
+    if module.bias is None:
+        return matrix.reshape(module.weight.shape), None
+    return matrix[:, :-1].reshape(module.weight.shape), matrix[:, -1].clone()
+
+
+class KroneckerFactorCollector:
+    """Forward hooks that record what the factors need, registered once on a model.
+
+    Inside ``with collector.capture():`` each forward pass records, for every layer with a
+    block, its (detached) input and its output (still in the autograd graph, so vectors can be
+    backpropagated to it); with ``activations=True`` it also records the inputs of the
+    elementwise modules (for KFRA). Outside ``capture`` the hooks do nothing.
+
+    Args:
+        model: the network.
+        layers: the modules to collect factors for (default: :func:`kronecker_layers`).
+    """
+
+    def __init__(self, model: nn.Module, *, layers: Sequence[nn.Module] | None = None) -> None:
+        self.model = model
+        self.layers: list[nn.Module] = (
+            [m for _, m in kronecker_layers(model)] if layers is None else list(layers)
+        )
+        for layer in self.layers:
+            if not has_kronecker_block(layer):
+                raise TypeError(f"no Kronecker block for {type(layer).__name__}")
+        self._capturing = False
+        self._activations = False
+        self._inputs: dict[nn.Module, torch.Tensor] = {}
+        self._outputs: dict[nn.Module, torch.Tensor] = {}
+        self._activation_inputs: dict[nn.Module, torch.Tensor] = {}
+        self._handles = [layer.register_forward_hook(self._layer_hook) for layer in self.layers]
+        self._chain = _leaves(model) if kfra_support(model) is None else None
+        if self._chain is not None:
+            self._handles += [leaf.register_forward_hook(self._activation_hook)
+                              for leaf in self._chain if isinstance(leaf, KFRA_ELEMENTWISE)]
+
+    def _layer_hook(self, module, inputs, output) -> None:
+        if self._capturing:
+            self._inputs[module] = inputs[0].detach()
+            self._outputs[module] = output
+
+    def _activation_hook(self, module, inputs, output) -> None:
+        if self._capturing and self._activations:
+            self._activation_inputs[module] = inputs[0].detach()
+
+    def remove(self) -> None:
+        """Remove the hooks."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles = []
+
+    @contextmanager
+    def capture(self, *, activations: bool = False) -> Iterator[None]:
+        """Record the next forward passes (the last one per layer wins)."""
+        self.clear()
+        self._capturing, self._activations = True, activations
+        try:
+            yield
+        finally:
+            self._capturing, self._activations = False, False
+
+    def clear(self) -> None:
+        """Drop recorded tensors (frees the graph references)."""
+        self._inputs.clear()
+        self._outputs.clear()
+        self._activation_inputs.clear()
+
+    def pre_activations(self) -> list[torch.Tensor]:
+        """The recorded layer outputs (in the graph), in :attr:`layers` order."""
+        self._check_recorded()
+        return [self._outputs[layer] for layer in self.layers]
+
+    def _check_recorded(self) -> None:
+        missing = [layer for layer in self.layers if layer not in self._outputs]
+        if missing:
+            raise RuntimeError("no forward pass was recorded for "
+                               f"{len(missing)} layer(s); run the model inside capture()")
+
+    def input_factors(self) -> list[torch.Tensor]:
+        """``A`` of every layer from the recorded inputs."""
+        self._check_recorded()
+        factors = []
+        for layer in self.layers:
+            patches = _homogeneous(layer, layer_inputs(layer, self._inputs[layer]))
+            n = patches.shape[0]
+            flat = patches.reshape(-1, patches.shape[-1])
+            factors.append(flat.T @ flat / n)
+        return factors
+
+    def output_factors(
+        self,
+        *,
+        curvature: CurvatureType,
+        loss: CurvatureLoss,
+        output: torch.Tensor,
+        mc_samples: int = 1,
+        generator: torch.Generator | None = None,
+        pre_activation_gradients: Sequence[torch.Tensor] | None = None,
+    ) -> list[torch.Tensor]:
+        """``S`` of every layer for the recorded forward pass.
+
+        Args:
+            curvature: one of :data:`CURVATURE_TYPES`.
+            loss: the loss; its output-Hessian factor or Monte-Carlo factor is used.
+            output: the network output of the recorded forward pass (in the graph).
+            mc_samples: number of Monte-Carlo samples (``kfac`` only).
+            generator: random generator for the samples (``kfac`` only; default global RNG).
+            pre_activation_gradients: ``∂L/∂s`` of every layer, in :attr:`layers` order
+                (``empirical`` only; the gradient of the true-label loss).
+
+        Returns:
+            One ``(d_out, d_out)`` tensor per layer.
+
+        Raises:
+            UnsupportedModelError: ``kfra`` on a model that is not a Linear/elementwise chain.
+            ValueError: unknown curvature type, ``mc_samples < 1``, or ``empirical`` without
+                gradients.
+        """
+        self._check_recorded()
+        if curvature == "kfra":
+            return self._kfra_factors(loss=loss, output=output)
+        if curvature == "kflr":
+            vectors = loss.hessian_factor(output.detach()).permute(2, 0, 1)
+        elif curvature == "kfac":
+            if mc_samples < 1:
+                raise ValueError(f"mc_samples must be >= 1, got {mc_samples}")
+            vectors = torch.stack([
+                loss.sampled_output_gradient(output.detach(), generator=generator)
+                for _ in range(mc_samples)
+            ]) / mc_samples ** 0.5
+        elif curvature == "empirical":
+            if pre_activation_gradients is None:
+                raise ValueError("the empirical Fisher needs pre_activation_gradients (∂L/∂s)")
+            n = output.shape[0]
+            return [self._outer(layer, g.unsqueeze(0)) * n
+                    for layer, g in zip(self.layers, pre_activation_gradients, strict=True)]
+        else:
+            raise ValueError(f"unknown curvature type {curvature!r}; "
+                             f"known: {', '.join(CURVATURE_TYPES)}")
+        backpropagated = torch.autograd.grad(
+            output, self.pre_activations(), grad_outputs=vectors.contiguous(),
+            retain_graph=True, is_grads_batched=True,
+        )
+        return [self._outer(layer, b) for layer, b in zip(self.layers, backpropagated, strict=True)]
+
+    @staticmethod
+    def _outer(layer: nn.Module, backpropagated: torch.Tensor) -> torch.Tensor:
+        """``(1/T) Σ_{k,n,t} B Bᵀ`` from ``(K, N, ...)`` backpropagated vectors."""
+        per_position = layer_pre_activations(layer, backpropagated.flatten(0, 1))
+        positions = per_position.shape[1]
+        flat = per_position.reshape(-1, per_position.shape[-1])
+        return flat.T @ flat / positions
+
+    def _kfra_factors(self, *, loss: CurvatureLoss, output: torch.Tensor) -> list[torch.Tensor]:
+        if self._chain is None:
+            raise UnsupportedModelError(kfra_support(self.model))
+        if not self._activation_inputs and any(
+            isinstance(leaf, KFRA_ELEMENTWISE) and not isinstance(leaf, nn.Identity)
+            for leaf in self._chain
+        ):
+            raise RuntimeError("KFRA needs capture(activations=True)")
+        curvature = loss.hessian_matrix(output.detach()).sum(dim=0)
+        factors: dict[nn.Module, torch.Tensor] = {}
+        for leaf in reversed(self._chain):
+            if isinstance(leaf, nn.Linear):
+                factors[leaf] = curvature
+                curvature = leaf.weight.detach().T @ curvature @ leaf.weight.detach()
+            elif not isinstance(leaf, nn.Identity):
+                h = self._activation_inputs[leaf]
+                h = h.reshape(h.shape[0], -1)
+                derivative = _elementwise_derivative(leaf, h)
+                curvature = curvature * (derivative.T @ derivative / h.shape[0])
+        return [factors[layer] for layer in self.layers]
+
+
+def _elementwise_derivative(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``f′(h)`` of an elementwise module, by one backward pass of ``Σ f(h)``."""
+    with torch.enable_grad():
+        h = inputs.detach().requires_grad_(True)
+        (derivative,) = torch.autograd.grad(module(h).sum(), h)
+    return derivative
+
+
+def kronecker_factors(
+    model: nn.Module,
+    loss: CurvatureLoss,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    curvature: CurvatureType,
+    mc_samples: int = 1,
+    generator: torch.Generator | None = None,
+) -> dict[str, KroneckerFactors]:
+    """The factors ``A``, ``S`` of every layer with a block, for one batch (no averaging).
+
+    Runs one forward pass (and one backward pass of the loss for ``empirical``); see the
+    module docstring for the definitions and the scaling.
+
+    Args:
+        model: the network.
+        loss: its loss.
+        inputs: a batch of inputs.
+        targets: the batch's targets (used by ``empirical`` only).
+        curvature: one of :data:`CURVATURE_TYPES`.
+        mc_samples: Monte-Carlo samples for ``kfac``.
+        generator: random generator for ``kfac``.
+
+    Returns:
+        ``{layer name: KroneckerFactors}`` in :func:`kronecker_layers` order.
+
+    Raises:
+        UnsupportedModelError: ``kfra`` on a model that is not a Linear/elementwise chain.
+    """
+    if curvature == "kfra" and (reason := kfra_support(model)) is not None:
+        raise UnsupportedModelError(reason)
+    names = kronecker_layers(model)
+    collector = KroneckerFactorCollector(model, layers=[m for _, m in names])
+    try:
+        with torch.enable_grad(), collector.capture(activations=curvature == "kfra"):
+            output = model(inputs)
+        gradients = None
+        if curvature == "empirical":
+            gradients = torch.autograd.grad(loss(output, targets), collector.pre_activations(),
+                                            retain_graph=True)
+        a_factors = collector.input_factors()
+        s_factors = collector.output_factors(
+            curvature=curvature, loss=loss, output=output, mc_samples=mc_samples,
+            generator=generator, pre_activation_gradients=gradients)
+    finally:
+        collector.clear()
+        collector.remove()
+    return {name: KroneckerFactors(A=a.detach(), S=s.detach())
+            for (name, _), a, s in zip(names, a_factors, s_factors, strict=True)}
+
+
+def dense_ggn_block(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
+                    layer: str) -> torch.Tensor:
+    """The exact GGN block of one layer, ordered like ``vec([W, b])`` (column-major).
+
+    ``G_l = Σ_n J_nᵀ H_n J_n`` with ``J_n`` the Jacobian of output ``n`` with respect to the
+    layer's parameters (``torch.func.jacrev``) and ``H_n`` from the loss. Dense: tiny nets only.
+    """
+    module = model.get_submodule(layer)
+    names = [f"{layer}.weight"] + ([f"{layer}.bias"] if module.bias is not None else [])
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    chosen = {name: params[name] for name in names}
+
+    def output(selected: dict[str, torch.Tensor]) -> torch.Tensor:
+        return functional_call(model, {**params, **selected}, (inputs,))
+
+    with torch.no_grad():
+        out = model(inputs)
+    jacobians = jacrev(output)(chosen)
+    n, d = out.shape
+    weight = jacobians[names[0]].reshape(n, d, module.weight.shape[0], -1)
+    bias = jacobians[names[1]].reshape(n, d, -1, 1) if len(names) > 1 else None
+    jac = weight if bias is None else torch.cat([weight, bias], dim=-1)
+    jac = jac.transpose(-1, -2).reshape(n, d, -1)  # column-major vec([W, b])
+    hessian = loss.hessian_matrix(out)
+    return torch.einsum("nip,nij,njq->pq", jac, hessian, jac)
+
+
+def kronecker_approximation_error(
+    model: nn.Module,
+    loss: CurvatureLoss,
+    inputs: torch.Tensor,
+    targets: torch.Tensor,
+    *,
+    curvature: CurvatureType = "kflr",
+    mc_samples: int = 1,
+) -> dict[str, float]:
+    """Relative error ``‖G_l − A_l ⊗ S_l‖_F / ‖G_l‖_F`` of each layer's block (a diagnostic).
+
+    ``G_l`` is the exact GGN block from :func:`dense_ggn_block` on the same batch, so this is
+    for tiny networks. The number measures how much the Kronecker (and, for ``kfra``, the
+    batch-averaging; for ``kfac``, the sampling; for ``empirical``, the label) approximation
+    loses; it is not expected to be zero except for one example through one layer.
+
+    Returns:
+        ``{layer name: relative error}``.
+    """
+    factors = kronecker_factors(model, loss, inputs, targets, curvature=curvature,
+                                mc_samples=mc_samples)
+    errors = {}
+    for name, block in factors.items():
+        exact = dense_ggn_block(model, loss, inputs, name)
+        norm = torch.linalg.matrix_norm(exact)
+        errors[name] = float(torch.linalg.matrix_norm(exact - block.kron()) / norm)
+    return errors

@@ -1,0 +1,608 @@
+"""K-FAC, KFLR, KFRA and empirical-Fisher K-FAC: block-diagonal Gauss-Newton with Kronecker blocks.
+
+Every layer with a block (:func:`curvebench.kronecker.has_kronecker_block`) gets
+``G_l ≈ A_l ⊗ S_l`` (factors from :mod:`curvebench.kronecker`; the presets differ only in how
+``S`` is estimated). The step for the layer's parameters ``V = [∇W, ∇b] + η[W, b]`` is
+
+    U = (S + γ_S I)⁻¹ V (A + γ_A I)⁻¹,   γ_A = π √(λ + η),   γ_S = √(λ + η) / π,
+    π = √( (tr A / dim A) / (tr S / dim S) )                    (factored Tikhonov, π-correction)
+
+then ``U ← ν U`` (clipping), ``m ← μ m + U``, ``θ ← θ − α m``, with ``λ`` the damping, ``η`` the
+weight decay (an L2 term of the objective, which is why it also enters the damping), ``α`` the
+learning rate and ``μ`` the momentum.
+
+* Factors are exponential moving averages ``F ← ε F + (1 − ε) F̂`` (first estimate taken as is),
+  updated every ``cov_update_period`` steps (``T_cov``); decompositions every
+  ``inv_update_period`` steps (``T_inv``) and at the first step.
+* Decompositions are done in float32 (float64 for float64 models). ``inverse_method="eigh"``
+  stores eigenvectors and eigenvalues clamped at zero, so the damping enters at every step and
+  an adapted damping takes effect immediately; ``"cholesky"`` stores the damped inverses, so
+  the damping is the one of the last decomposition. A failed decomposition (not positive
+  definite, non-finite, or not converged) is retried with a shift ten times larger each time
+  (:func:`damped_decomposition`); only if every retry fails is the previous decomposition kept.
+* Clipping: ``"kl"`` scales the step so that ``α² Σ ⟨U, V⟩ ≤ clip_threshold`` (Ba, Grosse &
+  Martens 2017); ``"norm"`` so that ``α ‖U‖ ≤ clip_threshold``; ``"none"``.
+* Levenberg–Marquardt damping adaptation (``adapt_damping``), every
+  ``damping_adaptation_period`` steps: the reduction ratio
+  ``ρ = (h(θ+δ) − h(θ)) / (∇hᵀδ + ½ δᵀ(G + η I)δ)`` on the current batch, with ``h`` the loss
+  plus ``½η‖θ‖²`` and ``δᵀGδ`` from a forward-mode Jacobian-vector product and the loss's
+  output Hessian; ``λ ← ω λ`` if ``ρ > 3/4``, ``λ ← λ / ω`` if ``ρ < 1/4``
+  (Martens & Grosse 2015, §6.5), with ``ω = damping_decay``.
+* Parameters of layers without a block (normalisation, embeddings, grouped convolutions, or a
+  layer whose weight and bias are not both optimised) get the fallback
+  ``U = ∇θ + ηθ`` (plain SGD with the same learning rate, momentum and clipping); their names
+  are listed in :attr:`KFAC.run_notes`.
+
+Per step, :attr:`step_info` holds ``damping``, ``step_size`` (``α ν``), ``lr``,
+``update_norm`` (``‖θ_new − θ‖``), ``factors_updated``, ``inverses_updated``, on
+decomposition steps ``inverse_retries`` and ``inverse_failures``, and, when adapted,
+``reduction_ratio`` (``−inf`` when the model predicts no decrease); :attr:`counters` holds
+``forward_passes``, ``backward_passes`` (one per backpropagated vector: ``D`` for KFLR,
+``mc_samples`` for K-FAC), ``factor_updates``, ``inverse_updates`` and, with adaptation,
+``ggn_products`` and ``function_evaluations``.
+
+References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
+approximate curvature"; Grosse & Martens 2016 (KFC); Botev, Ritter & Barber 2017 (KFLR, KFRA);
+Ba, Grosse & Martens 2017, "Distributed second-order optimization using Kronecker-factored
+approximations" (KL clipping); Kunstner et al. 2019 (empirical Fisher).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.func import functional_call, jvp
+
+from curvebench.kronecker import (
+    CURVATURE_TYPES,
+    KroneckerFactorCollector,
+    UnsupportedModelError,
+    kfra_support,
+    kronecker_layers,
+    parameter_matrix,
+    split_parameter_matrix,
+)
+from curvebench.losses import CurvatureLoss
+from curvebench.optimizers.base import CurvatureOptimizer
+from curvebench.optimizers.spec import (
+    Choice,
+    LogUniform,
+    OptimizerSpec,
+    Uniform,
+    register_optimizer,
+)
+
+__all__ = ["KFAC", "Decomposition", "damped_decomposition", "pi_correction", "CLIPPING",
+           "INVERSE_METHODS", "MAX_DECOMPOSITION_RETRIES"]
+
+CLIPPING = ("none", "kl", "norm")
+INVERSE_METHODS = ("eigh", "cholesky")
+#: Retries of a failed decomposition, each with a ten times larger shift.
+MAX_DECOMPOSITION_RETRIES = 8
+_MAX_DAMPING = 1e6
+
+
+@dataclass(frozen=True)
+class Decomposition:
+    """A factor ready for solves: ``eigh`` gives ``(values, vectors)``, ``cholesky`` ``inverse``.
+
+    ``shift`` is what was added to the diagonal before decomposing (the damping for Cholesky;
+    zero for ``eigh`` unless a retry was needed); ``retries`` counts failed attempts.
+    """
+
+    method: str
+    shift: float
+    retries: int
+    values: torch.Tensor | None = None
+    vectors: torch.Tensor | None = None
+    inverse: torch.Tensor | None = None
+
+
+def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
+                         max_retries: int = MAX_DECOMPOSITION_RETRIES) -> Decomposition | None:
+    """Decompose ``matrix + shift·I`` in float32 (float64 stays float64), retrying on failure.
+
+    ``eigh``: eigenvalues clamped at zero. ``cholesky``: the inverse from the Cholesky factor.
+    A failure (error, non-positive-definite, non-finite result) is retried with the shift
+    raised to ``max(10·shift, 10⁻⁶·mean|diag|, 10⁻¹⁰)`` and so on, at most ``max_retries``
+    times.
+
+    Returns:
+        The decomposition, or ``None`` when every attempt failed (e.g. a non-finite matrix).
+    """
+    if method not in INVERSE_METHODS:
+        raise ValueError(f"inverse_method must be one of {INVERSE_METHODS}, got {method!r}")
+    work = matrix.to(_decomposition_dtype(matrix.dtype))
+    eye = torch.eye(work.shape[0], dtype=work.dtype, device=work.device)
+    scale = float(work.diagonal().abs().mean()) if work.numel() else 1.0
+    floor = max(1e-6 * scale, 1e-10) if math.isfinite(scale) else 1e-10
+    for retry in range(max_retries + 1):
+        damped = work + shift * eye
+        try:
+            if method == "eigh":
+                values, vectors = torch.linalg.eigh(damped)
+                if torch.isfinite(values).all() and torch.isfinite(vectors).all():
+                    return Decomposition(method=method, shift=shift, retries=retry,
+                                         values=values.clamp(min=0.0), vectors=vectors)
+            else:
+                factor, info = torch.linalg.cholesky_ex(damped)
+                if int(info) == 0:
+                    inverse = torch.cholesky_inverse(factor)
+                    if torch.isfinite(inverse).all():
+                        return Decomposition(method=method, shift=shift, retries=retry,
+                                             inverse=inverse)
+        except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
+            pass
+        shift = max(10.0 * shift, floor)
+    return None
+
+
+def pi_correction(a: torch.Tensor, s: torch.Tensor) -> float:
+    """``π = √((tr A / dim A) / (tr S / dim S))``, or 1 when either trace is not positive.
+
+    Martens & Grosse 2015, §6.3: splits the damping between the factors so that it has the
+    same relative size in both.
+    """
+    trace_a = float(a.diagonal().sum()) / a.shape[0]
+    trace_s = float(s.diagonal().sum()) / s.shape[0]
+    if not (trace_a > 0 and trace_s > 0 and math.isfinite(trace_a) and math.isfinite(trace_s)):
+        return 1.0
+    return math.sqrt(trace_a / trace_s)
+
+
+class KFAC(CurvatureOptimizer):
+    """Block-diagonal Gauss-Newton with Kronecker-factored blocks (see the module docstring).
+
+    Args:
+        model: the network.
+        loss: its :class:`~curvebench.losses.CurvatureLoss`.
+        curvature: ``"kfac"`` (Monte-Carlo), ``"kflr"`` (exact), ``"kfra"`` (recursive, MLPs)
+            or ``"empirical"``.
+        lr: learning rate ``α``.
+        damping: Tikhonov damping ``λ`` (initial value when adapted).
+        momentum: ``μ``.
+        weight_decay: L2 coefficient ``η`` (added to the gradient and the damping).
+        ema_decay: ``ε`` of the factors' moving average.
+        cov_update_period: ``T_cov``, steps between factor updates.
+        inv_update_period: ``T_inv``, steps between decompositions.
+        mc_samples: Monte-Carlo samples per factor update (``kfac`` only).
+        pi_correction: split the damping by ``π`` (else ``π = 1``).
+        adapt_damping: Levenberg–Marquardt adaptation of ``λ``.
+        damping_adaptation_period: steps between adaptations.
+        damping_decay: ``ω ∈ (0, 1)``.
+        clipping: ``"kl"``, ``"norm"`` or ``"none"``.
+        clip_threshold: the KL bound or the update-norm bound.
+        inverse_method: ``"eigh"`` or ``"cholesky"``.
+        params: parameters (default: all of the model's trainable parameters).
+
+    Raises:
+        ValueError: out-of-range hyperparameters; :class:`UnsupportedModelError` for ``kfra``
+            on a model that is not an MLP.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        loss: CurvatureLoss,
+        curvature: str = "kfac",
+        lr: float = 0.1,
+        damping: float = 1e-3,
+        momentum: float = 0.0,
+        weight_decay: float = 0.0,
+        ema_decay: float = 0.95,
+        cov_update_period: int = 1,
+        inv_update_period: int = 10,
+        mc_samples: int = 1,
+        pi_correction: bool = True,
+        adapt_damping: bool = False,
+        damping_adaptation_period: int = 5,
+        damping_decay: float = 0.95 ** 5,
+        clipping: str = "kl",
+        clip_threshold: float = 1e-2,
+        inverse_method: str = "eigh",
+        params: Iterable[torch.Tensor] | None = None,
+    ) -> None:
+        _check(curvature in CURVATURE_TYPES,
+               f"curvature must be one of {CURVATURE_TYPES}, got {curvature!r}")
+        _check(lr > 0, f"lr must be positive, got {lr}")
+        _check(damping > 0, f"damping must be positive, got {damping}")
+        _check(0 <= momentum < 1, f"momentum must be in [0, 1), got {momentum}")
+        _check(weight_decay >= 0, f"weight_decay must be non-negative, got {weight_decay}")
+        _check(0 <= ema_decay < 1, f"ema_decay must be in [0, 1), got {ema_decay}")
+        _check(cov_update_period >= 1 and inv_update_period >= 1,
+               "cov_update_period and inv_update_period must be >= 1")
+        _check(mc_samples >= 1, f"mc_samples must be >= 1, got {mc_samples}")
+        _check(damping_adaptation_period >= 1, "damping_adaptation_period must be >= 1")
+        _check(0 < damping_decay < 1, f"damping_decay must be in (0, 1), got {damping_decay}")
+        _check(clipping in CLIPPING, f"clipping must be one of {CLIPPING}, got {clipping!r}")
+        _check(clip_threshold > 0, f"clip_threshold must be positive, got {clip_threshold}")
+        _check(inverse_method in INVERSE_METHODS,
+               f"inverse_method must be one of {INVERSE_METHODS}, got {inverse_method!r}")
+        if curvature == "kfra" and (reason := kfra_support(model)) is not None:
+            raise UnsupportedModelError(reason)
+        defaults = {"lr": lr, "damping": damping, "momentum": momentum,
+                    "weight_decay": weight_decay}
+        super().__init__(model, loss=loss, defaults=defaults, params=params)
+        self.curvature = curvature
+        self.ema_decay = ema_decay
+        self.cov_update_period = cov_update_period
+        self.inv_update_period = inv_update_period
+        self.mc_samples = mc_samples
+        self.use_pi_correction = pi_correction
+        self.adapt_damping = adapt_damping
+        self.damping_adaptation_period = damping_adaptation_period
+        self.damping_decay = damping_decay
+        self.clipping = clipping
+        self.clip_threshold = clip_threshold
+        self.inverse_method = inverse_method
+
+        optimised = {id(p) for p in self.parameters_list()}
+        self.layers: list[nn.Module] = []
+        layer_names: list[str] = []
+        for name, module in kronecker_layers(model):
+            own = [p for p in (module.weight, module.bias) if p is not None]
+            if all(id(p) in optimised and p.requires_grad for p in own):
+                self.layers.append(module)
+                layer_names.append(name)
+        in_blocks = {id(p) for m in self.layers for p in (m.weight, m.bias) if p is not None}
+        names = {id(p): n for n, p in model.named_parameters()}
+        self.fallback_parameters = [p for p in self.parameters_list() if id(p) not in in_blocks]
+        self.collector = KroneckerFactorCollector(model, layers=self.layers)
+        self.run_notes: dict[str, Any] = {
+            "curvature": curvature,
+            "kronecker_layers": layer_names,
+            "fallback_parameters": [names.get(id(p), "?") for p in self.fallback_parameters],
+            "fallback_rule": "plain gradient step (SGD with the same lr, momentum, weight decay "
+                             "and clipping) for parameters without a Kronecker block",
+        }
+        self._decompositions: dict[nn.Module, tuple[Decomposition, Decomposition]] = {}
+        self._groups: dict[int, dict[str, Any]] = {}
+
+    # -- state ------------------------------------------------------------------------------
+
+    def _global_state(self) -> dict[str, Any]:
+        return self.state[self.parameters_list()[0]]
+
+    def _group_of(self, parameter: torch.Tensor) -> dict[str, Any]:
+        group = self._groups.get(id(parameter))
+        if group is None or not any(group is g for g in self.param_groups):
+            # (re)build the cache: first call, or param_groups replaced (load_state_dict)
+            self._groups = {id(p): g for g in self.param_groups for p in g["params"]}
+            group = self._groups[id(parameter)]
+        return group
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Load as ``torch.optim.Optimizer`` does; decompositions are restored from the state."""
+        super().load_state_dict(state_dict)
+        self._decompositions = {}
+        for layer in self.layers:
+            state = self.state[layer.weight]
+            if "decomposition_A" in state:
+                self._decompositions[layer] = (_unpack(state, "A"), _unpack(state, "S"))
+
+    @property
+    def damping(self) -> float:
+        """The current damping ``λ`` (of the first parameter group; adapted in place)."""
+        return float(self.param_groups[0]["damping"])
+
+    # -- the step ----------------------------------------------------------------------------
+
+    def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        state = self._global_state()
+        step = int(state.get("step", 0))
+        update_factors = bool(self.layers) and step % self.cov_update_period == 0
+        update_inverses = bool(self.layers) and (
+            step % self.inv_update_period == 0 or len(self._decompositions) < len(self.layers))
+        parameters = self.parameters_list()
+        capture = (self.collector.capture(activations=self.curvature == "kfra")
+                   if update_factors else contextlib.nullcontext())
+
+        with self.phase_timer.phase("forward"), capture:
+            output = self.model(inputs)
+            loss = self.loss(output, targets)
+        self.counters["forward_passes"] += 1
+
+        try:
+            with self.phase_timer.phase("backward"):
+                wrt = list(parameters)
+                if update_factors and self.curvature == "empirical":
+                    wrt += self.collector.pre_activations()
+                retain = update_factors and self.curvature in ("kflr", "kfac")
+                gradients = torch.autograd.grad(loss, wrt, retain_graph=retain,
+                                                allow_unused=True)
+            self.counters["backward_passes"] += 1
+            grads = [torch.zeros_like(p) if g is None else g
+                     for p, g in zip(parameters, gradients, strict=False)]
+            if update_factors:
+                with self.phase_timer.phase("curvature"):
+                    self._update_factors(output, gradients[len(parameters):])
+        finally:
+            self.collector.clear()
+        if update_inverses:
+            with self.phase_timer.phase("solve"):
+                self._update_decompositions()
+
+        with self.phase_timer.phase("update"):
+            directions, nu = self._directions(parameters, grads)
+            deltas = self._momentum_deltas(parameters, directions)
+
+        reduction_ratio = None
+        adapt = self.adapt_damping and (step + 1) % self.damping_adaptation_period == 0
+        if adapt:
+            with self.phase_timer.phase("damping"):
+                model_change = self._quadratic_model(parameters, grads, deltas, inputs, output)
+        with self.phase_timer.phase("update"), torch.no_grad():
+            for p, d in zip(parameters, deltas, strict=True):
+                p.add_(d)
+        if adapt:
+            with self.phase_timer.phase("damping"):
+                reduction_ratio = self._adapt_damping(parameters, deltas, inputs, targets,
+                                                      float(loss.detach()), model_change)
+
+        state["step"] = step + 1
+        lr = float(self.param_groups[0]["lr"])
+        self.step_info.update({
+            "damping": self.damping,
+            "lr": lr,
+            "step_size": lr * nu,
+            "update_norm": float(torch.sqrt(sum((d.double() ** 2).sum() for d in deltas))),
+            "factors_updated": float(update_factors),
+            "inverses_updated": float(update_inverses),
+        })
+        if reduction_ratio is not None:
+            self.step_info["reduction_ratio"] = reduction_ratio
+        return loss.detach()
+
+    def _update_factors(self, output: torch.Tensor, pre_activation_gradients) -> None:
+        a_new = self.collector.input_factors()
+        s_new = self.collector.output_factors(
+            curvature=self.curvature, loss=self.loss, output=output, mc_samples=self.mc_samples,
+            pre_activation_gradients=list(pre_activation_gradients) or None)
+        for layer, a, s in zip(self.layers, a_new, s_new, strict=True):
+            state = self.state[layer.weight]
+            for key, value in (("A", a.detach()), ("S", s.detach())):
+                if key in state:
+                    state[key].mul_(self.ema_decay).add_(value, alpha=1 - self.ema_decay)
+                else:
+                    state[key] = value.clone()
+        self.counters["factor_updates"] += 1
+        if self.curvature == "kflr":
+            self.counters["backward_passes"] += output.shape[1]
+        elif self.curvature == "kfac":
+            self.counters["backward_passes"] += self.mc_samples
+
+    def _update_decompositions(self) -> None:
+        retries, failed = 0, 0
+        for layer in self.layers:
+            state = self.state[layer.weight]
+            gamma_a, gamma_s = self._factor_damping(state["A"], state["S"], layer)
+            shifts = (0.0, 0.0) if self.inverse_method == "eigh" else (gamma_a, gamma_s)
+            pair = []
+            for key, shift in zip(("A", "S"), shifts, strict=True):
+                result = damped_decomposition(state[key], shift=shift, method=self.inverse_method)
+                if result is None:
+                    failed += 1
+                    break
+                retries += result.retries
+                pair.append(result)
+            if len(pair) == 2:
+                self._decompositions[layer] = (pair[0], pair[1])
+                _pack(state, "A", pair[0])
+                _pack(state, "S", pair[1])
+        self.counters["inverse_updates"] += 1
+        self.step_info["inverse_retries"] = float(retries)
+        self.step_info["inverse_failures"] = float(failed)
+
+    def _factor_damping(self, a: torch.Tensor, s: torch.Tensor,
+                        layer: nn.Module) -> tuple[float, float]:
+        group = self._group_of(layer.weight)
+        root = math.sqrt(group["damping"] + group["weight_decay"])
+        pi = pi_correction(a, s) if self.use_pi_correction else 1.0
+        return pi * root, root / pi
+
+    def _precondition(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+        dec_a, dec_s = self._decompositions[layer]
+        work = matrix.to(dec_a.values.dtype if dec_a.values is not None else dec_a.inverse.dtype)
+        if self.inverse_method == "cholesky":
+            return (dec_s.inverse @ work @ dec_a.inverse).to(matrix.dtype)
+        state = self.state[layer.weight]
+        gamma_a, gamma_s = self._factor_damping(state["A"], state["S"], layer)
+        rotated = dec_s.vectors.T @ work @ dec_a.vectors
+        rotated = rotated / torch.outer(dec_s.values + gamma_s, dec_a.values + gamma_a)
+        return (dec_s.vectors @ rotated @ dec_a.vectors.T).to(matrix.dtype)
+
+    def _directions(self, parameters, grads) -> tuple[list[torch.Tensor], float]:
+        """Preconditioned, clipped directions ``νU`` per parameter, and ``ν``."""
+        index = {id(p): i for i, p in enumerate(parameters)}
+        raw = [g + self._group_of(p)["weight_decay"] * p.detach() if
+               self._group_of(p)["weight_decay"] else g for p, g in zip(parameters, grads,
+                                                                          strict=True)]
+        directions = [r.clone() for r in raw]  # fallback: the gradient itself
+        for layer in self.layers:
+            if layer not in self._decompositions:
+                continue
+            w = index[id(layer.weight)]
+            b = index[id(layer.bias)] if layer.bias is not None else None
+            matrix = parameter_matrix(layer, raw[w], raw[b] if b is not None else None)
+            weight, bias = split_parameter_matrix(layer, self._precondition(layer, matrix))
+            directions[w] = weight
+            if b is not None:
+                directions[b] = bias
+        nu = 1.0
+        lr = float(self.param_groups[0]["lr"])
+        if self.clipping == "kl":
+            inner = float(sum((d * r).sum() for d, r in zip(directions, raw, strict=True)))
+            if inner > 0 and lr**2 * inner > self.clip_threshold:
+                nu = math.sqrt(self.clip_threshold / (lr**2 * inner))
+        elif self.clipping == "norm":
+            norm = math.sqrt(float(sum((d**2).sum() for d in directions)))
+            if lr * norm > self.clip_threshold:
+                nu = self.clip_threshold / (lr * norm)
+        if nu != 1.0:
+            directions = [d * nu for d in directions]
+        return directions, nu
+
+    def _momentum_deltas(self, parameters, directions) -> list[torch.Tensor]:
+        deltas = []
+        for p, d in zip(parameters, directions, strict=True):
+            group = self._group_of(p)
+            if group["momentum"]:
+                state = self.state[p]
+                if "momentum_buffer" in state:
+                    state["momentum_buffer"].mul_(group["momentum"]).add_(d)
+                else:
+                    state["momentum_buffer"] = d.clone()
+                d = state["momentum_buffer"]
+            deltas.append(-group["lr"] * d)
+        return deltas
+
+    # -- Levenberg–Marquardt -----------------------------------------------------------------
+
+    def _quadratic_model(self, parameters, grads, deltas, inputs, output) -> float:
+        """``∇hᵀδ + ½ δᵀ(G + ηI)δ`` at the current parameters (before the update)."""
+        names = {id(p): n for n, p in self.model.named_parameters()}
+        keyed = [(names[id(p)], p.detach(), d) for p, d in zip(parameters, deltas, strict=True)
+                 if id(p) in names]
+
+        def network(*values: torch.Tensor) -> torch.Tensor:
+            return functional_call(self.model, {k: v for (k, _, _), v in
+                                                zip(keyed, values, strict=True)}, (inputs,))
+
+        with torch.no_grad():
+            _, jd = jvp(network, tuple(v for _, v, _ in keyed), tuple(d for _, _, d in keyed))
+            curvature = float((jd * self.loss.hessian_vector_product(output.detach(), jd)).sum())
+        self.counters["ggn_products"] += 1
+        self.counters["forward_passes"] += 1
+        linear, regulariser = 0.0, 0.0
+        for p, g, d in zip(parameters, grads, deltas, strict=True):
+            eta = self._group_of(p)["weight_decay"]
+            linear += float((g * d).sum()) + eta * float((p.detach() * d).sum())
+            regulariser += eta * float((d * d).sum())
+        return linear + 0.5 * (curvature + regulariser)
+
+    def _adapt_damping(self, parameters, deltas, inputs, targets, old_loss: float,
+                       model_change: float) -> float:
+        with torch.no_grad():
+            new_loss = float(self.loss(self.model(inputs), targets))
+        self.counters["forward_passes"] += 1
+        self.counters["function_evaluations"] += 1
+        change = new_loss - old_loss
+        for p, d in zip(parameters, deltas, strict=True):
+            eta = self._group_of(p)["weight_decay"]
+            if eta:  # ½η(‖θ+δ‖² − ‖θ‖²) with θ already updated: θ_old = p − d
+                change += eta * float(((p - d) * d).sum() + 0.5 * (d * d).sum())
+        # A model that predicts no decrease makes the step a failure whatever happened.
+        ratio = change / model_change if model_change < 0 else -math.inf
+        damping = self.damping
+        if ratio > 0.75:
+            damping *= self.damping_decay
+        elif ratio < 0.25:
+            damping /= self.damping_decay
+        damping = min(max(damping, 1e-8), _MAX_DAMPING)
+        for group in self.param_groups:
+            group["damping"] = damping
+        return ratio
+
+
+def _pack(state: dict[str, Any], key: str, decomposition: Decomposition) -> None:
+    """Store a decomposition in the (state_dict-able) parameter state."""
+    state[f"decomposition_{key}"] = {
+        "method": decomposition.method, "shift": decomposition.shift,
+        "values": decomposition.values, "vectors": decomposition.vectors,
+        "inverse": decomposition.inverse,
+    }
+
+
+def _unpack(state: dict[str, Any], key: str) -> Decomposition:
+    stored = state[f"decomposition_{key}"]
+    return Decomposition(method=stored["method"], shift=stored["shift"], retries=0,
+                         values=stored["values"], vectors=stored["vectors"],
+                         inverse=stored["inverse"])
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ValueError(message)
+
+
+# -- presets -----------------------------------------------------------------------------------
+
+#: Preset defaults: a damped Gauss-Newton step (lr 1, no momentum) whose damping adapts by
+#: Levenberg–Marquardt from 1e-3, KL-clipped at 1e-2; factors every 5 steps, decompositions
+#: every 20 (chosen on digits-mlp and digits-autoencoder; see the README's K-FAC section).
+_COMMON_DEFAULTS: dict[str, float | int | bool | str] = {
+    "lr": 1.0,
+    "damping": 1e-3,
+    "momentum": 0.0,
+    "weight_decay": 0.0,
+    "ema_decay": 0.95,
+    "cov_update_period": 5,
+    "inv_update_period": 20,
+    "pi_correction": True,
+    "adapt_damping": True,
+    "damping_adaptation_period": 5,
+    "damping_decay": 0.95 ** 5,
+    "clipping": "kl",
+    "clip_threshold": 1e-2,
+    "inverse_method": "eigh",
+}
+_SEARCH_SPACE = {
+    "lr": LogUniform(1e-2, 2.0),
+    "damping": LogUniform(1e-5, 1.0),
+    "momentum": Uniform(0.0, 0.99),
+    "clipping": Choice(("kl", "none")),
+}
+_REFERENCES = {
+    "kfac": "Martens & Grosse 2015 (K-FAC); Grosse & Martens 2016 (KFC, convolutions).",
+    "kflr": "Botev, Ritter & Barber 2017, 'Practical Gauss-Newton optimisation for deep "
+            "learning' (KFLR).",
+    "kfra": "Botev, Ritter & Barber 2017, 'Practical Gauss-Newton optimisation for deep "
+            "learning' (KFRA).",
+    "empirical": "Kunstner, Hennig & Balles 2019, 'Limitations of the empirical Fisher "
+                 "approximation'; Martens & Grosse 2015 for the optimizer.",
+}
+_DESCRIPTIONS = {
+    "kfac": "K-FAC: Kronecker-factored block Gauss-Newton, Monte-Carlo sampled output factor.",
+    "kflr": "KFLR: Kronecker-factored block Gauss-Newton with the exact output-Hessian factor.",
+    "kfra": "KFRA: Kronecker-factored block Gauss-Newton by recursive batch-averaged "
+            "curvature (MLPs only).",
+    "empirical": "K-FAC with the empirical Fisher (true-label gradients) as output factor.",
+}
+
+
+def _factory(curvature: str):
+    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> KFAC:
+        return KFAC(model, loss=loss, curvature=curvature, **hyperparameters)
+
+    factory.__name__ = f"{curvature}_factory"
+    factory.__doc__ = f"Build :class:`KFAC` with ``curvature={curvature!r}``."
+    return factory
+
+
+for _name, _curvature in (("kfac", "kfac"), ("kflr", "kflr"), ("kfra", "kfra"),
+                          ("kfac-empirical", "empirical")):
+    _defaults = dict(_COMMON_DEFAULTS)
+    if _curvature == "kfac":
+        _defaults["mc_samples"] = 1
+    register_optimizer(OptimizerSpec(
+        name=_name,
+        description=_DESCRIPTIONS[_curvature],
+        factory=_factory(_curvature),
+        defaults=_defaults,
+        search_space=_SEARCH_SPACE,
+        needs_curvature=True,
+        supports_conv=_curvature != "kfra",
+        deterministic=True,
+        reference=_REFERENCES[_curvature],
+    ))

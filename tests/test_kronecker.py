@@ -1,0 +1,386 @@
+"""Kronecker factors (curvebench.kronecker) against independent float64 references.
+
+References: the dense GGN of ``tests/dense_reference.py`` (jacrev + double backward through the
+loss value), per-example Jacobians with ``torch.func.jacrev``, convolution patches cut out by
+explicit loops, and BackPACK's KFLR/KFAC/KFRA extensions (test-only dependency).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+from torch.func import jacrev
+
+from curvebench.kronecker import (
+    CURVATURE_TYPES,
+    UnsupportedModelError,
+    dense_ggn_block,
+    kfra_support,
+    kronecker_approximation_error,
+    kronecker_factors,
+    layer_inputs,
+)
+from curvebench.losses import LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, CurvatureLoss, MSELoss
+from tests.dense_reference import dense_ggn, dense_output_hessian
+
+DTYPE = torch.float64
+
+
+def _targets(loss: CurvatureLoss, n: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    if isinstance(loss, CrossEntropyLoss):
+        return torch.randint(0, d, (n,), generator=generator)
+    if isinstance(loss, BCEWithLogitsLoss):
+        return torch.rand(n, d, generator=generator, dtype=DTYPE)
+    return torch.randn(n, d, generator=generator, dtype=DTYPE)
+
+
+def _mlp(activation: type[nn.Module] = nn.Tanh, widths=(5, 4, 6, 3), seed: int = 0):
+    torch.manual_seed(seed)
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(widths[:-1], widths[1:], strict=True)):
+        layers.append(nn.Linear(a, b))
+        if i < len(widths) - 2:
+            layers.append(activation())
+    return nn.Sequential(*layers).to(DTYPE)
+
+
+def _column_major_permutation(out_features: int, in_features: int) -> torch.Tensor:
+    """Index map from ``vec([W, b])`` (column-major, ours) to ``[W.flatten(), b]`` (dense)."""
+    index = []
+    for i in range(in_features + 1):
+        for o in range(out_features):
+            index.append(o * in_features + i if i < in_features
+                         else out_features * in_features + o)
+    return torch.tensor(index)
+
+
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+@pytest.mark.parametrize("curvature", ["kflr", "kfra"])
+def test_one_linear_layer_one_example_equals_dense_ggn(loss_name, curvature):
+    loss = LOSSES[loss_name]()
+    generator = torch.Generator().manual_seed(1)
+    torch.manual_seed(0)
+    model = nn.Linear(4, 3).to(DTYPE)
+    inputs = torch.randn(1, 4, generator=generator, dtype=DTYPE)
+    targets = _targets(loss, 1, 3, generator)
+
+    factors = kronecker_factors(model, loss, inputs, targets, curvature=curvature)[""]
+    perm = _column_major_permutation(3, 4)
+    exact = dense_ggn(model, loss, inputs, targets)[perm][:, perm]
+    torch.testing.assert_close(factors.kron(), exact, rtol=1e-10, atol=1e-12)
+
+
+def _per_example_reference(model: nn.Sequential, loss: CurvatureLoss, inputs, targets):
+    """``A`` and ``S`` of every Linear layer from per-example Jacobians (independent path)."""
+    with torch.no_grad():
+        output = model(inputs)
+    hessian = dense_output_hessian(loss, output, targets)  # (N·D, N·D), batch-mean loss
+    n, d = output.shape
+    reference = {}
+    for index, layer in enumerate(model):
+        if not isinstance(layer, nn.Linear):
+            continue
+        head, tail = model[:index], model[index + 1:]
+        a_total = torch.zeros(layer.in_features + 1, layer.in_features + 1, dtype=DTYPE)
+        s_total = torch.zeros(layer.out_features, layer.out_features, dtype=DTYPE)
+        for sample in range(n):
+            with torch.no_grad():
+                a = head(inputs[sample : sample + 1])[0]
+                s = layer(a.unsqueeze(0))[0]
+            homogeneous = torch.cat([a, torch.ones(1, dtype=DTYPE)])
+            a_total += torch.outer(homogeneous, homogeneous)
+            jac = jacrev(lambda z, tail=tail: tail(z.unsqueeze(0))[0])(s)  # (D, d_out)
+            block = hessian[sample * d : (sample + 1) * d, sample * d : (sample + 1) * d]
+            s_total += jac.T @ block @ jac
+        reference[str(index)] = (a_total / n, s_total)
+    return reference
+
+
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_kflr_factors_equal_per_example_computation(loss_name):
+    loss = LOSSES[loss_name]()
+    model = _mlp(nn.Sigmoid)
+    generator = torch.Generator().manual_seed(2)
+    inputs = torch.randn(6, 5, generator=generator, dtype=DTYPE)
+    targets = _targets(loss, 6, 3, generator)
+
+    factors = kronecker_factors(model, loss, inputs, targets, curvature="kflr")
+    reference = _per_example_reference(model, loss, inputs, targets)
+    assert set(factors) == set(reference) == {"0", "2", "4"}
+    for name, (a, s) in reference.items():
+        torch.testing.assert_close(factors[name].A, a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(factors[name].S, s, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", [nn.Tanh, nn.ReLU, nn.Sigmoid])
+@pytest.mark.parametrize("loss_name", sorted(LOSSES))
+def test_kfra_equals_kflr_at_batch_size_one(activation, loss_name):
+    loss = LOSSES[loss_name]()
+    model = _mlp(activation, seed=3)
+    generator = torch.Generator().manual_seed(4)
+    inputs = torch.randn(1, 5, generator=generator, dtype=DTYPE)
+    targets = _targets(loss, 1, 3, generator)
+    kflr = kronecker_factors(model, loss, inputs, targets, curvature="kflr")
+    kfra = kronecker_factors(model, loss, inputs, targets, curvature="kfra")
+    for name in kflr:
+        torch.testing.assert_close(kfra[name].A, kflr[name].A, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(kfra[name].S, kflr[name].S, rtol=1e-10, atol=1e-12)
+
+
+def test_kfra_differs_from_kflr_on_a_batch():
+    """The batch averaging is an approximation: the test above could fail."""
+    model = _mlp(nn.Tanh, seed=5)
+    inputs = torch.randn(8, 5, dtype=DTYPE)
+    targets = torch.randint(0, 3, (8,))
+    kflr = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kflr")
+    kfra = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kfra")
+    torch.testing.assert_close(kfra["4"].S, kflr["4"].S)  # last layer: no recursion yet
+    assert not torch.allclose(kfra["0"].S, kflr["0"].S, rtol=1e-3)
+
+
+def test_empirical_fisher_equals_per_example_gradients():
+    """``S = (1/N) Σ_n ∇_s ℓ_n ∇_s ℓ_nᵀ`` with ``ℓ_n`` the loss of example ``n`` alone."""
+    model = _mlp(nn.Tanh, seed=6)
+    loss = CrossEntropyLoss()
+    inputs = torch.randn(5, 5, dtype=DTYPE)
+    targets = torch.randint(0, 3, (5,))
+    factors = kronecker_factors(model, loss, inputs, targets, curvature="empirical")
+    head, layer, tail = model[:2], model[2], model[3:]
+    expected = torch.zeros(6, 6, dtype=DTYPE)
+    for sample in range(5):
+        s = layer(head(inputs[sample : sample + 1])).detach().requires_grad_(True)
+        (gradient,) = torch.autograd.grad(loss(tail(s), targets[sample : sample + 1]), s)
+        expected += torch.outer(gradient[0], gradient[0]) / 5
+    torch.testing.assert_close(factors["2"].S, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_kfac_is_an_unbiased_estimate_of_kflr():
+    model = _mlp(nn.Tanh, seed=7)
+    loss = CrossEntropyLoss()
+    inputs = torch.randn(8, 5, dtype=DTYPE)
+    targets = torch.randint(0, 3, (8,))
+    generator = torch.Generator().manual_seed(0)
+    kflr = kronecker_factors(model, loss, inputs, targets, curvature="kflr")
+    kfac = kronecker_factors(model, loss, inputs, targets, curvature="kfac", mc_samples=4000,
+                             generator=generator)
+    few = kronecker_factors(model, loss, inputs, targets, curvature="kfac", mc_samples=1,
+                            generator=generator)
+    for name in kflr:
+        torch.testing.assert_close(kfac[name].A, kflr[name].A)
+        error = torch.linalg.matrix_norm(kfac[name].S - kflr[name].S)
+        assert error / torch.linalg.matrix_norm(kflr[name].S) < 0.05
+    assert not torch.allclose(few["0"].S, kflr["0"].S, rtol=0.05)
+
+
+def _explicit_patches(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
+    """``(N, T, C·kh·kw)`` patches cut out of the zero-padded input by explicit loops."""
+    (ph, pw), (sh, sw), (kh, kw) = conv.padding, conv.stride, conv.kernel_size
+    n, c, h, w = x.shape
+    padded = torch.zeros(n, c, h + 2 * ph, w + 2 * pw, dtype=x.dtype)
+    padded[:, :, ph : ph + h, pw : pw + w] = x
+    rows = (h + 2 * ph - kh) // sh + 1
+    cols = (w + 2 * pw - kw) // sw + 1
+    patches = []
+    for i in range(rows):
+        for j in range(cols):
+            patches.append(padded[:, :, i * sh : i * sh + kh, j * sw : j * sw + kw].reshape(n, -1))
+    return torch.stack(patches, dim=1)
+
+
+@pytest.mark.parametrize(("kernel", "stride", "padding"), [
+    (3, 2, 1), ((2, 3), (1, 2), (1, 0)), (3, 1, 0),
+])
+def test_conv2d_factors_equal_explicit_patches(kernel, stride, padding):
+    torch.manual_seed(8)
+    conv = nn.Conv2d(2, 3, kernel, stride=stride, padding=padding)
+    body = nn.Sequential(nn.Unflatten(1, (2, 5, 6)), conv, nn.Tanh(), nn.Flatten())
+    with torch.no_grad():
+        features = body(torch.zeros(1, 60)).shape[1]
+    model = nn.Sequential(*body, nn.Linear(features, 4)).to(DTYPE)
+    loss = CrossEntropyLoss()
+    inputs = torch.randn(3, 60, dtype=DTYPE)
+    targets = torch.randint(0, 4, (3,))
+
+    factors = kronecker_factors(model, loss, inputs, targets, curvature="kflr")["1"]
+    images = inputs.reshape(3, 2, 5, 6)
+    patches = _explicit_patches(images, conv)
+    torch.testing.assert_close(layer_inputs(conv, images), patches)
+    homogeneous = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
+    a = torch.einsum("nti,ntj->ij", homogeneous, homogeneous) / 3
+    torch.testing.assert_close(factors.A, a, rtol=1e-10, atol=1e-12)
+
+    with torch.no_grad():
+        output = model(inputs)
+        pre = conv(images)
+    hessian = dense_output_hessian(loss, output, targets)
+    tail = model[2:]
+    positions = pre.shape[2] * pre.shape[3]
+    s = torch.zeros(3, 3, dtype=DTYPE)
+    for sample in range(3):
+        jac = jacrev(lambda z: tail(z.unsqueeze(0))[0])(pre[sample])  # (D, C, Ho, Wo)
+        block = hessian[sample * 4 : (sample + 1) * 4, sample * 4 : (sample + 1) * 4]
+        for i in range(pre.shape[2]):
+            for j in range(pre.shape[3]):
+                column = jac[:, :, i, j]
+                s += column.T @ block @ column / positions
+    torch.testing.assert_close(factors.S, s, rtol=1e-10, atol=1e-12)
+
+
+def test_conv1d_and_string_padding_match_the_layer():
+    """Patches times the weight reproduce the convolution (1-D, 'same' and circular padding)."""
+    torch.manual_seed(9)
+    for conv in (nn.Conv1d(2, 3, 3, stride=2, padding=1),
+                 nn.Conv1d(2, 3, 4, padding="same", dilation=2),
+                 nn.Conv2d(2, 3, 3, padding=1, padding_mode="circular")):
+        conv = conv.to(DTYPE)
+        shape = (4, 2, 9) if isinstance(conv, nn.Conv1d) else (4, 2, 5, 6)
+        x = torch.randn(*shape, dtype=DTYPE)
+        patches = layer_inputs(conv, x)
+        out = patches @ conv.weight.reshape(3, -1).T + conv.bias
+        torch.testing.assert_close(out, conv(x).reshape(4, 3, -1).transpose(1, 2))
+
+
+def test_conv_with_one_output_position_is_exact():
+    """KFC scaling: a convolution with one output position is a Linear layer."""
+    torch.manual_seed(10)
+    model = nn.Sequential(nn.Unflatten(1, (2, 3, 3)), nn.Conv2d(2, 4, 3), nn.Flatten(),
+                          nn.Tanh(), nn.Linear(4, 3)).to(DTYPE)
+    inputs = torch.randn(1, 18, dtype=DTYPE)
+    errors = kronecker_approximation_error(model, CrossEntropyLoss(), inputs,
+                                           torch.tensor([2]))
+    assert max(errors.values()) < 1e-12
+
+
+def test_approximation_error_is_reported_per_layer():
+    model = _mlp(nn.Tanh, seed=11)
+    inputs = torch.randn(1, 5, dtype=DTYPE)
+    single = kronecker_approximation_error(model, MSELoss(), inputs, torch.randn(1, 3,
+                                           dtype=DTYPE))
+    assert max(single.values()) < 1e-12  # one example: KFLR is exact
+    inputs = torch.randn(16, 5, dtype=DTYPE)
+    targets = torch.randint(0, 3, (16,))
+    for curvature in CURVATURE_TYPES:
+        errors = kronecker_approximation_error(model, CrossEntropyLoss(), inputs, targets,
+                                               curvature=curvature)
+        assert set(errors) == {"0", "2", "4"}
+        assert all(0 < e < math.inf for e in errors.values())
+
+
+def test_dense_ggn_block_matches_dense_reference():
+    model = _mlp(nn.Tanh, seed=12)
+    inputs = torch.randn(3, 5, dtype=DTYPE)
+    targets = torch.randint(0, 3, (3,))
+    full = dense_ggn(model, CrossEntropyLoss(), inputs, targets)
+    offset = 5 * 4 + 4  # parameters of layer "0"
+    size = 6 * 4 + 6
+    perm = _column_major_permutation(6, 4) + offset
+    torch.testing.assert_close(dense_ggn_block(model, CrossEntropyLoss(), inputs, "2"),
+                               full[perm][:, perm])
+    assert full[offset : offset + size].shape[0] == size
+
+
+def test_kfra_rejects_non_mlps_with_a_clear_error():
+    cnn = nn.Sequential(nn.Unflatten(1, (1, 4, 4)), nn.Conv2d(1, 2, 3), nn.Flatten(),
+                        nn.Linear(8, 3))
+    reason = kfra_support(cnn)
+    assert reason is not None and "Unflatten" in reason
+    assert kfra_support(_mlp()) is None
+    with pytest.raises(UnsupportedModelError, match="KFRA supports only"):
+        kronecker_factors(cnn, CrossEntropyLoss(), torch.randn(2, 16), torch.tensor([0, 1]),
+                          curvature="kfra")
+
+
+# -- BackPACK ---------------------------------------------------------------------------------
+# Conventions: for Linear layers BackPACK stores weight factors [S, A_no_bias] (row-major vec,
+# hence the reversed order) and bias factor [S]; its S is ours (mean-reduced loss, 1/N inside
+# the loss-Hessian factor), its A is our A without the homogeneous row and column.
+
+
+def _backpack_factors(model: nn.Sequential, loss_module: nn.Module, inputs, targets,
+                      extension) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    backpack = pytest.importorskip("backpack")
+    model = backpack.extend(copy.deepcopy(model))
+    loss_module = backpack.extend(loss_module)
+    value = loss_module(model(inputs), targets)
+    with backpack.backpack(extension):
+        value.backward()
+    savefield = extension.savefield
+    result = {}
+    for name, module in model.named_children():
+        if isinstance(module, nn.Linear):
+            s, a = getattr(module.weight, savefield)
+            (s_bias,) = getattr(module.bias, savefield)
+            torch.testing.assert_close(s_bias, s)
+            result[name] = (a, s)
+    return result
+
+
+_BACKPACK_WARNING = "ignore:Full backward hook is firing"
+
+
+# BackPACK 1.7.1's KFRA for MSELoss builds its summed Hessian in float32 and fails on float64
+# models, so KFRA is compared on cross-entropy only.
+@pytest.mark.filterwarnings(_BACKPACK_WARNING)
+@pytest.mark.parametrize(("loss_name", "curvature"), [
+    ("cross_entropy", "kflr"), ("mse", "kflr"), ("cross_entropy", "kfra"),
+])
+def test_kflr_and_kfra_agree_with_backpack(loss_name, curvature):
+    extensions = pytest.importorskip("backpack.extensions")
+    loss = LOSSES[loss_name]()
+    loss_module = nn.CrossEntropyLoss() if loss_name == "cross_entropy" else nn.MSELoss()
+    model = _mlp(nn.ReLU, seed=13)
+    generator = torch.Generator().manual_seed(14)
+    inputs = torch.randn(7, 5, generator=generator, dtype=DTYPE)
+    targets = _targets(loss, 7, 3, generator)
+    extension = extensions.KFLR() if curvature == "kflr" else extensions.KFRA()
+    reference = _backpack_factors(model, loss_module, inputs, targets, extension)
+    ours = kronecker_factors(model, loss, inputs, targets, curvature=curvature)
+    assert set(reference) == set(ours)
+    for name, (a, s) in reference.items():
+        torch.testing.assert_close(ours[name].A[:-1, :-1], a, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours[name].S, s, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.filterwarnings(_BACKPACK_WARNING)
+def test_kfac_agrees_with_backpack_in_expectation():
+    """K-FAC is Monte-Carlo: both estimates approach the exact KFLR factor."""
+    extensions = pytest.importorskip("backpack.extensions")
+    model = _mlp(nn.Tanh, seed=15)
+    inputs = torch.randn(8, 5, dtype=DTYPE)
+    targets = torch.randint(0, 3, (8,))
+    torch.manual_seed(16)
+    reference = _backpack_factors(model, nn.CrossEntropyLoss(), inputs, targets,
+                                  extensions.KFAC(mc_samples=4000))
+    torch.manual_seed(17)
+    ours = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kfac",
+                             mc_samples=4000)
+    exact = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kflr")
+    for name, (a, s) in reference.items():
+        torch.testing.assert_close(ours[name].A[:-1, :-1], a)
+        scale = torch.linalg.matrix_norm(exact[name].S)
+        assert torch.linalg.matrix_norm(s - exact[name].S) / scale < 0.05
+        assert torch.linalg.matrix_norm(ours[name].S - exact[name].S) / scale < 0.05
+        assert torch.linalg.matrix_norm(ours[name].S - s) / scale < 0.1
+
+
+@pytest.mark.filterwarnings(_BACKPACK_WARNING)
+def test_conv_input_factor_agrees_with_backpack():
+    """Same ``A`` as BackPACK for convolutions (sum over positions, mean over the batch)."""
+    backpack = pytest.importorskip("backpack")
+    extensions = pytest.importorskip("backpack.extensions")
+    torch.manual_seed(18)
+    model = nn.Sequential(nn.Conv2d(2, 3, 3, stride=2, padding=1), nn.ReLU(), nn.Flatten(),
+                          nn.Linear(27, 4)).to(DTYPE)
+    inputs = torch.randn(3, 2, 5, 5, dtype=DTYPE)
+    targets = torch.randint(0, 4, (3,))
+    ours = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kflr")
+    extended = backpack.extend(copy.deepcopy(model))
+    value = backpack.extend(nn.CrossEntropyLoss())(extended(inputs), targets)
+    with backpack.backpack(extensions.KFLR()):
+        value.backward()
+    _, a = extended[0].weight.kflr
+    torch.testing.assert_close(ours["0"].A[:-1, :-1], a, rtol=1e-10, atol=1e-12)
