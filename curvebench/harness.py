@@ -303,13 +303,14 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
             if curvature:
                 loss = optimizer.step(inputs=inputs, targets=targets)
             else:
-                with timer.phase("forward"):
-                    loss = loss_fn(model(inputs), targets)
-                with timer.phase("backward"):
-                    optimizer.zero_grad(set_to_none=True)
-                    loss.backward()
-                with timer.phase("update"):
-                    optimizer.step()
+                timer.start_laps()
+                loss = loss_fn(model(inputs), targets)
+                timer.lap("forward")
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                timer.lap("backward")
+                optimizer.step()
+                timer.lap("update")
             seconds += synchronized_clock(device) - start
             step += 1
             loss_value = float(loss.detach())

@@ -32,38 +32,19 @@ def synchronized_clock(device: torch.device) -> float:
     return time.perf_counter()
 
 
-class _CpuPhase:
-    """Context manager adding the elapsed ``perf_counter`` time to one phase's total."""
+class _Phase:
+    """Context manager entering and leaving one named phase of a :class:`PhaseTimer`."""
 
-    __slots__ = ("_totals", "_name", "_start")
+    __slots__ = ("_timer", "_name")
 
-    def __init__(self, totals: dict[str, float], name: str) -> None:
-        self._totals, self._name, self._start = totals, name, 0.0
-
-    def __enter__(self) -> None:
-        self._start = time.perf_counter()
-
-    def __exit__(self, *exc: object) -> None:
-        self._totals[self._name] += time.perf_counter() - self._start
-
-
-class _CudaPhase:
-    """Context manager recording a pair of CUDA events around one phase."""
-
-    __slots__ = ("_events", "_name", "_start")
-
-    def __init__(self, events: list, name: str) -> None:
-        self._events, self._name = events, name
-        self._start: torch.cuda.Event | None = None
+    def __init__(self, timer: PhaseTimer, name: str) -> None:
+        self._timer, self._name = timer, name
 
     def __enter__(self) -> None:
-        self._start = torch.cuda.Event(enable_timing=True)
-        self._start.record()
+        self._timer._enter(self._name)
 
     def __exit__(self, *exc: object) -> None:
-        end = torch.cuda.Event(enable_timing=True)
-        end.record()
-        self._events.append((self._name, self._start, end))
+        self._timer._leave()
 
 
 class _NoPhase:
@@ -80,34 +61,79 @@ _NO_PHASE = _NoPhase()
 
 
 class PhaseTimer:
-    """Accumulates seconds per named phase within one optimizer step.
+    """Accumulates *exclusive* seconds per named phase within one optimizer step.
 
-    Nested phases are not subtracted from their parent: time each piece of work once. The
-    context managers are plain objects (no generator), so a phase costs well under a
-    microsecond on CPU.
+    Phases may nest: time inside an inner phase counts for the inner phase only, so the
+    phases of a step add up to at most the step's time (a stacked cost breakdown is honest).
+    On CPU every transition reads ``perf_counter``; on CUDA it records an event, and the
+    intervals are resolved once, in :meth:`collect`.
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
         self.device = torch.device(device)
+        self._cuda = self.device.type == "cuda"
         self._cpu: dict[str, float] = defaultdict(float)
-        self._events: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._intervals: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._stack: list[str] = []
+        self._last: float | torch.cuda.Event = 0.0
+        self._phases: dict[str, _Phase] = {}
 
     def phase(self, name: str) -> AbstractContextManager[None]:
-        """Time the ``with`` block under ``name``."""
-        if self.device.type == "cuda":
-            return _CudaPhase(self._events, name)
-        return _CpuPhase(self._cpu, name)
+        """Time the ``with`` block under ``name`` (minus any phases nested inside it)."""
+        manager = self._phases.get(name)
+        if manager is None:
+            manager = self._phases[name] = _Phase(self, name)
+        return manager
+
+    def _now(self) -> float | torch.cuda.Event:
+        if self._cuda:
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            return event
+        return time.perf_counter()
+
+    def _charge(self, name: str, now: float | torch.cuda.Event) -> None:
+        if self._cuda:
+            self._intervals.append((name, self._last, now))  # type: ignore[arg-type]
+        else:
+            self._cpu[name] += now - self._last  # type: ignore[operator]
+
+    def _enter(self, name: str) -> None:
+        now = self._now()
+        if self._stack:
+            self._charge(self._stack[-1], now)
+        self._stack.append(name)
+        self._last = now
+
+    def _leave(self) -> None:
+        now = self._now()
+        self._charge(self._stack.pop(), now)
+        self._last = now
+
+    def start_laps(self) -> None:
+        """Start a sequence of back-to-back phases timed with :meth:`lap`."""
+        self._last = self._now()
+
+    def lap(self, name: str) -> None:
+        """Charge the time since the previous lap (or :meth:`start_laps`) to ``name``.
+
+        One clock reading per phase boundary, for the harness's own first-order steps; not for
+        use inside a ``with phase(...)`` block.
+        """
+        now = self._now()
+        self._charge(name, now)
+        self._last = now
 
     def collect(self) -> dict[str, float]:
         """Return and reset the seconds per phase since the last call (synchronises CUDA)."""
-        totals = dict(self._cpu)
-        if self._events:
+        totals = {name: seconds for name, seconds in self._cpu.items() if seconds}
+        if self._intervals:
             synchronize(self.device)
-            for name, start, end in self._events:
+            for name, start, end in self._intervals:
                 totals[name] = totals.get(name, 0.0) + start.elapsed_time(end) / 1000.0
-            self._events = []
-        if self._cpu:
-            self._cpu = defaultdict(float)
+            self._intervals = []
+        for name in self._cpu:
+            self._cpu[name] = 0.0
         return totals
 
 

@@ -176,3 +176,37 @@ def test_plan_run_validates():
     assert a.key() == b.key()  # explicit default == implicit default
     c = plan_run(problem="digits-mlp", optimizer="sgd", hyperparameters={"lr": "0.2"})
     assert c.key() != a.key() and c.hyperparameter_dict["lr"] == 0.2
+
+
+def test_phase_timer_counts_nested_phases_once(monkeypatch):
+    from types import SimpleNamespace
+
+    from curvebench import timing
+
+    ticks = iter(range(100))
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: float(next(ticks))))
+    timer = timing.PhaseTimer("cpu")
+    with timer.phase("solve"):  # t=0
+        with timer.phase("curvature"):  # t=1
+            pass  # leaves at t=2
+        with timer.phase("curvature"):  # t=3
+            with timer.phase("curvature"):  # re-entrant, t=4
+                pass  # t=5
+            pass  # t=6
+    # leaves solve at t=7
+    assert timer.collect() == {"solve": 3, "curvature": 4}  # 7 ticks in all
+    assert timer.collect() == {}
+
+
+def test_phase_timer_laps(monkeypatch):
+    from types import SimpleNamespace
+
+    from curvebench import timing
+
+    ticks = iter([0.0, 1.0, 3.0, 6.0])
+    monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=lambda: next(ticks)))
+    timer = timing.PhaseTimer("cpu")
+    timer.start_laps()
+    for name in ("forward", "backward", "update"):
+        timer.lap(name)
+    assert timer.collect() == {"forward": 1.0, "backward": 2.0, "update": 3.0}
