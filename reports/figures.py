@@ -192,6 +192,11 @@ def sensitivity_figure(table: pd.DataFrame, *, colours: Mapping[str, tuple], pat
         ax.text(0.01, ceiling, " not reached", transform=ax.get_yaxis_transform(),
                 fontsize=7, va="bottom", color="0.4")
         ax.set_xscale("log")
+        _plain_ticks(ax.xaxis)
+        values = sorted(float(v) for v in table["value"].unique() if v > 0)
+        if 0 < len(values) <= 8:  # label exactly the values tried, when they fit
+            ax.set_xticks(values)
+            ax.xaxis.set_minor_formatter(NullFormatter())
         ax.set_ylim(0.9, ceiling * 1.08)
         ax.set_xlabel(literal(hyperparameter))
         ax.set_ylabel("steps to target / best")
