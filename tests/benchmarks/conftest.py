@@ -14,6 +14,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
+
+from curvebench.losses import CrossEntropyLoss
+from curvebench.problems import models
 
 _HERE = Path(__file__).resolve().parent
 
@@ -24,3 +28,23 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         if _HERE in Path(str(item.path)).resolve().parents:
             item.add_marker(pytest.mark.kernel_benchmark)
+
+
+#: The workloads of the kernel benchmarks: name -> (model factory, input shape per example).
+BATCH = 512
+MODELS = {
+    "digits-mlp": (lambda: models.mlp([64, 64, 64, 10], activation="tanh"), (64,)),
+    "mnist1d-cnn": (models.mnist1d_cnn, (40,)),
+    "mlp-784-256-256-10": (lambda: models.mlp([784, 256, 256, 10]), (784,)),
+}
+
+
+@pytest.fixture(params=sorted(MODELS), scope="module")
+def setup(request):
+    """``(name, model, loss, inputs, targets)`` of one workload at batch :data:`BATCH`."""
+    factory, shape = MODELS[request.param]
+    torch.manual_seed(0)
+    model = factory()
+    inputs = torch.randn(BATCH, *shape)
+    targets = torch.randint(0, 10, (BATCH,))
+    return request.param, model, CrossEntropyLoss(), inputs, targets

@@ -14,28 +14,8 @@ import torch
 
 from curvebench.conjugate_gradient import conjugate_gradient
 from curvebench.curvature import Linearization
-from curvebench.losses import CrossEntropyLoss
-from curvebench.problems import models
 
 pytestmark = pytest.mark.kernel_benchmark
-
-BATCH = 512
-MODELS = {
-    "digits-mlp": (lambda: models.mlp([64, 64, 64, 10], activation="tanh"), (64,)),
-    "mnist1d-cnn": (models.mnist1d_cnn, (40,)),
-    "mlp-784-256-256-10": (lambda: models.mlp([784, 256, 256, 10]), (784,)),
-}
-
-
-@pytest.fixture(params=sorted(MODELS), scope="module")
-def setup(request):
-    factory, shape = MODELS[request.param]
-    torch.manual_seed(0)
-    model = factory()
-    inputs = torch.randn(BATCH, *shape)
-    targets = torch.randint(0, 10, (BATCH,))
-    return request.param, model, CrossEntropyLoss(), inputs, targets
-
 
 def test_gradient(benchmark, setup):
     name, model, loss, inputs, targets = setup
