@@ -59,6 +59,7 @@ except ModuleNotFoundError:  # Python 3.10
 from curvebench.optimizers.spec import (
     HyperparameterError,
     IntLogUniform,
+    IntUniform,
     LogUniform,
     OptimizerSpec,
     Space,
@@ -489,7 +490,7 @@ class _Parser:
             if scale == "log":
                 space = IntLogUniform(low, high) if integer else LogUniform(low, high)
             else:
-                space = _IntUniform(low, high) if integer else Uniform(low, high)
+                space = IntUniform(low, high) if integer else Uniform(low, high)
         except ValueError as error:
             raise self.fail(key, str(error)) from None
         return space, n
@@ -529,17 +530,6 @@ class _Parser:
             points.append({name: self.hyperparameter(spec, name, v, f"{key}.ranges.{name}")
                            for name, v in point.items()})
         return method, points  # type: ignore[return-value]
-
-
-@dataclass(frozen=True)
-class _IntUniform(Uniform):
-    """Integer-valued uniform range (only for study files)."""
-
-    def from_unit(self, u: float) -> int:  # type: ignore[override]
-        return int(round(super().from_unit(u)))
-
-    def grid(self, n: int) -> list[int]:  # type: ignore[override]
-        return sorted({int(round(v)) for v in super().grid(n)})
 
 
 def _quasi_random(method: str, *, dimensions: int, n: int, seed: int):

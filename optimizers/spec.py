@@ -19,6 +19,7 @@ __all__ = [
     "LogUniform",
     "Uniform",
     "IntLogUniform",
+    "IntUniform",
     "Space",
     "OptimizerSpec",
     "HyperparameterError",
@@ -92,6 +93,17 @@ class Uniform:
 
 
 @dataclass(frozen=True)
+class IntUniform(Uniform):
+    """Integer-valued uniform range (batch sizes on a linear grid, layer counts)."""
+
+    def from_unit(self, u: float) -> int:  # type: ignore[override]
+        return int(round(super().from_unit(u)))
+
+    def grid(self, n: int) -> list[int]:  # type: ignore[override]
+        return sorted({int(round(v)) for v in super().grid(n)})
+
+
+@dataclass(frozen=True)
 class Choice:
     """A finite set of values."""
 
@@ -111,7 +123,7 @@ class Choice:
         return float(len(self.values))
 
 
-Space = LogUniform | IntLogUniform | Uniform | Choice
+Space = LogUniform | IntLogUniform | Uniform | IntUniform | Choice
 
 #: ``factory(model=..., loss=..., **hyperparameters) -> torch.optim.Optimizer``
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
