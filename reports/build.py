@@ -28,7 +28,7 @@ import pandas as pd
 from curvebench import metrics
 from curvebench.reports import figures, tables
 from curvebench.reports import html as h
-from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study
+from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study, timing_conditions
 
 __all__ = ["Site", "build_site", "HEATMAP_AXES", "problem_slug", "find_asv_html"]
 
@@ -140,6 +140,8 @@ def build_site(study: Study, *, out: Path | str, asv_html: Path | None = None,
     generated = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     footer = f"curvebench report, generated {generated}; {len(study.records)} runs."
     board = tables.leaderboard(study, n_bootstrap=n_bootstrap)
+    glance = _Glance(methods=tables.method_table(board, study.runs),
+                     findings=tables.stall_diagnostics(study))
 
     asv_href = None
     if asv_html is not None and (Path(asv_html) / "index.html").is_file():
@@ -151,21 +153,78 @@ def build_site(study: Study, *, out: Path | str, asv_html: Path | None = None,
 
     pages = [out / "index.html"]
     for problem in problems:
-        body = _problem_body(study, problem, board, writer, slug=slugs[problem])
+        body = _problem_body(study, problem, board, glance, writer, slug=slugs[problem])
         path = out / f"problem-{slugs[problem]}.html"
         path.write_text(h.page(title=f"{problem} · curvebench report", heading=problem, nav=nav,
                                body=body, footer=footer), encoding="utf-8")
         pages.append(path)
-    index = _index_body(study, board, writer, slugs=slugs, asv_href=asv_href)
+    index = _index_body(study, board, glance, writer, slugs=slugs, asv_href=asv_href)
     pages[0].write_text(h.page(title="curvebench report", heading="curvebench report", nav=nav,
                                body=index, footer=footer), encoding="utf-8")
     return Site(out=out, pages=tuple(pages), images=tuple(writer.images),
                 data=tuple(writer.data), missing=tuple(writer.missing))
 
 
-def _index_body(study: Study, board: pd.DataFrame, writer: _Writer, *, slugs: dict[str, str],
-                asv_href: str | None) -> str:
-    parts = []
+@dataclass(frozen=True)
+class _Glance:
+    """What the headline reads: every method per problem instance, fastest first
+    (:func:`tables.method_table`), and the stall findings (:func:`tables.stall_diagnostics`)."""
+
+    methods: pd.DataFrame
+    findings: pd.DataFrame
+
+    def problem(self, problem: str) -> _Glance:
+        return _Glance(methods=self.methods[self.methods["problem"] == problem],
+                       findings=self.findings[self.findings["problem"] == problem])
+
+
+_HEADLINE = ("Per problem: the method that reaches the target first in optimizer steps and in "
+             "measured seconds (its best configuration's median over seeds, with a 95% "
+             "bootstrap interval over those seeds; 'beyond the intervals' means the runner-up's "
+             "interval does not overlap), the most robust method (the largest fraction of its "
+             "swept hyperparameter space reaching the target) and the measured cost of a step "
+             "(× the cheapest method's step on the same problem).")
+
+
+def _headline(study: Study, glance: _Glance, *, slugs: dict[str, str]) -> list[str]:
+    """The first section of the overview: the answer, then the numbers behind it."""
+    methods = glance.methods
+    if methods.empty:
+        return [h.missing("No runs yet: there is no answer to give.")]
+    runs = study.runs
+    parts = [h.paragraph(" ".join(tables.overall_summary(runs, methods)), css="lead")]
+    board = tables.headline(methods)
+    problems = [name for name in slugs for _ in range(
+        methods[methods["problem"] == name]["batch_size"].nunique())]
+    links = {i: f"problem-{slugs[name]}.html" for i, name in enumerate(problems)}
+    parts.append(h.table(tables.headline_display(board), links=links))
+    parts.append(h.paragraph(_HEADLINE + " Seconds were measured with "
+                             + timing_conditions(runs) + "."))
+    parts.extend(_stall_notes(glance.findings, per_problem=True))
+    mixed = methods["timing"].nunique() > 1  # else stated once above
+    for label, rows in tables.instances(methods):
+        parts.append(f"<h3>{h.escape(label)}: every method, fastest first</h3>")
+        parts.append(h.table(tables.methods_display(rows, timing=mixed)))
+    return parts
+
+
+def _stall_notes(findings: pd.DataFrame, *, per_problem: bool) -> list[str]:
+    """A diagnostics note listing, in plain words, what made methods stall."""
+    if findings.empty:
+        return []
+    several = findings.groupby("problem")["batch_size"].nunique()
+    items = []
+    for row in findings.itertuples(index=False):
+        where = f" (batch {row.batch_size})" if several[row.problem] > 1 else ""
+        subject = f"{row.problem}, {row.optimizer}" if per_problem else str(row.optimizer)
+        items.append(f"{subject}{where}: {row.finding}")
+    return [h.notes("Diagnostics: where methods stall, from the runs' per-step history "
+                    "(damping, CG residuals, status).", items)]
+
+
+def _index_body(study: Study, board: pd.DataFrame, glance: _Glance, writer: _Writer, *,
+                slugs: dict[str, str], asv_href: str | None) -> str:
+    parts = [h.section("At a glance", *_headline(study, glance, slugs=slugs), anchor="glance")]
     runs = study.runs
     overview = [h.paragraph(
         f"{len(study.records)} runs on {len(slugs)} problem(s) with "
@@ -245,8 +304,8 @@ def _profiles(study: Study, writer: _Writer) -> list[str]:
     return parts
 
 
-def _problem_body(study: Study, problem: str, board: pd.DataFrame, writer: _Writer, *,
-                  slug: str) -> str:
+def _problem_body(study: Study, problem: str, board: pd.DataFrame, glance: _Glance,
+                  writer: _Writer, *, slug: str) -> str:
     runs = study.problem_runs(problem)
     best = tables.best_arms(runs)
     arms = best["arm"].tolist()
@@ -258,7 +317,16 @@ def _problem_body(study: Study, problem: str, board: pd.DataFrame, writer: _Writ
     parts = []
 
     display = tables.leaderboard_display(board[board["problem"] == problem])
-    summary = [h.table(display.drop(columns="problem", errors="ignore"))]
+    mine = glance.problem(problem)
+    summary = []
+    for row in tables.headline(mine.methods).to_dict("records"):
+        summary.append(h.paragraph(
+            f"{row['instance']}, target {row['target']}. Fastest in steps: "
+            f"{row['fastest in steps']}. Fastest in seconds ({row['timing']}): "
+            f"{row['fastest in seconds']}. Most robust: {row['most robust']}. Cost per step: "
+            f"{row['cost per step']}.", css="lead"))
+    summary.extend(_stall_notes(mine.findings, per_problem=False))
+    summary.append(h.table(display.drop(columns="problem", errors="ignore")))
     statuses = runs["status"].value_counts().to_dict()
     summary.append(h.paragraph(f"{len(runs)} runs: " + ", ".join(
         f"{n} {s}" for s, n in sorted(statuses.items())) + ". Curves below show each "
@@ -277,10 +345,12 @@ def _problem_body(study: Study, problem: str, board: pd.DataFrame, writer: _Writ
                                        "steps_run", "error"]]))
     parts.append(h.contents(_PROBLEM_SECTIONS))
     parts.append(h.section("Summary", *summary, anchor="summary"))
-    parts.append(h.section("Training loss", *_convergence(history, colours, writer, slug,
-                                                           problem), anchor="loss"))
+    target = _Target.of(study, runs)
+    parts.append(h.section("Training loss", *_convergence(
+        history, colours, writer, slug, problem, target=target,
+        timing=timing_conditions(runs[runs["arm"].isin(arms)])), anchor="loss"))
     parts.append(h.section("Evaluation metrics", *_evaluation(evaluations, colours, writer,
-                                                               slug, problem),
+                                                               slug, problem, target=target),
                            anchor="evaluation"))
     parts.append(h.section("Robustness", *_robustness(runs, writer, slug, problem),
                            anchor="robustness"))
@@ -298,13 +368,49 @@ def _problem_body(study: Study, problem: str, board: pd.DataFrame, writer: _Writ
     return "\n".join(parts)
 
 
+@dataclass(frozen=True)
+class _Target:
+    """A problem's target as its records state it."""
+
+    metric: str
+    value: float
+    direction: str
+
+    @classmethod
+    def of(cls, study: Study, runs: pd.DataFrame) -> _Target | None:
+        if runs.empty or pd.isna(runs["target_value"].iloc[0]):
+            return None
+        key = runs["key"].iloc[0]
+        record = next(r for r in study.records if r.config.key() == key)
+        return cls(metric=str(record.target.get("metric")),
+                   value=float(record.target["value"]),
+                   direction=str(record.target.get("direction", "min")))
+
+    def line(self, metric: str) -> tuple[float, str] | None:
+        """The target line on a panel of ``metric`` (accuracy panels show the error)."""
+        if metric != self.metric:
+            return None
+        if metric.endswith("accuracy"):
+            return 1.0 - self.value, f"target: error ≤ {1.0 - self.value:.3g}"
+        sign = "≤" if self.direction == "min" else "≥"
+        return self.value, f"target: {metric.replace('_', ' ')} {sign} {self.value:.3g}"
+
+
+_SEEDS_CAPTION = ("Solid: the median over all seeds of the configuration; dotted: some seeds "
+                  "have stopped (at the target, diverged or out of budget) and the median rests "
+                  "on those still running, counted in the strip under each panel. Dashed grey: "
+                  "the target.")
+
+
 def _convergence(history: pd.DataFrame, colours, writer: _Writer, slug: str,
-                 problem: str) -> list[str]:
+                 problem: str, *, target: _Target | None, timing: str) -> list[str]:
     if history.empty or "loss" not in history:
         return [writer.note_missing(problem, "No per-step history was recorded (no run took a "
                                     "step).")]
-    axes = [("step", "steps", False), ("seconds", "seconds (measured)", False),
+    threads = timing.split(";")[0]
+    axes = [("step", "steps", False), ("seconds", f"seconds (measured, {threads})", False),
             ("gradient_equivalents", "gradient-equivalent passes", False)]
+    line = target.line("train_loss") if target is not None else None
     panels, links = [], []
     for column, label, log_x in axes:
         bands = tables.curve_bands(history, x=column, y="loss", log_x=log_x)
@@ -312,30 +418,42 @@ def _convergence(history: pd.DataFrame, colours, writer: _Writer, slug: str,
         panels.append((f"loss vs {label}", label, bands))
     src = writer.image(lambda p: figures.band_figure(
         panels, colours=colours, path=p, ylabel="mini-batch loss", log_y=True,
-        log_x=[a[2] for a in axes]), f"{slug}-loss")
+        log_x=[a[2] for a in axes], targets=[line] * len(panels), counts=True),
+        f"{slug}-loss")
     return [h.figure(src=src, alt=f"loss curves of {problem}", csv=links, caption=(
-        "Mini-batch training loss: median over seeds (line) and interquartile range (band), "
-        "against optimizer steps, measured training seconds and gradient-equivalent passes. "
-        + GRADIENT_EQUIVALENTS_DEFINITION))]
+        "Mini-batch training loss (log scale): median over seeds (line) and interquartile "
+        "range (band), against optimizer steps, measured training seconds "
+        f"({timing}) and gradient-equivalent passes. " + _SEEDS_CAPTION
+        + (" The target is on the train loss over fixed training examples, which the "
+           "mini-batch loss only estimates." if line else "")
+        + " " + GRADIENT_EQUIVALENTS_DEFINITION))]
 
 
 def _evaluation(evaluations: pd.DataFrame, colours, writer: _Writer, slug: str,
-                problem: str) -> list[str]:
+                problem: str, *, target: _Target | None) -> list[str]:
     metrics_present = [m for m in ("train_loss", "test_loss", "test_accuracy")
                        if m in evaluations and np.isfinite(evaluations[m]).any()]
     if evaluations.empty or not metrics_present:
         return [writer.note_missing(problem, "No finite evaluation values were recorded.")]
-    panels, links = [], []
+    panels, links, lines, labels = [], [], [], []
     for metric in metrics_present:
-        bands = tables.curve_bands(evaluations, x="step", y=metric)
+        shown = evaluations
+        label = metric.replace("_", " ")
+        if metric.endswith("accuracy"):  # as an error rate, so the log axis opens up near 1
+            shown = evaluations.assign(**{metric: 1.0 - evaluations[metric]})
+            label = label.replace("accuracy", "error (1 − accuracy)")
+        bands = tables.curve_bands(shown, x="step", y=metric)
         links.append(writer.csv(bands, f"{slug}-eval-{metric.replace('_', '-')}"))
-        panels.append((metric.replace("_", " "), "steps", bands))
+        panels.append((label, "steps", bands))
+        lines.append(target.line(metric) if target is not None else None)
+        labels.append(label)
     src = writer.image(lambda p: figures.band_figure(
-        panels, colours=colours, path=p, ylabel=[m.replace("_", " ") for m in metrics_present]),
-        f"{slug}-evaluation")
+        panels, colours=colours, path=p, ylabel=labels, log_y=True, targets=lines,
+        counts=True), f"{slug}-evaluation")
     return [h.figure(src=src, alt=f"evaluation metrics of {problem}", csv=links, caption=(
-        "Full-split evaluations (train loss on up to 10,000 training examples, test loss and "
-        "accuracy): median over seeds and interquartile range."))]
+        "Full-split evaluations on log scales (train loss on up to 10,000 training examples, "
+        "test loss, and test error = 1 − accuracy, so the region near the target is "
+        "readable): median over seeds and interquartile range. " + _SEEDS_CAPTION))]
 
 
 def _robustness(runs: pd.DataFrame, writer: _Writer, slug: str, problem: str) -> list[str]:

@@ -98,8 +98,13 @@ def _legend_below(figure: Figure, axes) -> None:
 
 def band_figure(panels: Sequence[tuple[str, str, pd.DataFrame]], *, colours: Mapping[str, tuple],
                 path: Path, ylabel: str | Sequence[str], log_y: bool = False,
-                log_x: Sequence[bool] = ()) -> Path:
+                log_x: Sequence[bool] = (), targets: Sequence[tuple[float, str] | None] = (),
+                counts: bool = False) -> Path:
     """Median lines with interquartile bands, one panel per ``(title, xlabel, bands)``.
+
+    The median is drawn solid where all of a configuration's seeds are still running and
+    dotted where some have stopped (reached the target, diverged or ran out of budget), so a
+    median resting on fewer seeds is never mistaken for one over all of them.
 
     Args:
         panels: ``bands`` as returned by :func:`~curvebench.reports.tables.curve_bands`.
@@ -108,29 +113,54 @@ def band_figure(panels: Sequence[tuple[str, str, pd.DataFrame]], *, colours: Map
         ylabel: one label for all panels, or one per panel.
         log_y: logarithmic y axis where all values are positive.
         log_x: per panel, logarithmic x axis.
+        targets: per panel, ``(value, label)`` of a horizontal target line, or None.
+        counts: add a strip under each panel with the number of seeds still running.
     """
     labels = [ylabel] * len(panels) if isinstance(ylabel, str) else list(ylabel)
     with _style():
-        figure = Figure(figsize=(3.6 * len(panels), 3.2), layout="constrained")
-        axes = figure.subplots(1, len(panels), squeeze=False)[0]
+        figure = Figure(figsize=(3.6 * len(panels), 4.0 if counts else 3.2),
+                        layout="constrained")
+        grid = figure.subplots(2 if counts else 1, len(panels), squeeze=False, sharex="col",
+                               **({"height_ratios": [4, 1]} if counts else {}))
+        axes = grid[0]
         for i, (ax, (title, xlabel, bands)) in enumerate(zip(axes, panels, strict=True)):
             for arm, band in bands.groupby("arm", sort=True):
                 colour = colours.get(arm)
-                ax.plot(band["x"], band["median"], color=colour, label=literal(arm),
-                        linewidth=1.4)
+                n = band["n"].to_numpy(dtype=float)
+                median = band["median"].to_numpy(dtype=float)
+                partial = n < n.max()
+                ax.plot(band["x"], median, color=colour, linewidth=1.1, linestyle=":")
+                ax.plot(band["x"], np.where(partial, np.nan, median), color=colour,
+                        label=literal(arm), linewidth=1.4)
                 if len(band) > 1 and (band["q75"] > band["q25"]).any():
                     ax.fill_between(band["x"], band["q25"], band["q75"], color=colour,
                                     alpha=0.2, linewidth=0)
+                if counts:
+                    grid[1][i].step(band["x"], n, where="post", color=colour, linewidth=1.2)
             values = bands["median"].to_numpy(dtype=float) if len(bands) else np.array([])
+            target = targets[i] if i < len(targets) else None
+            if target is not None:
+                values = np.append(values, target[0])
             if log_y and len(values) and np.nanmin(values) > 0:
                 ax.set_yscale("log")
                 if np.nanmax(values) / np.nanmin(values) < 30:  # less than 1.5 decades
                     _plain_ticks(ax.yaxis)
+            if target is not None:
+                ax.axhline(target[0], color="0.25", linestyle="--", linewidth=1.0,
+                           label=literal(target[1]))
             if i < len(log_x) and log_x[i]:
                 ax.set_xscale("log")
             ax.set_title(literal(title))
-            ax.set_xlabel(literal(xlabel))
             ax.set_ylabel(literal(labels[i]))
+            if counts:
+                strip = grid[1][i]
+                top = int(bands["n"].max()) if len(bands) else 1
+                strip.set_ylim(0, top + 0.5)
+                strip.set_yticks(sorted({0, top}))
+                strip.set_ylabel("seeds\nrunning", fontsize=7)
+                strip.set_xlabel(literal(xlabel))
+            else:
+                ax.set_xlabel(literal(xlabel))
         _legend_below(figure, axes)
         return _save(figure, path)
 

@@ -16,7 +16,7 @@ from string import Template
 import pandas as pd
 
 __all__ = ["escape", "page", "table", "figure", "missing", "section", "link", "paragraph",
-           "download", "contents"]
+           "download", "contents", "notes"]
 
 _CSS = """
 body { font-family: system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; margin: 0;
@@ -40,6 +40,10 @@ figure img { max-width: 100%; height: auto; border: 1px solid #e3e7ee; }
 figcaption { font-size: 0.85rem; color: #4a5568; max-width: 70rem; }
 .missing { background: #fff7e0; border-left: 4px solid #e0a800; padding: 0.4rem 0.7rem;
            max-width: 70rem; }
+.lead { font-size: 1.02rem; max-width: 70rem; }
+.diagnostics { background: #fdf0ef; border-left: 4px solid #c0392b; padding: 0.4rem 0.7rem;
+               max-width: 70rem; font-size: 0.88rem; }
+.diagnostics ul { margin: 0.3rem 0 0; padding-left: 1.2rem; }
 .note { font-size: 0.88rem; color: #4a5568; max-width: 70rem; }
 code { background: #f1f3f6; padding: 0 0.2rem; }
 footer { font-size: 0.8rem; color: #6b7280; padding: 1rem 1.5rem; border-top: 1px solid #e3e7ee; }
@@ -148,3 +152,9 @@ def contents(sections: Sequence[tuple[str, str]]) -> str:
     items = " · ".join(f'<a href="#{escape(anchor)}">{escape(title)}</a>'
                        for anchor, title in sections)
     return f'<p class="note">On this page: {items}</p>'
+
+
+def notes(title: str, items: Sequence[str]) -> str:
+    """A highlighted diagnostics note: a plain-text title over a list of plain-text items."""
+    listed = "".join(f"<li>{escape(item)}</li>" for item in items)
+    return f'<div class="diagnostics"><strong>{escape(title)}</strong><ul>{listed}</ul></div>'

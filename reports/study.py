@@ -24,6 +24,9 @@ __all__ = [
     "GRADIENT_EQUIVALENTS_DEFINITION",
     "gradient_equivalents",
     "configuration_label",
+    "run_threads",
+    "run_load",
+    "timing_conditions",
 ]
 
 #: Weight of each per-step counter in gradient-equivalent passes (one gradient = 1.0).
@@ -73,6 +76,42 @@ def configuration_label(optimizer: str, hyperparameters: Mapping[str, Any],
     parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
              for k, v in sorted(changed.items())]
     return " ".join(parts) or "defaults"
+
+
+def run_threads(record: RunRecord) -> int | None:
+    """The thread count a run was timed with: the configured ``threads`` when the record's
+    configuration has one, else the count its environment recorded; ``None`` when neither."""
+    configured = record.config.to_dict().get("threads")
+    value = configured if configured is not None else record.environment.get("threads")
+    return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
+
+
+def run_load(record: RunRecord) -> float | None:
+    """The machine's load (1-minute load average) recorded with a run, when it was."""
+    for name in ("load_average", "load"):
+        value = record.environment.get(name)
+        if isinstance(value, list | tuple) and value:
+            value = value[0]
+        if isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def timing_conditions(runs: pd.DataFrame) -> str:
+    """``"threads: 1; load 0.8–1.9"``: the conditions the seconds of ``runs`` were measured
+    under (``threads: unknown`` and ``load: not recorded`` when the records do not say)."""
+    threads = sorted({int(t) for t in runs.get("threads", pd.Series(dtype=float)).dropna()})
+    if not threads:
+        text = "threads: unknown"
+    elif len(threads) == 1:
+        text = f"threads: {threads[0]}"
+    else:
+        text = "threads: mixed " + ", ".join(map(str, threads)) + " (not comparable)"
+    loads = runs.get("load", pd.Series(dtype=float)).dropna()
+    if loads.empty:
+        return f"{text}; load: not recorded"
+    low, high = float(loads.min()), float(loads.max())
+    return f"{text}; load {low:.2g}" + (f"–{high:.2g}" if high > low else "")
 
 
 def _optimizer_defaults(name: str) -> Mapping[str, Any]:
@@ -128,6 +167,8 @@ class Study:
                 for r in records
             ]
             runs["started_at"] = [r.started_at for r in records]
+            runs["threads"] = pd.array([run_threads(r) for r in records], dtype="Int64")
+            runs["load"] = [np.nan if (v := run_load(r)) is None else v for r in records]
         return cls(records=records, unreadable=tuple(unreadable), runs=runs, directory=directory)
 
     def problems(self) -> list[str]:

@@ -39,6 +39,16 @@ __all__ = [
     "render_tables",
     "tables_text",
     "format_interval",
+    "method_table",
+    "methods_display",
+    "instance_label",
+    "instances",
+    "headline",
+    "headline_display",
+    "overall_summary",
+    "stall_diagnostics",
+    "STALL_FLOOR_FRACTION",
+    "STALL_CG_RESIDUAL",
 ]
 
 #: One leaderboard row: an optimizer at one batch size on one problem.
@@ -170,8 +180,9 @@ def curve_bands(curves: pd.DataFrame, *, x: str, y: str, points: int = 150,
 
     Each run's curve is linearly interpolated onto a common grid of ``points`` values of ``x``
     (from the smallest to the largest ``x`` of the configuration's runs, log-spaced with
-    ``log_x``); a run contributes only inside its own ``x`` range, so ``n`` says how many seeds
-    a point rests on.
+    ``log_x``); a run contributes from the start of the grid (holding its first value before
+    its first point, which differs between runs only by the first step's time) to its last
+    point, so ``n`` says how many seeds were still running, and a point rests on them.
 
     Returns:
         Columns ``arm, x, median, q25, q75, n`` (only points with ``n ≥ 1``).
@@ -195,7 +206,7 @@ def curve_bands(curves: pd.DataFrame, *, x: str, y: str, points: int = 150,
             xs, ys = run[x].to_numpy(), run[y].to_numpy()
             order = np.argsort(xs, kind="stable")
             xs, ys = xs[order], ys[order]
-            stacked.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))
+            stacked.append(np.interp(grid, xs, ys, left=ys[0], right=np.nan))
         matrix = np.vstack(stacked)
         n = np.isfinite(matrix).sum(axis=0)
         keep = n > 0
@@ -392,3 +403,266 @@ def tables_text(records: Sequence[RunRecord], *, fmt: TableFormat) -> str:
     """``curvebench show`` (``fmt="text"``) and ``report --format md`` (``fmt="md"``) output:
     :func:`study_tables` of ``records`` rendered by :func:`render_tables`."""
     return render_tables(study_tables(Study.from_records(records)), fmt=fmt)
+
+
+def method_table(board: pd.DataFrame, runs: pd.DataFrame) -> pd.DataFrame:
+    """Every method on every problem instance (problem × batch size), fastest first.
+
+    The :func:`leaderboard` columns (times to target with bootstrap intervals over seeds,
+    robustness) plus the measured cost of a step over all the group's runs,
+    ``seconds_per_step = Σ seconds / Σ steps_run``, its ratio to the cheapest method of the
+    instance (``cost_ratio``), ``gradient_equivalents_per_step`` likewise, and ``threads`` and
+    ``load`` (:func:`~curvebench.reports.study.timing_conditions`) of the group's runs.
+
+    Returns:
+        One row per group, sorted by problem, batch size, best steps, best seconds, optimizer.
+    """
+    from curvebench.reports.study import timing_conditions
+
+    if board.empty or "best_steps" not in board:
+        return pd.DataFrame(columns=[*GROUP, "best_steps", "seconds_per_step"])
+    ran = runs[runs["steps_run"] > 0]
+    sums = ran.groupby(GROUP)[["seconds", "steps_run", "gradient_equivalents"]].sum()
+    cost = pd.DataFrame({
+        "seconds_per_step": sums["seconds"] / sums["steps_run"],
+        "gradient_equivalents_per_step": sums["gradient_equivalents"] / sums["steps_run"],
+    }).reset_index()
+    conditions = [(*keys, timing_conditions(group))
+                  for keys, group in runs.groupby(GROUP, sort=False)]
+    table = board.merge(cost, on=GROUP, how="left").merge(
+        pd.DataFrame(conditions, columns=[*GROUP, "timing"]), on=GROUP, how="left")
+    cheapest = table.groupby(["problem", "batch_size"])["seconds_per_step"].transform("min")
+    table["cost_ratio"] = table["seconds_per_step"] / cheapest
+    return table.sort_values(["problem", "batch_size", "best_steps", "best_seconds",
+                              "optimizer"], kind="stable").reset_index(drop=True)
+
+
+def instance_label(problem: str, batch_size: int, *, several: bool) -> str:
+    """``"digits-mlp"``, or ``"digits-mlp (batch 128)"`` where the problem ran at several."""
+    return f"{problem} (batch {int(batch_size)})" if several else problem
+
+
+def instances(methods: pd.DataFrame):
+    """``(label, rows)`` per problem × batch size of :func:`method_table`."""
+    sizes = methods.groupby("problem")["batch_size"].nunique()
+    for (problem, batch), rows in methods.groupby(["problem", "batch_size"], sort=True):
+        yield instance_label(problem, batch, several=sizes[problem] > 1), rows
+
+
+def _race(rows: pd.DataFrame, measure: str) -> dict[str, object]:
+    """The fastest method of one instance in ``measure`` and how clearly it leads."""
+    spec = ".4g" if measure == "steps" else ".3g"
+    value = rows[f"best_{measure}"].to_numpy(dtype=float)
+    if not np.isfinite(value).any():
+        return {"winner": None, "text": "no method reached the target"}
+    order = np.argsort(value, kind="stable")
+    first = rows.iloc[order[0]]
+    tied = [rows.iloc[i]["optimizer"] for i in order if value[i] == value[order[0]]]
+
+    def shown(row: pd.Series) -> str:
+        return (f"{row['optimizer']} " + format_interval(
+            row[f"best_{measure}"], row[f"best_{measure}_low"], row[f"best_{measure}_high"],
+            spec))
+
+    text = shown(first)
+    if len(tied) > 1:
+        text += " (tied with " + ", ".join(map(str, tied[1:])) + ")"
+    elif len(order) > 1:
+        second = rows.iloc[order[1]]
+        if not np.isfinite(second[f"best_{measure}"]):
+            text += "; no other method reached the target"
+        elif first[f"best_{measure}_high"] < second[f"best_{measure}_low"]:
+            text += f"; ahead of {shown(second)} beyond the intervals"
+        else:
+            text += f"; intervals overlap {shown(second)}"
+    return {"winner": str(first["optimizer"]), "text": text}
+
+
+#: Up to this many methods, the headline lists every method's cost per step.
+_HEADLINE_COSTS = 6
+
+
+def headline(methods: pd.DataFrame) -> pd.DataFrame:
+    """Per problem instance: the fastest method to the target in steps and in seconds (best
+    configuration, median over seeds, 95% bootstrap interval, and whether the interval
+    separates it from the runner-up), the most robust method and the cheapest step.
+
+    Args:
+        methods: :func:`method_table`.
+
+    Returns:
+        Columns ``instance, target, steps_winner, seconds_winner, robust_winner`` (names, None
+        when nobody qualifies) and the display texts ``fastest in steps``, ``fastest in
+        seconds``, ``most robust``, ``cost per step`` and ``timing``.
+    """
+    rows = []
+    for label, group in instances(methods):
+        steps, seconds = _race(group, "steps"), _race(group, "seconds")
+        robust = group[np.isfinite(group["robustness"])]
+        top = robust[robust["robustness"] == robust["robustness"].max()] if len(robust) else robust
+        if top.empty or top["robustness"].iloc[0] <= 0:
+            robust_text, robust_winner = "no configuration reached the target", None
+        else:
+            robust_winner = ", ".join(map(str, top["optimizer"]))
+            configs = ", ".join(f"{int(n)}" for n in top["n_configs"])
+            robust_text = (f"{robust_winner}: {top['robustness'].iloc[0]:.0%} of the swept "
+                           f"space reaches the target ({configs} configuration(s))")
+        priced = group[np.isfinite(group["seconds_per_step"])].sort_values("seconds_per_step")
+        if len(priced) > _HEADLINE_COSTS:  # the cheapest and the winners; the rest below
+            shown = {priced["optimizer"].iloc[0], steps["winner"], seconds["winner"]}
+            priced = priced[priced["optimizer"].isin(shown)]
+        cost_text = "; ".join(
+            f"{r.optimizer} {r.seconds_per_step * 1e3:.3g} ms (×{r.cost_ratio:.2g})"
+            for r in priced.itertuples()) or "—"
+        rows.append({"instance": label, "target": group["target"].iloc[0],
+                     "steps_winner": steps["winner"], "seconds_winner": seconds["winner"],
+                     "robust_winner": robust_winner,
+                     "fastest in steps": steps["text"], "fastest in seconds": seconds["text"],
+                     "most robust": robust_text, "cost per step": cost_text,
+                     "timing": "; ".join(sorted(set(group["timing"].dropna())))})
+    return pd.DataFrame(rows)
+
+
+def headline_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`headline` as shown on the page."""
+    return table[["instance", "target", "fastest in steps", "fastest in seconds", "most robust",
+                  "cost per step"]].rename(columns={"instance": "problem"})
+
+
+def overall_summary(runs: pd.DataFrame, methods: pd.DataFrame) -> list[str]:
+    """One or two sentences over all problem instances: who wins most often in steps and in
+    seconds (Dolan–Moré profiles at τ = 1, ties counted for each; and within 2× of the
+    fastest), and which method is most robust on average."""
+    instances = runs.groupby(["problem", "batch_size"]).ngroups if len(runs) else 0
+    if not instances or not runs["steps_to_target"].notna().any():
+        return ["No method reached the target on any problem: there is no winner yet."]
+    sentences = []
+    for measure in ("steps", "seconds"):
+        profile = metrics.performance_profiles(runs, measure=measure, taus=[1.0, 2.0])
+        wins, near = profile.iloc[0] * instances, profile.iloc[1] * instances
+        best = wins[wins == wins.max()].index.tolist()
+        close = near[near == near.max()].index.tolist()
+        sentences.append(
+            f"In {measure} to target, {_names(best)} reach{'es' if len(best) == 1 else ''} it "
+            f"first on {wins.max():.0f} of {instances} problem instance(s)"
+            f"; {_names(close)} {'is' if len(close) == 1 else 'are'} within 2× of the fastest "
+            f"on {near.max():.0f} of {instances}.")
+    robust = methods.groupby("optimizer")["robustness"].mean().dropna()
+    if len(robust) and robust.max() > 0:
+        top = robust[robust == robust.max()].index.tolist()
+        unequal = methods.groupby(["problem", "batch_size"])["n_configs"].nunique().max() > 1
+        sentences.append(
+            f"Most robust on average: {_names(top)} ({robust.max():.0%} of the swept "
+            "hyperparameter space reaches the target, mean over instances)."
+            + (" The methods were tuned over different numbers of configurations, so "
+               "robustness and tuned times are not on an equal footing." if unequal else ""))
+    return sentences
+
+
+def _names(names: Sequence[str]) -> str:
+    names = [str(n) for n in names]
+    return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
+
+
+def methods_display(rows: pd.DataFrame, *, timing: bool = True) -> pd.DataFrame:
+    """One instance's rows of :func:`method_table` as shown on the page (fastest first);
+    ``timing=False`` leaves out the timing conditions (when the page states them once)."""
+    shown = []
+    for row in rows.itertuples(index=False):
+        shown.append({
+            "method": row.optimizer,
+            "steps→target [95% CI]": format_interval(row.best_steps, row.best_steps_low,
+                                                     row.best_steps_high),
+            "s→target [95% CI]": format_interval(row.best_seconds, row.best_seconds_low,
+                                                 row.best_seconds_high, ".3g"),
+            "runs reaching": f"{row.reached_fraction:.0%} of {int(row.n_runs)}",
+            "configs": int(row.n_configs),
+            "robustness": _fmt(row.robustness, ".0%") if np.isfinite(row.robustness) else "—",
+            "ms/step": _fmt(row.seconds_per_step * 1e3, ".3g"),
+            "× cheapest step": _fmt(row.cost_ratio, ".2g"),
+            "gradient-equivalents/step": _fmt(row.gradient_equivalents_per_step, ".3g"),
+            **({"timing": row.timing} if timing else {}),
+        })
+    return pd.DataFrame(shown)
+
+
+#: A run "sits at its damping floor" when the damping is at the floor on more than this
+#: fraction of its steps.
+STALL_FLOOR_FRACTION = 0.5
+#: CG "stops far from the solution" when the median relative residual over steps exceeds this.
+STALL_CG_RESIDUAL = 0.5
+
+
+def _damping_at_floor(record: RunRecord) -> tuple[float, float] | None:
+    """``(floor, fraction of steps at it)`` of one run's damping, or None without damping.
+
+    The floor is the run's ``damping_min`` hyperparameter when it has one; otherwise the
+    smallest damping of the run, when that is a hundredth of the first step's or less (a
+    damping that fell as far as it could and stayed there)."""
+    values = np.asarray(record.history.get("damping", ()), dtype=float)
+    values = values[np.isfinite(values)]
+    if not values.size:
+        return None
+    floor = record.config.hyperparameter_dict.get("damping_min")
+    if not isinstance(floor, int | float) or isinstance(floor, bool):
+        floor = float(values.min())
+        if floor > values[0] / 100:
+            return float(floor), 0.0
+    at_floor = values <= float(floor) * (1 + 1e-6) + 1e-300
+    return float(floor), float(at_floor.mean())
+
+
+def stall_diagnostics(study: Study) -> pd.DataFrame:
+    """Plain-words findings about methods that stall, from the runs' per-step history.
+
+    Per problem × optimizer × batch size, over all its runs:
+
+    * damping at its floor (:func:`_damping_at_floor`) on more than
+      :data:`STALL_FLOOR_FRACTION` of the steps: the damped model is trusted as if exact and
+      steps can over-fit the mini-batch;
+    * median CG relative residual ``‖(G+λI)d + g‖ / ‖g‖`` over steps above
+      :data:`STALL_CG_RESIDUAL`: the linear solve stops far from its solution;
+    * runs that diverged or failed;
+    * no run reaching the target.
+
+    Returns:
+        Columns ``problem, optimizer, batch_size, finding`` (one row per finding).
+    """
+    groups: dict[tuple, list[RunRecord]] = {}
+    for record in study.records:
+        config = record.config
+        groups.setdefault((config.problem, config.optimizer, config.batch_size), []).append(record)
+    rows = []
+    for key, records in sorted(groups.items(), key=lambda item: tuple(map(str, item[0]))):
+        n = len(records)
+        stuck = [found for found in map(_damping_at_floor, records)
+                 if found is not None and found[1] > STALL_FLOOR_FRACTION]
+        if stuck:
+            levels = sorted({f"{f:.3g}" for f, _ in stuck})
+            rows.append((*key, (
+                f"damping sat at its floor ({', '.join(levels)}) for most of the run in "
+                f"{len(stuck)} of {n} runs (median {np.median([s for _, s in stuck]):.0%} of "
+                "the steps): the damped model was trusted as if exact, so steps can over-fit "
+                "the mini-batch; a higher damping floor may help.")))
+        residuals = []
+        for record in records:
+            values = np.asarray(record.history.get("cg_relative_residual", ()), dtype=float)
+            values = values[np.isfinite(values)]
+            if values.size:
+                residuals.append(float(np.median(values)))
+        high = [v for v in residuals if v > STALL_CG_RESIDUAL]
+        if high:
+            rows.append((*key, (
+                f"CG stopped far from solving the damped system in {len(high)} of {n} runs "
+                f"(median relative residual {np.median(high):.2g}, above "
+                f"{STALL_CG_RESIDUAL:g}): more CG iterations or more damping may help.")))
+        diverged = sum(r.status == "diverged" for r in records)
+        if diverged:
+            rows.append((*key, f"diverged in {diverged} of {n} runs (non-finite or exploding "
+                               "loss)."))
+        failed = sum(r.status == "error" for r in records)
+        if failed:
+            rows.append((*key, f"failed with an error in {failed} of {n} runs."))
+        if not any(r.steps_to_target is not None for r in records):
+            rows.append((*key, f"none of its {n} runs reached the target."))
+    return pd.DataFrame(rows, columns=[*GROUP, "finding"])

@@ -31,8 +31,10 @@ _ENVIRONMENT = {"python": "3.11.0", "torch": "2.13.0+cpu", "numpy": "2.0.0",
 def synthetic_record(*, problem: str, optimizer: str, hyperparameters: dict, seed: int,
                      batch_size: int = 128, steps: int = 200, eval_every: int = 20,
                      target: float = 0.3, curvature: bool = False,
-                     status: str | None = None) -> RunRecord:
-    """One synthetic run (see the module docstring)."""
+                     status: str | None = None, stall: bool = False) -> RunRecord:
+    """One synthetic run (see the module docstring); with ``stall`` (and ``curvature``), the
+    damping falls to the ``damping_min`` hyperparameter after a tenth of the run and stays
+    there, and CG stops at a relative residual around 0.75."""
     rng = np.random.default_rng(zlib.crc32(repr((problem, optimizer, seed, batch_size,
                                                  sorted(hyperparameters.items()))).encode()))
     lr = float(hyperparameters.get("lr", 0.1))
@@ -60,6 +62,11 @@ def synthetic_record(*, problem: str, optimizer: str, hyperparameters: dict, see
                               * np.exp(-t / steps)).tolist()
         history["step_size"] = (0.5 + 0.5 * rng.random(steps)).tolist()
         history["cg_relative_residual"] = (10 ** (-cg / 3) * (1 + rng.random(steps))).tolist()
+        if stall:
+            floor = float(hyperparameters["damping_min"])
+            history["damping"] = np.where(t > steps / 10, floor,
+                                          float(hyperparameters["damping"])).tolist()
+            history["cg_relative_residual"] = (0.6 + 0.3 * rng.random(steps)).tolist()
         counters.update(ggn_products=cg * steps, cg_iterations=cg * steps)
         phases = {"forward": 0.1 * seconds[-1], "backward": 0.15 * seconds[-1],
                   "curvature": 0.45 * seconds[-1], "solve": 0.2 * seconds[-1],

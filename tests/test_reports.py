@@ -311,3 +311,130 @@ def test_heatmap_cells_count_runs_and_bin_sampled_axes():
     cells = tables.heatmap_table(sampled, rows="hp.lr", columns="hp.damping", max_values=4)
     assert cells["runs"].tolist() == [10, 10, 10, 10]
     np.testing.assert_allclose(cells["hp.lr"], np.geomspace(1e-3, 1.0, 9)[1::2])
+
+
+@pytest.fixture(scope="module")
+def glance_site(tmp_path_factory) -> Path:
+    """One problem where the curvature method wins in steps but costs 4× per step (so the
+    first-order method wins in seconds), plus a method whose damping sits at its floor."""
+    records = synthetic_records(problems=("synth-mlp",), seeds=(0, 1, 2), batch_sizes=(128,),
+                                dampings=(1e-4,), cg_iterations=(10,))
+    records += [synthetic_record(problem="synth-mlp", optimizer="sgn-stall", seed=seed,
+                                 curvature=True, stall=True,
+                                 hyperparameters={"lr": 0.03, "damping": 1e-3,
+                                                  "damping_min": 1e-6})
+                for seed in (0, 1, 2)]
+    out = tmp_path_factory.mktemp("glance")
+    build_site(Study.from_records(records), out=out, n_bootstrap=200)
+    return out
+
+
+def _section(page: Path, anchor: str) -> str:
+    match = re.search(rf'<section id="{anchor}">(.*?)</section>',
+                      page.read_text(encoding="utf-8"), re.S)
+    assert match, anchor
+    return match.group(1)
+
+
+def _rows(fragment: str) -> list[list[str]]:
+    """The cells (as text) of the first table in an HTML fragment."""
+    body = re.search(r"<tbody>(.*?)</tbody>", fragment, re.S).group(1)
+    return [[re.sub(r"<[^>]+>", "", cell) for cell in re.findall(r"<td>(.*?)</td>", row)]
+            for row in re.findall(r"<tr>(.*?)</tr>", body)]
+
+
+def test_headline_names_the_winners_with_intervals(glance_site):
+    index = glance_site / "index.html"
+    assert index.read_text(encoding="utf-8").index('id="glance"') < \
+        index.read_text(encoding="utf-8").index('id="study"')  # the first section
+    glance = _section(index, "glance")
+    [row] = _rows(glance)
+    problem, target, steps, seconds, robust, cost = row
+    assert problem == "synth-mlp" and target == "train_loss ≤ 0.3"
+    interval = r"[\d.]+ \[[\d.]+, [\d.]+\]"
+    assert re.match(rf"sgn-synth {interval}; (ahead of|intervals overlap) sgd-synth", steps)
+    assert re.match(rf"sgd-synth {interval}; (ahead of|intervals overlap) ", seconds)
+    assert re.match(r"sgn-\w+: 100% of the swept space", robust)
+    assert re.match(r"sgd-synth [\d.]+ ms \(×1\); .*sgn-synth [\d.]+ ms \(×4\)", cost)
+    assert "In steps to target, sgn-synth reaches it first on 1 of 1" in glance
+    assert "In seconds to target, sgd-synth reaches it first on 1 of 1" in glance
+    assert "threads: 2; load: not recorded" in glance
+
+
+def test_method_table_is_sorted_and_scales_to_many_methods():
+    records = [synthetic_record(problem="p", optimizer=f"method-{i:02d}", seed=seed,
+                                hyperparameters={"lr": 0.05 * 4.0 ** -i})
+               for i in range(25) for seed in (0, 1)]
+    study = Study.from_records(records)
+    methods = tables.method_table(tables.leaderboard(study, n_bootstrap=50), study.runs)
+    steps = methods["best_steps"].to_numpy()
+    assert len(methods) == 25 and (np.diff(steps[np.isfinite(steps)]) >= 0).all()
+    [row] = tables.headline(methods).to_dict("records")
+    assert row["steps_winner"] == "method-00"  # the best learning rate
+    assert row["cost per step"].count(" ms ") <= 3  # cheapest and winners, not 25
+    assert len(tables.methods_display(methods)) == 25
+
+
+def test_curves_show_targets_and_how_many_seeds_remain(monkeypatch, tmp_path):
+    from curvebench.reports import figures
+
+    drawn = []
+    monkeypatch.setattr(figures, "_save", lambda figure, path: drawn.append(figure) or path)
+    curves = pd.DataFrame({"key": ["a"] * 4 + ["b"] * 2, "arm": ["x"] * 6,
+                           "step": [1, 2, 3, 4, 1, 2], "loss": [4.0, 2, 1, 0.5, 4, 2]})
+    bands = tables.curve_bands(curves, x="step", y="loss", points=4)
+    figures.band_figure([("loss", "steps", bands)], colours={}, path=tmp_path / "f.png",
+                        ylabel="loss", log_y=True, targets=[(0.7, "target")], counts=True)
+    curve_axes, strip = drawn[0].axes
+    assert curve_axes.get_yscale() == "log"
+    lines = {line.get_label(): line for line in curve_axes.get_lines()}
+    assert list(lines["target"].get_ydata()) == [0.7, 0.7]
+    solid = lines["x"].get_ydata()  # all seeds: the first two points only
+    assert np.isfinite(solid).tolist() == [True, True, False, False]
+    assert list(strip.get_lines()[0].get_ydata()) == [2, 2, 1, 1]
+
+
+def test_problem_page_curves_have_targets_error_axis_and_threads(glance_site):
+    page = next(glance_site.glob("problem-*.html")).read_text(encoding="utf-8")
+    assert "Dashed grey: the target" in page and "seeds running" not in page  # in the figure
+    assert "measured training seconds (threads: 2; load: not recorded)" in page
+    accuracy = pd.read_csv(next((glance_site / "data").glob("*-eval-test-accuracy.csv")))
+    for _, arm in accuracy.groupby("arm"):  # shown as the error, 1 − accuracy: it falls
+        assert arm["median"].iloc[-1] < arm["median"].iloc[0]
+
+
+def test_diagnostics_note_names_a_method_stuck_at_its_damping_floor(glance_site, study_site):
+    page = next(glance_site.glob("problem-*.html")).read_text(encoding="utf-8")
+    note = re.search(r'<div class="diagnostics">(.*?)</div>', page, re.S).group(1)
+    assert "sgn-stall: damping sat at its floor (1e-06) for most of the run in 3 of 3" in note
+    assert "sgn-stall: CG stopped far from solving the damped system in 3 of 3" in note
+    assert "sgn-synth" not in note and "sgd-synth" not in note
+    index = (glance_site / "index.html").read_text(encoding="utf-8")
+    assert "synth-mlp, sgn-stall: damping sat at its floor" in index
+    _, healthy = study_site
+    assert 'class="diagnostics"' not in (healthy / "index.html").read_text(encoding="utf-8")
+
+
+def test_diagnostics_report_divergence_and_runs_that_never_reach():
+    record = synthetic_record(problem="p", optimizer="o", seed=0, steps=20,
+                              hyperparameters={"lr": 1e-4}, status="diverged")
+    findings = tables.stall_diagnostics(Study.from_records([record]))["finding"].tolist()
+    assert findings == ["diverged in 1 of 1 runs (non-finite or exploding loss).",
+                        "none of its 1 runs reached the target."]
+
+
+def test_timing_conditions_say_threads_unknown_and_mixed():
+    from curvebench.reports.study import timing_conditions
+
+    def record(seed, threads):
+        made = synthetic_record(problem="p", optimizer="o", seed=seed,
+                                hyperparameters={"lr": 0.05})
+        environment = {k: v for k, v in made.environment.items() if k != "threads"}
+        if threads is not None:
+            environment["threads"] = threads
+        return type(made)(**{**made.__dict__, "environment": environment})
+
+    runs = Study.from_records([record(0, None)]).runs
+    assert timing_conditions(runs) == "threads: unknown; load: not recorded"
+    runs = Study.from_records([record(0, 1), record(1, 2)]).runs
+    assert timing_conditions(runs).startswith("threads: mixed 1, 2")
