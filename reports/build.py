@@ -6,7 +6,8 @@ Layout of the output directory::
     problem-<slug>.html        curves, robustness, sensitivity, scaling, cost, diagnostics
     img/*.png                  figures (Agg backend, seaborn style)
     data/*.csv                 the numbers behind every figure and table; data/runs.csv
-    asv/                       copy of the asv HTML, when one is given or found
+    asv/                       copy of the asv HTML, when one is given or found, made offline
+                               (its CDN scripts and styles replaced by bundled copies)
 
 Everything is relative and static (no scripts, no network), so the directory opens offline and
 can be published as it is.
@@ -26,7 +27,7 @@ import numpy as np
 import pandas as pd
 
 from curvebench import metrics
-from curvebench.reports import figures, tables
+from curvebench.reports import asv_offline, figures, tables
 from curvebench.reports import html as h
 from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study, timing_conditions
 
@@ -44,6 +45,15 @@ _CI = ("Best steps/seconds to target: the best configuration's median over seeds
        "interval over its seeds. Robustness: the volume-weighted fraction of the swept "
        "hyperparameter space that reaches the target (see curvebench.metrics).")
 
+
+_ASV_OFFLINE = ("The asv pages use copies of their scripts and stylesheets bundled with "
+                "curvebench (asv/vendor/, with their licenses), so they need no network; they "
+                "read their data with requests that browsers refuse to pages opened as files, "
+                "so open them through a local web server (python -m http.server, in this "
+                "folder).")
+_ASV_LEFT_OUT = ("The asv benchmark pages are left out of this report: they load scripts or "
+                 "stylesheets from the network that curvebench has no bundled copy of, and "
+                 "would not work offline: ")
 
 #: Sections of a problem page: (anchor, title).
 _PROBLEM_SECTIONS = (("summary", "Summary"), ("loss", "Training loss"),
@@ -145,11 +155,12 @@ def build_site(study: Study, *, out: Path | str, asv_html: Path | None = None,
 
     asv_href = None
     if asv_html is not None and (Path(asv_html) / "index.html").is_file():
-        target = out / "asv"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(asv_html, target)
-        asv_href = "asv/index.html"
+        copy = asv_offline.copy_offline(Path(asv_html), out / "asv")
+        if copy.unresolved:  # not offline: leave it out and say so
+            shutil.rmtree(copy.target)
+            writer.note_missing("asv", _ASV_LEFT_OUT + "; ".join(copy.unresolved))
+        else:
+            asv_href = "asv/index.html"
 
     pages = [out / "index.html"]
     for problem in problems:
@@ -243,6 +254,9 @@ def _index_body(study: Study, board: pd.DataFrame, glance: _Glance, writer: _Wri
         overview.append(h.download("All runs", writer.csv(study.runs, "runs")))
     if asv_href:
         overview.append(f"<p>Micro-benchmarks: {h.link(asv_href, 'asv benchmark pages')}</p>")
+        overview.append(h.paragraph(_ASV_OFFLINE))
+    overview.extend(h.missing(line.removeprefix("asv: ")) for line in writer.missing
+                    if line.startswith("asv: "))
     parts.append(h.section("Study", *overview, anchor="study"))
 
     board_parts = [h.paragraph(_CI)]

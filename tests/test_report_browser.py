@@ -1,6 +1,7 @@
 """The built report in a real browser: headless Chromium opens every page with no console
 errors, no failed or network requests and no broken images, shows a hostile optimizer name as
-text, and takes a screenshot.
+text, and takes a screenshot; the asv pages copied into a report render from a local server
+without a request leaving the machine.
 
 The browser is driven through the Chrome DevTools protocol over ``--remote-debugging-pipe``
 (null-separated JSON on file descriptors 3 and 4), so the test needs no websocket client.
@@ -33,6 +34,8 @@ CHROMIUM = next((shutil.which(name) for name in ("chromium", "chromium-browser",
 pytestmark = pytest.mark.skipif(
     CHROMIUM is None, reason="no Chromium executable on PATH (Debian: apt-get install chromium)")
 
+#: The only host a page may request from: the test's own server of the site.
+_LOCAL = "http://127.0.0.1:"
 #: Where screenshots go when set (CI artifacts, manual inspection); else the test's tmp dir.
 SCREENSHOT_DIR = os.environ.get("CURVEBENCH_SCREENSHOT_DIR")
 
@@ -139,7 +142,7 @@ def _problems(events: list[dict[str, Any]], page: str) -> list[str]:
             found.append(f"{page}: request failed: {params.get('errorText')}")
         elif method == "Network.requestWillBeSent":
             url = params["request"]["url"]
-            if not url.startswith(("file://", "data:", "about:")):
+            if not url.startswith(("file://", "data:", "about:", _LOCAL)):
                 found.append(f"{page}: network request to {url}")
         elif method == "Network.responseReceived" and params["response"].get("status", 200) \
                 >= 400:
@@ -148,11 +151,20 @@ def _problems(events: list[dict[str, Any]], page: str) -> list[str]:
     return found
 
 
-def _visit(tools: DevTools, session: str, path: Path, screenshot: Path) -> dict[str, Any]:
-    """Load ``path``; return what the page shows, after saving a full-page screenshot."""
+def _visit(tools: DevTools, session: str, path: Path | str, screenshot: Path, *,
+           settle: str | None = None) -> dict[str, Any]:
+    """Load ``path`` (a file, or a URL); return what the page shows, after saving a full-page
+    screenshot. ``settle``: a JavaScript condition to wait for after the load event (pages
+    that draw from data they request)."""
     tools.events.clear()
-    tools.send("Page.navigate", {"url": path.resolve().as_uri()}, session=session)
+    url = path if isinstance(path, str) else path.resolve().as_uri()
+    tools.send("Page.navigate", {"url": url}, session=session)
     tools.wait_for("Page.loadEventFired")
+    if settle:
+        tools.send("Runtime.evaluate", {"awaitPromise": True, "expression": f"""
+            new Promise(done => {{ const t = setInterval(() => {{
+                if ({settle}) {{ clearInterval(t); done(true); }} }}, 50); }})"""},
+            session=session, timeout=30)
     state = tools.send("Runtime.evaluate", {"returnByValue": True, "expression": """({
         text: document.body.innerText,
         scripts: document.querySelectorAll('script').length,
@@ -167,8 +179,27 @@ def _visit(tools: DevTools, session: str, path: Path, screenshot: Path) -> dict[
         "clip": {"x": 0, "y": 0, "width": metrics["width"],
                  "height": min(metrics["height"], 12000), "scale": 1}}, session=session)
     screenshot.write_bytes(base64.b64decode(shot["data"]))
-    state["problems"] = _problems(tools.events, path.name)
+    state["problems"] = _problems(tools.events, url.rsplit("/", 1)[-1])
     return state
+
+
+def _screenshots(tmp_path: Path) -> Path:
+    shots = Path(SCREENSHOT_DIR) if SCREENSHOT_DIR else tmp_path / "shots"
+    shots.mkdir(parents=True, exist_ok=True)
+    return shots
+
+
+def _open_tab(tools: DevTools) -> str:
+    """A 1280×900 tab logging page, console and network events; returns its session."""
+    target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+    session = tools.send("Target.attachToTarget",
+                         {"targetId": target, "flatten": True})["sessionId"]
+    tools.send("Emulation.setDeviceMetricsOverride", {
+        "width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
+        session=session)
+    for domain in ("Page", "Runtime", "Log", "Network"):
+        tools.send(f"{domain}.enable", session=session)
+    return session
 
 
 @pytest.fixture(scope="module")
@@ -180,18 +211,10 @@ def site(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_report_opens_in_chromium_without_errors(site: Path, tmp_path: Path) -> None:
-    shots = Path(SCREENSHOT_DIR) if SCREENSHOT_DIR else tmp_path / "shots"
-    shots.mkdir(parents=True, exist_ok=True)
+    shots = _screenshots(tmp_path)
     tools = DevTools(CHROMIUM, tmp_path / "profile")
     try:
-        target = tools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = tools.send("Target.attachToTarget",
-                             {"targetId": target, "flatten": True})["sessionId"]
-        tools.send("Emulation.setDeviceMetricsOverride", {
-            "width": 1280, "height": 900, "deviceScaleFactor": 1, "mobile": False},
-            session=session)
-        for domain in ("Page", "Runtime", "Log", "Network"):
-            tools.send(f"{domain}.enable", session=session)
+        session = _open_tab(tools)
         pages = sorted(site.glob("*.html"))
         assert len(pages) >= 2  # index and a problem
         seen_hostile = False
@@ -210,5 +233,91 @@ def test_report_opens_in_chromium_without_errors(site: Path, tmp_path: Path) -> 
                 assert state["images"] >= 2, f"{page.name} shows no figures"
             seen_hostile |= HOSTILE in state["text"]
         assert seen_hostile, "the hostile optimizer name is not shown as text"
+    finally:
+        tools.close()
+
+
+def _asv_html(folder: Path) -> Path:
+    """asv's HTML output for one benchmark: asv's own page files and the data ``asv publish``
+    writes for one run of one benchmark on one machine."""
+    asv = pytest.importorskip("asv")
+    shutil.copytree(Path(asv.__file__).parent / "www", folder)
+    graph = folder / "graphs" / "branch-main" / "machine-m1" / "python-3.11"
+    graph.mkdir(parents=True)
+    (folder / "graphs" / "summary").mkdir(parents=True)
+    point = [[0, 2.2e-06]]
+    for path in (graph / "bench.time_x.json", folder / "graphs" / "summary" / "bench.time_x.json"):
+        path.write_text(json.dumps(point))
+    (graph / "summary.json").write_text(json.dumps([{
+        "name": "bench.time_x", "idx": None, "pretty_name": "bench.time_x", "last_rev": 0,
+        "last_value": 2.2e-06, "last_err": 0.0, "prev_value": None, "change_rev": None}]))
+    (folder / "info.json").write_text(json.dumps({"asv-version": "0.6.6",
+                                                  "timestamp": 1796059277080}))
+    (folder / "regressions.json").write_text(json.dumps({"regressions": []}))
+    params = {"machine": ["m1"], "python": ["3.11"], "branch": ["main"]}
+    (folder / "index.json").write_text(json.dumps({
+        "project": "demo", "project_url": "", "show_commit_url": "#", "hash_length": 8,
+        "revision_to_hash": {"0": "6484870a51a52f941bcc493ed2c0f274d1601f93"},
+        "revision_to_date": {"0": 1796059271000}, "params": params,
+        "graph_param_list": [{k: v[0] for k, v in params.items()}],
+        "benchmarks": {"bench.time_x": {
+            "code": "def time_x():\n    sum(range(10))", "min_run_count": 2,
+            "name": "bench.time_x", "number": 0, "param_names": [], "params": [], "repeat": 0,
+            "rounds": 2, "sample_time": 0.01, "type": "time", "unit": "seconds",
+            "version": "0", "warmup_time": -1}},
+        "machines": {"m1": {"machine": "m1", "version": 1}}, "tags": {},
+        "pages": [["", "Grid view", "Display as a agrid"],
+                  ["summarylist", "List view", "Display as a list"],
+                  ["regressions", "Show regressions", "Display information about recent "
+                                                      "regressions"]]}))
+    return folder
+
+
+@contextlib.contextmanager
+def _served(folder: Path):
+    """``http://127.0.0.1:PORT/`` serving ``folder`` from a thread, closed on exit."""
+    import functools
+    import threading
+    from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
+
+    class Quiet(SimpleHTTPRequestHandler):
+        def log_message(self, *args: Any) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0),
+                                 functools.partial(Quiet, directory=str(folder)))
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"{_LOCAL}{server.server_address[1]}/"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join()
+
+
+def test_asv_pages_in_the_report_work_offline(tmp_path: Path) -> None:
+    from curvebench.reports.asv_offline import external_urls
+
+    asv = _asv_html(tmp_path / "asv-html")
+    assert external_urls((asv / "index.html").read_text())  # asv's own page uses CDNs
+    site = tmp_path / "site"
+    build_site(Study.from_records(synthetic_records(problems=("p",), seeds=(0,),
+                                                    batch_sizes=(128,))),
+               out=site, asv_html=asv, n_bootstrap=20)
+    for page in (site / "asv").rglob("*.html"):
+        assert external_urls(page.read_text(encoding="utf-8")) == [], page.name
+    shots = _screenshots(tmp_path)
+    tools = DevTools(CHROMIUM, tmp_path / "profile")
+    try:
+        session = _open_tab(tools)
+        with _served(site) as root:
+            state = _visit(tools, session, f"{root}asv/index.html", shots / "asv.png",
+                           settle="document.body.innerText.includes('time_x')")
+        assert state["problems"] == []  # no request left the machine, none failed
+        assert "error" not in tools.send("Runtime.evaluate", {
+            "expression": "location.pathname", "returnByValue": True},
+            session=session)["result"]["value"]  # asv did not fall back to its error page
+        assert "airspeed velocity" in state["text"] and state["broken"] == []
     finally:
         tools.close()

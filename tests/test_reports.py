@@ -438,3 +438,28 @@ def test_timing_conditions_say_threads_unknown_and_mixed():
     assert timing_conditions(runs) == "threads: unknown; load: not recorded"
     runs = Study.from_records([record(0, 1), record(1, 2)]).runs
     assert timing_conditions(runs).startswith("threads: mixed 1, 2")
+
+
+def test_asv_html_with_unbundled_cdn_assets_is_left_out_and_said(tmp_path):
+    from curvebench.reports.asv_offline import ASSETS, VENDORED
+
+    asv = tmp_path / "asv-html"
+    asv.mkdir()
+    bundled = '<script src="https://cdn.example.org/x/jquery-3.3.1.min.js" integrity="sha256-x">'
+    (asv / "index.html").write_text(f"<html><head>{bundled}</script></head></html>")
+    site = build_site(Study.from_records([synthetic_record(
+        problem="p", optimizer="o", seed=0, hyperparameters={"lr": 0.05})]),
+        out=tmp_path / "site", asv_html=asv, n_bootstrap=20)
+    assert '<script src="vendor/jquery.min.js">' in (site.out / "asv/index.html").read_text()
+    assert (site.out / "asv/vendor/jquery.min.js").read_bytes() == \
+        (ASSETS / "jquery.min.js").read_bytes()
+    assert all((ASSETS / name).is_file() for name in VENDORED.values())
+    (asv / "index.html").write_text('<html><head><script src="//cdn.example.org/vue-9.js">'
+                                    "</script></head></html>")
+    site = build_site(Study.from_records([synthetic_record(
+        problem="p", optimizer="o", seed=0, hyperparameters={"lr": 0.05})]),
+        out=tmp_path / "site", asv_html=asv, n_bootstrap=20)
+    assert not (site.out / "asv").exists()
+    index = (site.out / "index.html").read_text()
+    assert "asv benchmark pages are left out" in index and "vue-9.js" in index
+    assert 'href="asv/index.html"' not in index
