@@ -224,11 +224,17 @@ def _stall_notes(findings: pd.DataFrame, *, per_problem: bool) -> list[str]:
     if findings.empty:
         return []
     several = findings.groupby("problem")["batch_size"].nunique()
-    items = []
-    for row in findings.itertuples(index=False):
-        where = f" (batch {row.batch_size})" if several[row.problem] > 1 else ""
-        subject = f"{row.problem}, {row.optimizer}" if per_problem else str(row.optimizer)
-        items.append(f"{subject}{where}: {row.finding}")
+
+    def subject(problem: str, batch_size: int, names: str) -> str:
+        where = f" (batch {batch_size})" if several[problem] > 1 else ""
+        return f"{problem}, {names}{where}" if per_problem else f"{names}{where}"
+
+    items = [f"{subject(row.problem, row.batch_size, row.optimizer)}: {row.finding}"
+             for row in findings[findings["kind"] != "unreached"].itertuples(index=False)]
+    unreached = findings[findings["kind"] == "unreached"]
+    for (problem, batch_size), rows in unreached.groupby(["problem", "batch_size"]):
+        items.append(f"{subject(problem, batch_size, ', '.join(rows['optimizer']))}: no run "
+                     "reached the target.")
     return [h.notes("Diagnostics: where methods stall, from the runs' per-step history "
                     "(damping, CG residuals, status).", items)]
 

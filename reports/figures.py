@@ -52,15 +52,18 @@ def literal(text: object) -> str:
     return str(text).replace("$", r"\$")
 
 
-def _plain_ticks(axis) -> None:
+def _plain_ticks(axis, *, every_minor: bool = False) -> None:
     """Tick labels as plain numbers (``0.003``, ``64``) instead of powers; on a log axis minor
-    ticks are labelled at 2× and 5× powers of ten only."""
+    ticks are labelled at 2× and 5× powers of ten only, or all of them with ``every_minor``
+    (a range too narrow to hold two of those)."""
     axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:.3g}"))
 
     def minor(value: float, _: int) -> str:
         if value <= 0:
             return ""
         mantissa = round(value / 10 ** np.floor(np.log10(value)), 6)
+        if every_minor:  # 9 crowds the power of ten above it
+            return f"{value:.3g}" if mantissa != 9.0 else ""
         return f"{value:.3g}" if mantissa in (2.0, 5.0) else ""
 
     axis.set_minor_formatter(FuncFormatter(minor))
@@ -135,16 +138,19 @@ def band_figure(panels: Sequence[tuple[str, str, pd.DataFrame]], *, colours: Map
                 if len(band) > 1 and (band["q75"] > band["q25"]).any():
                     ax.fill_between(band["x"], band["q25"], band["q75"], color=colour,
                                     alpha=0.2, linewidth=0)
-                if counts:
-                    grid[1][i].step(band["x"], n, where="post", color=colour, linewidth=1.2)
+                if counts:  # down to 0 where the last seed stopped
+                    running = band.get("running", band["n"]).to_numpy(dtype=float)
+                    grid[1][i].step([*band["x"], band["x"].iloc[-1]], [*running, 0],
+                                    where="post", color=colour, linewidth=1.2)
             values = bands["median"].to_numpy(dtype=float) if len(bands) else np.array([])
             target = targets[i] if i < len(targets) else None
             if target is not None:
                 values = np.append(values, target[0])
             if log_y and len(values) and np.nanmin(values) > 0:
                 ax.set_yscale("log")
-                if np.nanmax(values) / np.nanmin(values) < 30:  # less than 1.5 decades
-                    _plain_ticks(ax.yaxis)
+                spread = np.nanmax(values) / np.nanmin(values)
+                if spread < 30:  # less than 1.5 decades
+                    _plain_ticks(ax.yaxis, every_minor=spread < 4)
             if target is not None:
                 ax.axhline(target[0], color="0.25", linestyle="--", linewidth=1.0,
                            label=literal(target[1]))
@@ -154,7 +160,7 @@ def band_figure(panels: Sequence[tuple[str, str, pd.DataFrame]], *, colours: Map
             ax.set_ylabel(literal(labels[i]))
             if counts:
                 strip = grid[1][i]
-                top = int(bands["n"].max()) if len(bands) else 1
+                top = int(bands.get("running", bands["n"]).max()) if len(bands) else 1
                 strip.set_ylim(0, top + 0.5)
                 strip.set_yticks(sorted({0, top}))
                 strip.set_ylabel("seeds\nrunning", fontsize=7)

@@ -180,16 +180,16 @@ def curve_bands(curves: pd.DataFrame, *, x: str, y: str, points: int = 150,
 
     Each run's curve is linearly interpolated onto a common grid of ``points`` values of ``x``
     (from the smallest to the largest ``x`` of the configuration's runs, log-spaced with
-    ``log_x``); a run contributes from the start of the grid (holding its first value before
-    its first point, which differs between runs only by the first step's time) to its last
-    point, so ``n`` says how many seeds were still running, and a point rests on them.
+    ``log_x``); a run contributes only inside its own ``x`` range, so ``n`` says how many seeds
+    a point rests on, and ``running`` how many had not stopped yet (``x`` at most their last
+    point: those that had not started yet, e.g. after a slow first step, count as running).
 
     Returns:
-        Columns ``arm, x, median, q25, q75, n`` (only points with ``n ≥ 1``).
+        Columns ``arm, x, median, q25, q75, n, running`` (only points with ``n ≥ 1``).
     """
     out = []
     if curves.empty or x not in curves or y not in curves:
-        return pd.DataFrame(columns=["arm", "x", "median", "q25", "q75", "n"])
+        return pd.DataFrame(columns=["arm", "x", "median", "q25", "q75", "n", "running"])
     for arm, group in curves.groupby("arm", sort=True):
         valid = group[np.isfinite(group[x]) & np.isfinite(group[y])]
         if log_x:
@@ -201,22 +201,24 @@ def curve_bands(curves: pd.DataFrame, *, x: str, y: str, points: int = 150,
             grid = np.geomspace(low, high, points) if high > low else np.array([low])
         else:
             grid = np.linspace(low, high, points) if high > low else np.array([low])
-        stacked = []
+        stacked, ends = [], []
         for _, run in valid.groupby("key", sort=False):
             xs, ys = run[x].to_numpy(), run[y].to_numpy()
             order = np.argsort(xs, kind="stable")
             xs, ys = xs[order], ys[order]
-            stacked.append(np.interp(grid, xs, ys, left=ys[0], right=np.nan))
+            stacked.append(np.interp(grid, xs, ys, left=np.nan, right=np.nan))
+            ends.append(xs[-1])
         matrix = np.vstack(stacked)
         n = np.isfinite(matrix).sum(axis=0)
+        running = (grid[None, :] <= np.asarray(ends)[:, None]).sum(axis=0)
         keep = n > 0
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", RuntimeWarning)
             q25, median, q75 = np.nanquantile(matrix[:, keep], [0.25, 0.5, 0.75], axis=0)
         out.append(pd.DataFrame({"arm": arm, "x": grid[keep], "median": median, "q25": q25,
-                                 "q75": q75, "n": n[keep]}))
+                                 "q75": q75, "n": n[keep], "running": running[keep]}))
     if not out:
-        return pd.DataFrame(columns=["arm", "x", "median", "q25", "q75", "n"])
+        return pd.DataFrame(columns=["arm", "x", "median", "q25", "q75", "n", "running"])
     return pd.concat(out, ignore_index=True)
 
 
@@ -626,7 +628,8 @@ def stall_diagnostics(study: Study) -> pd.DataFrame:
     * no run reaching the target.
 
     Returns:
-        Columns ``problem, optimizer, batch_size, finding`` (one row per finding).
+        Columns ``problem, optimizer, batch_size, kind`` (``damping_floor``, ``cg_residual``,
+        ``diverged``, ``error``, ``unreached``) and ``finding`` (one row per finding).
     """
     groups: dict[tuple, list[RunRecord]] = {}
     for record in study.records:
@@ -639,7 +642,7 @@ def stall_diagnostics(study: Study) -> pd.DataFrame:
                  if found is not None and found[1] > STALL_FLOOR_FRACTION]
         if stuck:
             levels = sorted({f"{f:.3g}" for f, _ in stuck})
-            rows.append((*key, (
+            rows.append((*key, "damping_floor", (
                 f"damping sat at its floor ({', '.join(levels)}) for most of the run in "
                 f"{len(stuck)} of {n} runs (median {np.median([s for _, s in stuck]):.0%} of "
                 "the steps): the damped model was trusted as if exact, so steps can over-fit "
@@ -652,17 +655,17 @@ def stall_diagnostics(study: Study) -> pd.DataFrame:
                 residuals.append(float(np.median(values)))
         high = [v for v in residuals if v > STALL_CG_RESIDUAL]
         if high:
-            rows.append((*key, (
+            rows.append((*key, "cg_residual", (
                 f"CG stopped far from solving the damped system in {len(high)} of {n} runs "
                 f"(median relative residual {np.median(high):.2g}, above "
                 f"{STALL_CG_RESIDUAL:g}): more CG iterations or more damping may help.")))
         diverged = sum(r.status == "diverged" for r in records)
         if diverged:
-            rows.append((*key, f"diverged in {diverged} of {n} runs (non-finite or exploding "
-                               "loss)."))
+            rows.append((*key, "diverged", f"diverged in {diverged} of {n} runs (non-finite or "
+                                           "exploding loss)."))
         failed = sum(r.status == "error" for r in records)
         if failed:
-            rows.append((*key, f"failed with an error in {failed} of {n} runs."))
+            rows.append((*key, "error", f"failed with an error in {failed} of {n} runs."))
         if not any(r.steps_to_target is not None for r in records):
-            rows.append((*key, f"none of its {n} runs reached the target."))
-    return pd.DataFrame(rows, columns=[*GROUP, "finding"])
+            rows.append((*key, "unreached", f"none of its {n} runs reached the target."))
+    return pd.DataFrame(rows, columns=[*GROUP, "kind", "finding"])

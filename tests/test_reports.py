@@ -87,6 +87,10 @@ def test_curve_bands_are_median_and_quartiles_over_the_seeds_present():
     np.testing.assert_allclose(bands["q25"], [2.0, 3.0, 3.5])
     np.testing.assert_allclose(bands["q75"], [4.0, 5.0, 4.5])
     assert bands["n"].tolist() == [3, 3, 2]  # run "c" stopped at step 2
+    late = pd.concat([curves, pd.DataFrame({"key": "d", "arm": "x", "step": [2, 3],
+                                            "loss": [9.0, 9.0]})])  # a slow first step
+    bands = tables.curve_bands(late, x="step", y="loss", points=3)
+    assert bands["n"].tolist() == [3, 4, 3] and bands["running"].tolist() == [4, 4, 3]
 
 
 def test_best_arm_is_the_smallest_median_with_unreached_as_infinite():
@@ -391,7 +395,7 @@ def test_curves_show_targets_and_how_many_seeds_remain(monkeypatch, tmp_path):
     assert list(lines["target"].get_ydata()) == [0.7, 0.7]
     solid = lines["x"].get_ydata()  # all seeds: the first two points only
     assert np.isfinite(solid).tolist() == [True, True, False, False]
-    assert list(strip.get_lines()[0].get_ydata()) == [2, 2, 1, 1]
+    assert list(strip.get_lines()[0].get_ydata()) == [2, 2, 1, 1, 0]
 
 
 def test_problem_page_curves_have_targets_error_axis_and_threads(glance_site):
@@ -418,9 +422,11 @@ def test_diagnostics_note_names_a_method_stuck_at_its_damping_floor(glance_site,
 def test_diagnostics_report_divergence_and_runs_that_never_reach():
     record = synthetic_record(problem="p", optimizer="o", seed=0, steps=20,
                               hyperparameters={"lr": 1e-4}, status="diverged")
-    findings = tables.stall_diagnostics(Study.from_records([record]))["finding"].tolist()
-    assert findings == ["diverged in 1 of 1 runs (non-finite or exploding loss).",
-                        "none of its 1 runs reached the target."]
+    findings = tables.stall_diagnostics(Study.from_records([record]))
+    assert findings["kind"].tolist() == ["diverged", "unreached"]
+    assert findings["finding"].tolist() == [
+        "diverged in 1 of 1 runs (non-finite or exploding loss).",
+        "none of its 1 runs reached the target."]
 
 
 def test_timing_conditions_say_threads_unknown_and_mixed():
