@@ -211,7 +211,7 @@ def _headline(study: Study, glance: _Glance, *, slugs: dict[str, str]) -> list[s
     parts.append(h.table(tables.headline_display(board), links=links))
     parts.append(h.paragraph(_HEADLINE + " Seconds were measured with "
                              + timing_conditions(runs) + "."))
-    parts.extend(_stall_notes(glance.findings, per_problem=True))
+    parts.extend(_stall_notes(glance.findings, overview=True))
     mixed = methods["timing"].nunique() > 1  # else stated once above
     for label, rows in tables.instances(methods):
         parts.append(f"<h3>{h.escape(label)}: every method, fastest first</h3>")
@@ -219,22 +219,39 @@ def _headline(study: Study, glance: _Glance, *, slugs: dict[str, str]) -> list[s
     return parts
 
 
-def _stall_notes(findings: pd.DataFrame, *, per_problem: bool) -> list[str]:
-    """A diagnostics note listing, in plain words, what made methods stall."""
+def _stall_notes(findings: pd.DataFrame, *, overview: bool) -> list[str]:
+    """A diagnostics note saying, in plain words, what made methods stall: on a problem page
+    one line per method and finding; on the overview one line per kind of finding, naming the
+    problems and methods (so it stays short with many methods)."""
     if findings.empty:
         return []
     several = findings.groupby("problem")["batch_size"].nunique()
 
-    def subject(problem: str, batch_size: int, names: str) -> str:
-        where = f" (batch {batch_size})" if several[problem] > 1 else ""
-        return f"{problem}, {names}{where}" if per_problem else f"{names}{where}"
+    def where(problem: str, batch_size: int) -> str:
+        return f" (batch {batch_size})" if several[problem] > 1 else ""
 
-    items = [f"{subject(row.problem, row.batch_size, row.optimizer)}: {row.finding}"
-             for row in findings[findings["kind"] != "unreached"].itertuples(index=False)]
-    unreached = findings[findings["kind"] == "unreached"]
-    for (problem, batch_size), rows in unreached.groupby(["problem", "batch_size"]):
-        items.append(f"{subject(problem, batch_size, ', '.join(rows['optimizer']))}: no run "
-                     "reached the target.")
+    items = []
+    if not overview:
+        items = [f"{row.optimizer}{where(row.problem, row.batch_size)}: {row.finding}"
+                 for row in findings[findings["kind"] != "unreached"].itertuples(index=False)]
+        unreached = findings[findings["kind"] == "unreached"]
+        for (problem, batch_size), rows in unreached.groupby(["problem", "batch_size"]):
+            items.append(f"{', '.join(rows['optimizer'])}{where(problem, batch_size)}: no run "
+                         "reached the target.")
+    else:
+        for kind, text in tables.STALL_KINDS.items():
+            rows = findings[findings["kind"] == kind]
+            if rows.empty:
+                continue
+            listed = []
+            for (problem, batch_size), part in rows.groupby(["problem", "batch_size"]):
+                methods = ", ".join(
+                    str(r.optimizer) if kind == "unreached"
+                    else f"{r.optimizer} ({r.flagged} of {r.runs} runs)"
+                    for r in part.itertuples(index=False))
+                listed.append(f"{problem}{where(problem, batch_size)}: {methods}")
+            items.append(text.format(cg=tables.STALL_CG_RESIDUAL) + ". " + "; ".join(listed)
+                         + ".")
     return [h.notes("Diagnostics: where methods stall, from the runs' per-step history "
                     "(damping, CG residuals, status).", items)]
 
@@ -318,6 +335,13 @@ def _profiles(study: Study, writer: _Writer) -> list[str]:
         f"Dolan–Moré profiles over {instances} problem × batch-size instance(s): the fraction "
         "of instances an optimizer solves within a factor τ of the fastest (tuned, median over "
         "seeds)."))]
+    table = tables.profile_table(runs)
+    parts.append(h.paragraph("The same profiles read at a few factors τ, one row per method, "
+                             "most wins first: the fraction of instances solved within τ× the "
+                             "fastest (τ = 1: wins, a tie counting for each tied method)."))
+    parts.append(h.table(table.assign(**{c: table[c].map(lambda v: f"{v:.0%}")
+                                         for c in table.columns if c != "method"}),
+                         csv=writer.csv(table, "performance-profile-table")))
     if instances < 2:
         parts.append(writer.note_missing("performance profiles", "Only one problem instance: "
                                          "the profile is a single win/loss step."))
@@ -345,7 +369,7 @@ def _problem_body(study: Study, problem: str, board: pd.DataFrame, glance: _Glan
             f"{row['fastest in steps']}. Fastest in seconds ({row['timing']}): "
             f"{row['fastest in seconds']}. Most robust: {row['most robust']}. Cost per step: "
             f"{row['cost per step']}.", css="lead"))
-    summary.extend(_stall_notes(mine.findings, per_problem=False))
+    summary.extend(_stall_notes(mine.findings, overview=False))
     summary.append(h.table(display.drop(columns="problem", errors="ignore")))
     statuses = runs["status"].value_counts().to_dict()
     summary.append(h.paragraph(f"{len(runs)} runs: " + ", ".join(

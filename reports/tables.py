@@ -49,6 +49,9 @@ __all__ = [
     "stall_diagnostics",
     "STALL_FLOOR_FRACTION",
     "STALL_CG_RESIDUAL",
+    "STALL_KINDS",
+    "profile_table",
+    "PROFILE_FACTORS",
 ]
 
 #: One leaderboard row: an optimizer at one batch size on one problem.
@@ -468,7 +471,7 @@ def _race(rows: pd.DataFrame, measure: str) -> dict[str, object]:
 
     text = shown(first)
     if len(tied) > 1:
-        text += " (tied with " + ", ".join(map(str, tied[1:])) + ")"
+        text += f" (tied with {_names(tied[1:])})"
     elif len(order) > 1:
         second = rows.iloc[order[1]]
         if not np.isfinite(second[f"best_{measure}"]):
@@ -506,9 +509,10 @@ def headline(methods: pd.DataFrame) -> pd.DataFrame:
             robust_text, robust_winner = "no configuration reached the target", None
         else:
             robust_winner = ", ".join(map(str, top["optimizer"]))
-            configs = ", ".join(f"{int(n)}" for n in top["n_configs"])
-            robust_text = (f"{robust_winner}: {top['robustness'].iloc[0]:.0%} of the swept "
-                           f"space reaches the target ({configs} configuration(s))")
+            configs = "/".join(str(n) for n in sorted({int(n) for n in top["n_configs"]}))
+            robust_text = (f"{_names(top['optimizer'])}: {top['robustness'].iloc[0]:.0%} of the "
+                           f"swept space reaches the target ({configs} configuration(s) "
+                           f"{'each' if len(top) > 1 else 'swept'})")
         priced = group[np.isfinite(group["seconds_per_step"])].sort_values("seconds_per_step")
         if len(priced) > _HEADLINE_COSTS:  # the cheapest and the winners; the rest below
             shown = {priced["optimizer"].iloc[0], steps["winner"], seconds["winner"]}
@@ -544,9 +548,11 @@ def overall_summary(runs: pd.DataFrame, methods: pd.DataFrame) -> list[str]:
         wins, near = profile.iloc[0] * instances, profile.iloc[1] * instances
         best = wins[wins == wins.max()].index.tolist()
         close = near[near == near.max()].index.tolist()
+        tie = " (a tie counts for each tied method)" if profile.iloc[0].sum() > 1 + 1e-9 \
+            else ""
         sentences.append(
             f"In {measure} to target, {_names(best)} reach{'es' if len(best) == 1 else ''} it "
-            f"first on {wins.max():.0f} of {instances} problem instance(s)"
+            f"first on {wins.max():.0f} of {instances} problem instance(s){tie}"
             f"; {_names(close)} {'is' if len(close) == 1 else 'are'} within 2× of the fastest "
             f"on {near.max():.0f} of {instances}.")
     robust = methods.groupby("optimizer")["robustness"].mean().dropna()
@@ -561,8 +567,12 @@ def overall_summary(runs: pd.DataFrame, methods: pd.DataFrame) -> list[str]:
     return sentences
 
 
-def _names(names: Sequence[str]) -> str:
+def _names(names: Sequence[str], *, limit: int = 4) -> str:
+    """``"a"``, ``"a and b"``, ``"a, b and c"``; past ``limit`` names,
+    ``"a, b, c and 5 more"``."""
     names = [str(n) for n in names]
+    if len(names) > limit:
+        return ", ".join(names[:limit - 1]) + f" and {len(names) - limit + 1} more"
     return names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
 
 
@@ -591,6 +601,17 @@ def methods_display(rows: pd.DataFrame, *, timing: bool = True) -> pd.DataFrame:
 #: A run "sits at its damping floor" when the damping is at the floor on more than this
 #: fraction of its steps.
 STALL_FLOOR_FRACTION = 0.5
+#: Each kind of :func:`stall_diagnostics` finding, in plain words.
+STALL_KINDS: dict[str, str] = {
+    "damping_floor": "Damping sat at its floor for most of the run: the damped model was "
+                     "trusted as if exact, so steps can over-fit the mini-batch (a higher "
+                     "damping floor may help)",
+    "cg_residual": "CG stopped far from solving the damped system (median relative residual "
+                   "above {cg:g}; more CG iterations or more damping may help)",
+    "diverged": "Diverged (non-finite or exploding loss)",
+    "error": "Failed with an error",
+    "unreached": "No run reached the target",
+}
 #: CG "stops far from the solution" when the median relative residual over steps exceeds this.
 STALL_CG_RESIDUAL = 0.5
 
@@ -629,7 +650,8 @@ def stall_diagnostics(study: Study) -> pd.DataFrame:
 
     Returns:
         Columns ``problem, optimizer, batch_size, kind`` (``damping_floor``, ``cg_residual``,
-        ``diverged``, ``error``, ``unreached``) and ``finding`` (one row per finding).
+        ``diverged``, ``error``, ``unreached``), ``flagged`` (runs it applies to), ``runs``
+        and ``finding`` (the sentence; one row per finding).
     """
     groups: dict[tuple, list[RunRecord]] = {}
     for record in study.records:
@@ -642,7 +664,7 @@ def stall_diagnostics(study: Study) -> pd.DataFrame:
                  if found is not None and found[1] > STALL_FLOOR_FRACTION]
         if stuck:
             levels = sorted({f"{f:.3g}" for f, _ in stuck})
-            rows.append((*key, "damping_floor", (
+            rows.append((*key, "damping_floor", len(stuck), n, (
                 f"damping sat at its floor ({', '.join(levels)}) for most of the run in "
                 f"{len(stuck)} of {n} runs (median {np.median([s for _, s in stuck]):.0%} of "
                 "the steps): the damped model was trusted as if exact, so steps can over-fit "
@@ -655,17 +677,47 @@ def stall_diagnostics(study: Study) -> pd.DataFrame:
                 residuals.append(float(np.median(values)))
         high = [v for v in residuals if v > STALL_CG_RESIDUAL]
         if high:
-            rows.append((*key, "cg_residual", (
+            rows.append((*key, "cg_residual", len(high), n, (
                 f"CG stopped far from solving the damped system in {len(high)} of {n} runs "
                 f"(median relative residual {np.median(high):.2g}, above "
                 f"{STALL_CG_RESIDUAL:g}): more CG iterations or more damping may help.")))
         diverged = sum(r.status == "diverged" for r in records)
         if diverged:
-            rows.append((*key, "diverged", f"diverged in {diverged} of {n} runs (non-finite or "
-                                           "exploding loss)."))
+            rows.append((*key, "diverged", diverged, n, f"diverged in {diverged} of {n} runs "
+                                                         "(non-finite or exploding loss)."))
         failed = sum(r.status == "error" for r in records)
         if failed:
-            rows.append((*key, "error", f"failed with an error in {failed} of {n} runs."))
+            rows.append((*key, "error", failed, n,
+                         f"failed with an error in {failed} of {n} runs."))
         if not any(r.steps_to_target is not None for r in records):
-            rows.append((*key, "unreached", f"none of its {n} runs reached the target."))
-    return pd.DataFrame(rows, columns=[*GROUP, "kind", "finding"])
+            rows.append((*key, "unreached", n, n, f"none of its {n} runs reached the target."))
+    return pd.DataFrame(rows, columns=[*GROUP, "kind", "flagged", "runs", "finding"])
+
+
+#: The factors τ of the fastest at which :func:`profile_table` reads the profiles.
+PROFILE_FACTORS = (1.0, 2.0, 4.0)
+
+
+def profile_table(runs: pd.DataFrame) -> pd.DataFrame:
+    """Performance profiles read at a few factors, one row per method, best first: the
+    fraction of problem instances each method solves within ``τ ∈`` :data:`PROFILE_FACTORS`
+    of the fastest, in steps and in seconds (:func:`curvebench.metrics.performance_profiles`;
+    ``τ = 1`` counts wins, a tie for each tied method), and at any factor (``solved``).
+
+    Returns:
+        Columns ``method``, ``steps ≤ τ×best`` and ``seconds ≤ τ×best`` per factor,
+        ``solved``; sorted by wins in steps, then in seconds, then solved.
+    """
+    columns: dict[str, pd.Series] = {}
+    for measure in ("steps", "seconds"):
+        profile = metrics.performance_profiles(runs, measure=measure,
+                                               taus=[*PROFILE_FACTORS, 1e300])
+        for tau, row in zip(PROFILE_FACTORS, profile.iloc[:-1].itertuples(index=False),
+                            strict=True):
+            columns[f"{measure} ≤ {tau:g}× best"] = pd.Series(row, index=profile.columns)
+        if measure == "steps":
+            columns["solved"] = profile.iloc[-1]
+    table = pd.DataFrame(columns)
+    order = ["steps ≤ 1× best", "seconds ≤ 1× best", "solved"]
+    table = table.sort_values(order, ascending=False, kind="stable")
+    return table.rename_axis("method").reset_index()

@@ -414,7 +414,8 @@ def test_diagnostics_note_names_a_method_stuck_at_its_damping_floor(glance_site,
     assert "sgn-stall: CG stopped far from solving the damped system in 3 of 3" in note
     assert "sgn-synth" not in note and "sgd-synth" not in note
     index = (glance_site / "index.html").read_text(encoding="utf-8")
-    assert "synth-mlp, sgn-stall: damping sat at its floor" in index
+    assert "Damping sat at its floor for most of the run" in index
+    assert "synth-mlp: sgn-stall (3 of 3 runs)." in index
     _, healthy = study_site
     assert 'class="diagnostics"' not in (healthy / "index.html").read_text(encoding="utf-8")
 
@@ -469,3 +470,13 @@ def test_asv_html_with_unbundled_cdn_assets_is_left_out_and_said(tmp_path):
     index = (site.out / "index.html").read_text()
     assert "asv benchmark pages are left out" in index and "vue-9.js" in index
     assert 'href="asv/index.html"' not in index
+
+
+def test_profile_table_counts_wins_per_method_best_first(study_site):
+    study, out = study_site
+    table = tables.profile_table(study.runs).set_index("method")
+    assert table.index.tolist() == ["sgn-synth", "sgd-synth"]  # fewer steps, 4× the cost
+    assert table.loc["sgn-synth", "steps ≤ 1× best"] == 1.0
+    assert table.loc["sgd-synth", "seconds ≤ 1× best"] == 1.0
+    assert (table["solved"] == 1.0).all() and (table["steps ≤ 4× best"] == 1.0).all()
+    assert "performance-profile-table.csv" in (out / "index.html").read_text(encoding="utf-8")
