@@ -552,7 +552,7 @@ def _robustness(runs: pd.DataFrame, writer: _Writer, slug: str, problem: str) ->
         widths = sensitivity.groupby(["optimizer", "batch_size"])["width_decades"].first()
         parts.append(h.table(widths.reset_index().rename(
             columns={"width_decades": "decades within 2× of best"})))
-    robust = metrics.robustness(runs)
+    robust = metrics.robustness(runs, optimizer_specs=tables.RECORDS_ONLY)
     parts.append(h.paragraph("Robustness (fraction of the swept space reaching the target):"))
     parts.append(h.table(robust, csv=writer.csv(robust, f"{slug}-robustness")))
     return parts

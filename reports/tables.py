@@ -23,6 +23,7 @@ from curvebench.timing import PHASES
 
 __all__ = [
     "GROUP",
+    "RECORDS_ONLY",
     "run_summary",
     "leaderboard",
     "leaderboard_display",
@@ -54,6 +55,10 @@ __all__ = [
     "PROFILE_FACTORS",
 ]
 
+#: ``optimizer_specs`` for :mod:`curvebench.metrics`: no live registry, so a report of stored
+#: runs does not change when the code does (hyperparameter scales follow the values' rule).
+RECORDS_ONLY: dict = {}
+
 #: One leaderboard row: an optimizer at one batch size on one problem.
 GROUP = list(metrics.GROUP)
 
@@ -72,7 +77,8 @@ def leaderboard(study: Study, *, n_bootstrap: int = 1000) -> pd.DataFrame:
     """Per problem × optimizer × batch size: time to target with CIs, final metric, robustness.
 
     Columns of :func:`curvebench.metrics.steps_to_target_summary`, plus ``robustness``
-    (:func:`curvebench.metrics.robustness`), ``target`` (``metric ≥ value``) and
+    (:func:`curvebench.metrics.robustness` from the records alone: each hyperparameter's scale
+    by the rule for values, not from the live registry), ``target`` (``metric ≥ value``) and
     ``best_final`` (the best configuration's median over seeds of the final value of the target
     metric, best in the target's direction).
     """
@@ -80,7 +86,8 @@ def leaderboard(study: Study, *, n_bootstrap: int = 1000) -> pd.DataFrame:
     if runs.empty:
         return pd.DataFrame(columns=[*GROUP, "n_runs"])
     summary = metrics.steps_to_target_summary(runs, n_bootstrap=n_bootstrap)
-    robust = metrics.robustness(runs)[[*GROUP, "robustness", "swept"]]
+    robust = metrics.robustness(runs, optimizer_specs=RECORDS_ONLY)[
+        [*GROUP, "robustness", "swept"]]
     table = summary.merge(robust, on=GROUP, how="left")
     finals = []
     for keys, group in runs.groupby(GROUP, sort=False):

@@ -480,3 +480,24 @@ def test_profile_table_counts_wins_per_method_best_first(study_site):
     assert table.loc["sgd-synth", "seconds ≤ 1× best"] == 1.0
     assert (table["solved"] == 1.0).all() and (table["steps ≤ 4× best"] == 1.0).all()
     assert "performance-profile-table.csv" in (out / "index.html").read_text(encoding="utf-8")
+
+
+def test_headline_reads_the_records_only(monkeypatch):
+    import curvebench.optimizers
+
+    study = Study.from_records(synthetic_records(problems=("p",), seeds=(0, 1),
+                                                 batch_sizes=(128,)))
+
+    class Forbidden:
+        def __getattr__(self, name):
+            raise AssertionError("the headline consulted the live optimizer registry")
+
+        def __contains__(self, name):
+            raise AssertionError("the headline consulted the live optimizer registry")
+
+    monkeypatch.setattr(curvebench.optimizers, "OPTIMIZERS", Forbidden())
+    methods = tables.method_table(tables.leaderboard(study, n_bootstrap=20), study.runs)
+    assert tables.headline(methods)["steps_winner"].tolist() == ["sgn-synth"]
+    assert tables.overall_summary(study.runs, methods)
+    assert tables.stall_diagnostics(study).empty
+    assert len(tables.profile_table(study.runs)) == 2
