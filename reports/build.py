@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +33,11 @@ from curvebench.reports import figures, tables
 from curvebench.reports import html as h
 from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study
 
-__all__ = ["Site", "build_site", "HEATMAP_AXES", "problem_slug", "find_asv_html"]
+__all__ = ["Site", "build_site", "check_site_target", "SiteTargetError", "HEATMAP_AXES",
+           "MANIFEST", "problem_slug", "find_asv_html"]
+
+#: The list of files a report wrote, kept in its directory: what a later report may replace.
+MANIFEST = ".curvebench-report.json"
 
 #: Robustness maps: pairs of run columns (rows, columns) drawn as heatmaps when both vary.
 HEATMAP_AXES: tuple[tuple[str, str], ...] = (
@@ -114,25 +121,115 @@ class _Writer:
 
 
 def build_site(study: Study, *, out: Path | str, asv_html: Path | None = None,
-               n_bootstrap: int = 1000) -> Site:
-    """Write the report of ``study`` to ``out`` (created; existing report files replaced).
+               n_bootstrap: int = 1000, force: bool = False) -> Site:
+    """Write the report of ``study`` to ``out``.
+
+    The site is built in a temporary directory beside ``out`` and swapped in (see
+    :func:`_swap_in`): a new ``out`` appears complete or not at all, and nothing the report did
+    not write is ever deleted. ``out`` must be absent, empty or a previous report (it holds the
+    manifest :data:`MANIFEST`) unless ``force``.
 
     Args:
         study: the runs.
         out: output directory.
         asv_html: asv's HTML output directory to copy into ``out/asv`` and link.
         n_bootstrap: bootstrap resamples of the confidence intervals.
+        force: write into a non-empty directory that is not a previous report (its other
+            files are kept; files with the names the report writes are replaced).
 
     Returns:
         The files written and what was missing.
+
+    Raises:
+        SiteTargetError: see :func:`check_site_target`.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("img", "data"):  # files of an earlier report
-        if (out / stale).is_dir():
-            shutil.rmtree(out / stale)
-    for page in out.glob("problem-*.html"):
-        page.unlink()
+    final = Path(out)
+    check_site_target(final, force=force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building-"))
+    try:
+        site = _write_site(study, out=out, asv_html=asv_html, n_bootstrap=n_bootstrap)
+        _swap_in(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    moved = lambda paths: tuple(final / p.relative_to(out) for p in paths)  # noqa: E731
+    return Site(out=final, pages=moved(site.pages), images=moved(site.images),
+                data=moved(site.data), missing=site.missing)
+
+
+class SiteTargetError(ValueError):
+    """``--out`` holds files that are not a previous report (one-line message)."""
+
+
+def check_site_target(out: Path, *, force: bool = False) -> None:
+    """Refuse to write a report into a non-empty directory that is not a previous report.
+
+    Raises:
+        SiteTargetError: ``out`` is a file, or a non-empty directory without the manifest of
+            a previous report and ``force`` is false.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SiteTargetError(f"--out {str(out)!r} exists and is not a directory")
+    if force or (out / MANIFEST).is_file():
+        return
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as error:
+        raise SiteTargetError(f"--out {str(out)!r} cannot be read: "
+                              f"{error.strerror or error}") from None
+    if not empty:
+        raise SiteTargetError(f"--out {str(out)!r} is a non-empty directory that is not a "
+                              "curvebench report; choose another directory or pass --force "
+                              "(files the report does not write are kept)")
+
+
+def _previous_files(out: Path) -> set[str]:
+    """Files (relative POSIX paths) the previous report in ``out`` wrote, from its manifest."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {str(p) for p in listed if isinstance(p, str) and ".." not in Path(p).parts
+            and not Path(p).is_absolute()}
+
+
+def _swap_in(built: Path, out: Path) -> None:
+    """Move the site built in ``built`` into ``out``.
+
+    A new ``out`` is one rename. Otherwise each file replaces its namesake atomically, files
+    that the previous report wrote (its manifest) and this one does not are removed, and every
+    other file is left untouched; the manifest is written last.
+    """
+    new = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    (built / MANIFEST).write_text(json.dumps({"files": new}, indent=1), encoding="utf-8")
+    if not out.exists():
+        built.rename(out)
+        return
+    old = _previous_files(out)
+    for name in new:
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(built / name, target)
+    for name in sorted(old - set(new)):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            _remove_empty_parents(path.parent, out)
+    os.replace(built / MANIFEST, out / MANIFEST)
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _write_site(study: Study, *, out: Path, asv_html: Path | None, n_bootstrap: int) -> Site:
     writer = _Writer(out)
     problems = study.problems()
     slugs = {name: problem_slug(name) for name in problems}
@@ -143,10 +240,7 @@ def build_site(study: Study, *, out: Path | str, asv_html: Path | None = None,
 
     asv_href = None
     if asv_html is not None and (Path(asv_html) / "index.html").is_file():
-        target = out / "asv"
-        if target.exists():
-            shutil.rmtree(target)
-        shutil.copytree(asv_html, target)
+        shutil.copytree(asv_html, out / "asv")
         asv_href = "asv/index.html"
 
     pages = [out / "index.html"]

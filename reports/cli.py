@@ -28,6 +28,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         "(default: DIRECTORY/report), a file for md, csv and parquet "
                         "(md prints to the terminal without it)")
     parser.add_argument("--format", choices=FORMATS, default="html")
+    parser.add_argument("--force", action="store_true", help="write the html site into a "
+                        "non-empty directory that is not a previous report (its other files "
+                        "are kept)")
     parser.add_argument("--asv-html", type=Path, help="asv HTML directory to include and link "
                         "(default: .asv/html in the current directory or a parent, if any)")
 
@@ -70,15 +73,24 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"{len(study.runs)} run(s) written to {args.out}")
         return 0
 
-    from curvebench.reports.build import build_site, find_asv_html
+    from curvebench.reports.build import (
+        SiteTargetError,
+        build_site,
+        check_site_target,
+        find_asv_html,
+    )
 
     out = args.out if args.out is not None else args.directory / "report"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    try:
+        check_site_target(out, force=args.force)
+    except SiteTargetError as error:
+        raise UsageError(str(error)) from None
     asv = args.asv_html if args.asv_html is not None else find_asv_html(Path.cwd())
     start = time.perf_counter()
     try:
-        site = build_site(study, out=out, asv_html=asv)
+        site = build_site(study, out=out, asv_html=asv, force=args.force)
+    except SiteTargetError as error:
+        raise UsageError(str(error)) from None
     except OSError as error:
         raise UsageError(f"cannot write the report to {str(out)!r}: "
                          f"{error.strerror or error}") from None

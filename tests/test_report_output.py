@@ -1,0 +1,75 @@
+"""``curvebench report --out``: the site is swapped in, and nothing it did not write is lost."""
+
+from __future__ import annotations
+
+import pytest
+
+from curvebench.cli import main
+from curvebench.reports.build import MANIFEST
+from curvebench.store import RunStore
+from tests.report_fixtures import synthetic_record
+
+
+@pytest.fixture
+def results(tmp_path):
+    directory = tmp_path / "results"
+    RunStore(directory).write(synthetic_record(problem="p", optimizer="o", seed=0,
+                                               hyperparameters={"lr": 0.05}))
+    return directory
+
+
+def _report(capsys, *argv):
+    code = main(["report", *map(str, argv)])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_report_into_a_foreign_directory_is_refused_and_deletes_nothing(results, tmp_path,
+                                                                        capsys):
+    site = tmp_path / "x"
+    (site / "data").mkdir(parents=True)
+    (site / "data" / "a.csv").write_text("k")
+    (site / "problem-mine.html").write_text("mine")
+    code, out, err = _report(capsys, results, "--out", site)
+    assert code == 2 and "not a curvebench report" in err and "--force" in err
+    assert len(err.strip().splitlines()) == 1 and out == ""
+    assert sorted(p.name for p in site.rglob("*")) == ["a.csv", "data", "problem-mine.html"]
+    code, _, _ = _report(capsys, results, "--out", site, "--force")
+    assert code == 0 and (site / "index.html").is_file()
+    assert (site / "data" / "a.csv").read_text() == "k"
+    assert (site / "problem-mine.html").read_text() == "mine"
+
+
+def test_rewriting_a_report_replaces_only_its_own_files(results, tmp_path, capsys,
+                                                         monkeypatch):
+    site = tmp_path / "site"
+    assert _report(capsys, results, "--out", site)[0] == 0
+    assert (site / MANIFEST).is_file()
+    first = {p.relative_to(site) for p in site.rglob("*") if p.is_file()}
+    (site / "data" / "mine.csv").write_text("keep")
+    (site / "notes.txt").write_text("keep")
+    stale = site / "data" / "stale-from-an-old-report.csv"
+    stale.write_text("old")
+    listed = (site / MANIFEST).read_text().replace('"files": [', '"files": [\n"data/'
+                                                  'stale-from-an-old-report.csv",')
+    (site / MANIFEST).write_text(listed)
+    assert _report(capsys, results, "--out", site)[0] == 0
+    second = {p.relative_to(site) for p in site.rglob("*") if p.is_file()}
+    assert (site / "data" / "mine.csv").read_text() == "keep"
+    assert (site / "notes.txt").read_text() == "keep"
+    assert not stale.exists()  # the earlier report wrote it, this one does not
+    assert first <= second
+    assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]  # temp dir removed
+
+    # a build that fails half-way leaves the previous report as it was
+    before = {p: p.read_bytes() for p in site.rglob("*") if p.is_file()}
+    from curvebench.reports import build
+
+    def broken(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(build, "_index_body", broken)
+    code, _, err = _report(capsys, results, "--out", site)
+    assert code == 2 and "No space left" in err
+    assert {p: p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
+    assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
