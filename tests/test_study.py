@@ -157,6 +157,15 @@ MALFORMED = [
     ("negative lr", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
                     "points = [{ lr = -1.0 }]\n", "optimizers.sgd point 0"),
     ("invalid TOML", 'problems = ["synthetic-linreg"\n', "invalid TOML"),
+    ("infinite point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                       "points = [{ lr = inf }]\n", "optimizers.sgd.points[0].lr"),
+    ("infinite grid value", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                            "grid = { lr = [0.1, -inf] }\n", "optimizers.sgd.grid.lr[1]"),
+    ("overflowing fixed value", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                                "fixed = { momentum = 1e400 }\n",
+     "optimizers.sgd.fixed.momentum"),
+    ("nan point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                  "points = [{ lr = nan }]\n", "optimizers.sgd.points[0].lr"),
 ]
 
 
