@@ -272,7 +272,7 @@ def _show_command(args: argparse.Namespace) -> int:
         raise UsageError(f"results directory {str(args.directory)!r} does not exist")
     records, unreadable = RunStore(args.directory).scan()
     for item in unreadable:
-        print(f"curvebench: skipped unreadable {item.path.name}: {item.reason}", file=sys.stderr)
+        print(f"curvebench: skipped {item.describe()}", file=sys.stderr)
     if not records:
         print(f"no runs stored in {args.directory}")
         return 0

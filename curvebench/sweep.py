@@ -522,6 +522,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
             device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
                         data_dir=args.data_dir)
         store.check_writable()
+        _say_skipped_files(store)
     except (DatasetError, DeviceError, StoreError) as error:
         raise UsageError(str(error)) from None
     if args.executor == "dask":
@@ -549,6 +550,13 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"\n{result.ran} run(s) stored in {args.out}, {result.skipped} already stored"
           f"{failures}; {result.seconds:.1f} s")
     return 0
+
+
+def _say_skipped_files(store: RunStore) -> None:
+    """Name every stored file that is not counted (unreadable or a duplicate), one line each."""
+    for item in store.scan()[1]:
+        print(f"curvebench sweep: {item.describe()} (left untouched; not counted)",
+              file=sys.stderr)
 
 
 def _register() -> None:

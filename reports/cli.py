@@ -52,7 +52,7 @@ def report_command(args: argparse.Namespace) -> int:
             raise UsageError("--format parquet needs pyarrow (pip install pyarrow)") from None
     study = Study.load(args.directory)
     for item in study.unreadable:
-        print(f"curvebench: skipped unreadable {item.path.name}: {item.reason}", file=sys.stderr)
+        print(f"curvebench: skipped {item.describe()}", file=sys.stderr)
 
     if args.format == "md":
         from curvebench.reports.tables import tables_text
