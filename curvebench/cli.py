@@ -188,7 +188,7 @@ def _run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from curvebench.environment import DeviceError, resolve_device
-    from curvebench.harness import DTYPES, device_data, execute, plan_run
+    from curvebench.harness import DTYPES, check_batch_size, device_data, execute, plan_run
     from curvebench.optimizers import HyperparameterError, get_optimizer
     from curvebench.problems import Budget, get_problem
     from curvebench.problems.datasets import DatasetError
@@ -223,8 +223,11 @@ def _run_command(args: argparse.Namespace) -> int:
             raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not "
                              "a directory")
         for problem in problems:  # load every data set before anything runs
-            device_data(problem, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
-                        data_dir=args.data_dir)
+            data = device_data(problem, device=resolve_device(args.device),
+                               dtype=DTYPES[args.dtype], data_dir=args.data_dir)
+            for config in configs:
+                if config.problem == problem.name:
+                    check_batch_size(config, training_examples=len(data.x_train))
         for config in configs:  # optimizer hyperparameter ranges, checked on a real model
             problem = get_problem(config.problem)
             get_optimizer(config.optimizer).build(

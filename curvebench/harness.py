@@ -146,6 +146,17 @@ def device_data(problem: ProblemSpec, *, device: torch.device, dtype: torch.dtyp
     )
 
 
+def check_batch_size(config: RunConfig, *, training_examples: int) -> None:
+    """Refuse a batch size larger than the training set (it would silently run full-batch).
+
+    Raises:
+        ValueError: one line naming the problem and both sizes.
+    """
+    if config.batch_size > training_examples:
+        raise ValueError(f"batch size {config.batch_size} is larger than the training set of "
+                         f"{config.problem!r} ({training_examples} examples)")
+
+
 def _registered_names() -> list[str]:
     from curvebench.problems import PROBLEMS
 
@@ -238,6 +249,7 @@ def execute(
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     data = device_data(problem, device=device, dtype=dtype, data_dir=data_dir)
+    check_batch_size(config, training_examples=len(data.x_train))
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     previous_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)

@@ -498,7 +498,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
 
     from curvebench.cli import UsageError
     from curvebench.environment import DeviceError, resolve_device
-    from curvebench.harness import DTYPES, device_data
+    from curvebench.harness import DTYPES, check_batch_size, device_data
     from curvebench.problems import get_problem
     from curvebench.problems.datasets import DatasetError
     from curvebench.store import StoreError
@@ -519,8 +519,14 @@ def _sweep_command(args: argparse.Namespace) -> int:
     try:
         device = resolve_device(study.device)
         for name in study.problems:  # every data set must load before anything runs
-            device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
-                        data_dir=args.data_dir)
+            data = device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
+                               data_dir=args.data_dir)
+            for config in configs:
+                if config.problem == name:
+                    try:
+                        check_batch_size(config, training_examples=len(data.x_train))
+                    except ValueError as error:
+                        raise UsageError(f"{study.source}: batch_sizes: {error}") from None
         store.check_writable()
         _say_skipped_files(store)
     except (DatasetError, DeviceError, StoreError) as error:

@@ -70,6 +70,8 @@ BAD_INPUTS = {
     "negative infinite momentum": (["--hp", "momentum=-inf"], "'momentum' must be finite"),
     "zero steps": (["--steps", "0"], "must be positive"),
     "negative batch size": (["--batch-size", "-4"], "must be positive"),
+    "batch size above the training set": (["--batch-size", "5000"],
+                                          "larger than the training set of 'digits-logreg'"),
     "bad seed": (["--seed", "x"], "seeds must be integers"),
     "missing data dir": (["--data-dir", "{tmp}/nowhere"], "does not exist"),
     "cuda": (["--device", "cuda"], "CUDA was requested"),

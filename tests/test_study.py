@@ -164,6 +164,8 @@ MALFORMED = [
     ("overflowing fixed value", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
                                 "fixed = { momentum = 1e400 }\n",
      "optimizers.sgd.fixed.momentum"),
+    ("batch size above the training set", 'problems = ["synthetic-linreg"]\n'
+     "batch_sizes = [64, 4096]\n[optimizers.sgd]\n", "batch_sizes"),
     ("nan point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
                   "points = [{ lr = nan }]\n", "optimizers.sgd.points[0].lr"),
 ]
