@@ -55,9 +55,22 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(item) for item in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
-    if any(seed < 0 for seed in seeds):
-        raise argparse.ArgumentTypeError("seeds must be non-negative")
+    from curvebench.harness import MAX_SEED
+
+    if any(not 0 <= seed <= MAX_SEED for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be between 0 and {MAX_SEED}")
     return seeds
+
+
+#: Most torch threads ``--threads`` accepts (more only oversubscribes; a million crashes torch).
+MAX_THREADS = 512
+
+
+def _thread_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS} threads, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -108,7 +121,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=_positive_int)
     run.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    run.add_argument("--threads", type=_positive_int,
+    run.add_argument("--threads", type=_thread_count,
                      help="torch CPU threads (default: torch's choice; recorded in every run)")
     run.add_argument("--out", type=Path, default=Path("results"), help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "

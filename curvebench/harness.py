@@ -53,6 +53,10 @@ _FIRST_ORDER_COUNTS = {"forward_passes": 1, "backward_passes": 1}
 ProgressCallback = Callable[[int, float], None]
 
 
+#: Largest run seed: torch's and numpy's generators take it, and seed arithmetic stays in range.
+MAX_SEED = 2**32 - 1
+
+
 def plan_run(
     *,
     problem: str | ProblemSpec,
@@ -71,7 +75,8 @@ def plan_run(
     Raises:
         UnknownNameError: unknown problem or optimizer.
         HyperparameterError: unknown or ill-typed hyperparameter.
-        ValueError: non-positive batch size or eval period, unknown dtype, negative seed.
+        ValueError: non-positive batch size or eval period, unknown dtype, a seed outside
+            ``[0, MAX_SEED]``.
     """
     problem_spec = problem if isinstance(problem, ProblemSpec) else get_problem(problem)
     optimizer_spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
@@ -83,8 +88,8 @@ def plan_run(
         raise ValueError(f"batch size must be positive, got {batch_size}")
     if eval_every <= 0:
         raise ValueError(f"eval_every must be positive, got {eval_every}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return RunConfig.create(

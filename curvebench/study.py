@@ -339,6 +339,7 @@ class _Parser:
             problems.append(problem)
         seeds = tuple(self.integer(s, f"seeds[{i}]", minimum=0)
                       for i, s in enumerate(self.array(data.get("seeds", [0]), "seeds")))
+        self.check_seeds(seeds)
         batch_sizes = None
         if "batch_sizes" in data:
             batch_sizes = tuple(
@@ -370,6 +371,13 @@ class _Parser:
                      problems=tuple(problems), sweeps=tuple(sweeps), seeds=tuple(seeds),
                      batch_sizes=batch_sizes, budget=budget, device=device, dtype=dtype,
                      eval_every=eval_every, stop_at_target=stop_at_target)
+
+    def check_seeds(self, seeds: Sequence[int]) -> None:
+        from curvebench.harness import MAX_SEED
+
+        for i, seed in enumerate(seeds):
+            if seed > MAX_SEED:
+                raise self.fail(f"seeds[{i}]", f"must be at most {MAX_SEED}, got {seed}")
 
     def check_size(self, count: int, key: str | None, what: str) -> None:
         """Refuse more than :data:`MAX_RUNS` of anything a study expands into."""

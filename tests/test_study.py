@@ -177,6 +177,8 @@ MALFORMED = [
      "optimizers.sgd.sample.n"),
     ("huge study", 'problems = ["synthetic-linreg"]\nseeds = [' + ", ".join(map(str, range(
         400))) + ']\n[optimizers.sgd]\ngrid = { lr = { n = 300 } }\n', "runs (problems"),
+    ("huge seed", 'problems = ["synthetic-linreg"]\nseeds = [0, 9223372036854775807]\n'
+                  "[optimizers.sgd]\n", "seeds[1]"),
     ("nan point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
                   "points = [{ lr = nan }]\n", "optimizers.sgd.points[0].lr"),
 ]
