@@ -34,7 +34,7 @@ from curvebench.reports import html as h
 from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study
 
 __all__ = ["Site", "build_site", "check_site_target", "SiteTargetError", "HEATMAP_AXES",
-           "MANIFEST", "problem_slug", "find_asv_html"]
+           "MANIFEST", "file_stem", "problem_slug", "find_asv_html"]
 
 #: The list of files a report wrote, kept in its directory: what a later report may replace.
 MANIFEST = ".curvebench-report.json"
@@ -84,6 +84,19 @@ def problem_slug(name: str) -> str:
     return f"{words}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
 
 
+def file_stem(name: str, *, limit: int = 100) -> str:
+    """A safe file-name stem for ``name`` (built from history column names, which are data).
+
+    Keeps ASCII letters, digits, ``.``, ``_`` and ``-``; anything else (``/``, spaces,
+    non-ASCII) becomes ``-``. A changed or longer-than-``limit`` name gets a short hash of the
+    original, so distinct names stay distinct and every name fits a file system.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "file"
+    if stem != name or len(stem) > limit:
+        stem = f"{stem[:limit - 9].rstrip('.-')}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return stem
+
+
 def find_asv_html(start: Path) -> Path | None:
     """The asv HTML output (``.asv/html`` with an ``index.html``) in ``start`` or a parent."""
     for folder in (start, *start.parents):
@@ -105,12 +118,14 @@ class _Writer:
         (out / "data").mkdir(parents=True, exist_ok=True)
 
     def csv(self, frame: pd.DataFrame, name: str) -> str:
+        name = file_stem(name)
         path = self.out / "data" / f"{name}.csv"
         frame.to_csv(path, index=False)
         self.data.append(path)
         return f"data/{name}.csv"
 
     def image(self, draw: Callable[[Path], Path], name: str) -> str:
+        name = file_stem(name)
         path = self.out / "img" / f"{name}.png"
         self.images.append(draw(path))
         return f"img/{name}.png"

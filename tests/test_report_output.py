@@ -73,3 +73,22 @@ def test_rewriting_a_report_replaces_only_its_own_files(results, tmp_path, capsy
     assert code == 2 and "No space left" in err
     assert {p: p.read_bytes() for p in site.rglob("*") if p.is_file()} == before
     assert not [p for p in tmp_path.iterdir() if ".building-" in p.name]
+
+
+def test_history_column_names_never_escape_or_break_the_site(tmp_path):
+    from curvebench.reports.build import build_site
+    from curvebench.reports.study import Study
+
+    record = synthetic_record(problem="p", optimizer="o", seed=0, hyperparameters={"lr": 0.05},
+                              curvature=True)
+    steps = len(record.history["step"])
+    odd = ["../../escape/a b", "x" * 300]
+    history = {**record.history, **{name: [1.0] * steps for name in odd}}
+    record = type(record)(**{**record.__dict__, "history": history})
+    site = tmp_path / "site"
+    built = build_site(Study.from_records([record]), out=site, n_bootstrap=20)
+    assert not (tmp_path / "escape.csv").exists() and not list(tmp_path.glob("*.csv"))
+    files = [p for p in site.rglob("*") if p.is_file()]
+    assert all(p.parent in (site, site / "data", site / "img") for p in files)
+    assert all(len(p.name) <= 120 and p.name.isascii() for p in files)
+    assert len({p.name for p in built.data}) == len(built.data)  # distinct names stay distinct
