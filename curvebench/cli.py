@@ -248,6 +248,10 @@ def _run_command(args: argparse.Namespace) -> int:
                 hyperparameters=config.hyperparameter_dict)
         store = RunStore(args.out)
         store.check_writable()  # last: creates the directory only for a valid command
+        removed = store.remove_stale_temporaries()
+        if removed:
+            print(f"curvebench: removed {len(removed)} stale temporary file(s) left by "
+                  f"interrupted writes in {args.out}", file=sys.stderr)
     except (UnknownNameError, HyperparameterError, DatasetError, DeviceError, StoreError,
             ValueError) as error:
         raise UsageError(str(error)) from None
@@ -282,11 +286,14 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _show_command(args: argparse.Namespace) -> int:
-    from curvebench.store import RunStore
+    from curvebench.store import RunStore, StoreError
 
     if not args.directory.is_dir():
         raise UsageError(f"results directory {str(args.directory)!r} does not exist")
-    records, unreadable = RunStore(args.directory).scan()
+    try:
+        records, unreadable = RunStore(args.directory).scan()
+    except StoreError as error:
+        raise UsageError(str(error)) from None
     for item in unreadable:
         print(f"curvebench: skipped {item.describe()}", file=sys.stderr)
     if not records:

@@ -9,10 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import fnmatch
+import hashlib
 import json
 import math
 import os
+import re
+import socket
 import tempfile
+import time
 import types
 import typing
 from collections.abc import Iterator
@@ -29,6 +33,10 @@ __all__ = ["RunStore", "StoreError", "UnreadableRun", "RecordError", "runs_dataf
 
 _PREFIX = "run-"
 _SUFFIX = ".json"
+_TEMPORARY = ".tmp-"
+#: Age after which a temporary file that names no writer of this host is stale (a write takes
+#: milliseconds).
+STALE_TEMPORARY_SECONDS = 600.0
 
 
 class StoreError(OSError):
@@ -135,7 +143,8 @@ class RunStore:
             if os.path.lexists(path):  # unreadable: never ours to replace
                 path = path.with_name(f"{path.stem}.{os.getpid()}-{os.urandom(3).hex()}{_SUFFIX}")
         payload = json.dumps(record.to_dict(), indent=1, allow_nan=False)
-        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=".tmp-", suffix=_SUFFIX)
+        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=_temporary_prefix(),
+                                        suffix=_SUFFIX)
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as handle:
                 handle.write(payload)
@@ -146,6 +155,35 @@ class RunStore:
             Path(tmp_name).unlink(missing_ok=True)
             raise
         return path
+
+    def remove_stale_temporaries(self) -> list[Path]:
+        """Delete temporary files (``.tmp-*.json``) left by writers that were killed.
+
+        A temporary file names its writer (host and pid): it is stale when that process is no
+        longer alive on this host, or, for files of other hosts and of older versions that
+        name no writer, when it is older than :data:`STALE_TEMPORARY_SECONDS`. A file of a
+        live writer is never touched.
+
+        Returns:
+            The files removed.
+        """
+        removed = []
+        now = time.time()
+        for path in self._files(f"{_TEMPORARY}*{_SUFFIX}"):
+            owner = re.fullmatch(rf"{re.escape(_TEMPORARY)}([0-9a-f]{{8}})-(\d+)-.*",
+                                 path.name)
+            try:
+                old = now - path.stat().st_mtime > STALE_TEMPORARY_SECONDS
+                if owner and owner[1] == _host_id():
+                    stale = not process_alive(int(owner[2]))
+                else:
+                    stale = old
+                if stale:
+                    path.unlink()
+                    removed.append(path)
+            except OSError:
+                continue
+        return removed
 
     def scan(self) -> tuple[list[RunRecord], list[UnreadableRun]]:
         """Load every record; return ``(records, files not counted)``.
@@ -201,6 +239,34 @@ class RunStore:
     def dataframe(self) -> pd.DataFrame:
         """One row per readable run (see :func:`runs_dataframe`)."""
         return runs_dataframe(self.scan()[0])
+
+
+def _host_id() -> str:
+    """Eight hex digits naming this machine (in temporary and lock file names)."""
+    return hashlib.sha1(socket.gethostname().encode()).hexdigest()[:8]
+
+
+def _temporary_prefix() -> str:
+    return f"{_TEMPORARY}{_host_id()}-{os.getpid()}-"
+
+
+def process_alive(pid: int) -> bool:
+    """Whether process ``pid`` exists on this machine (a zombie counts as dead)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    except OSError:
+        return False
+    try:  # a zombie (killed, not yet reaped) holds nothing any more
+        with open(f"/proc/{pid}/stat", encoding="ascii") as handle:
+            return handle.read().rsplit(")", 1)[-1].split()[0] != "Z"
+    except OSError:
+        return True
 
 
 def _regular_file(entry: os.DirEntry) -> bool:

@@ -559,7 +559,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
 
 
 def _say_skipped_files(store: RunStore) -> None:
-    """Name every stored file that is not counted (unreadable or a duplicate), one line each."""
+    """Remove stale temporary files, and name every stored file that is not counted
+    (unreadable or a duplicate), one line each."""
+    removed = store.remove_stale_temporaries()
+    if removed:
+        print(f"curvebench sweep: removed {len(removed)} stale temporary file(s) left by "
+              f"interrupted writes in {store.directory}", file=sys.stderr)
     for item in store.scan()[1]:
         print(f"curvebench sweep: {item.describe()} (left untouched; not counted)",
               file=sys.stderr)

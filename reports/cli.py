@@ -38,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def report_command(args: argparse.Namespace) -> int:
     """Handler of ``curvebench report``; returns the exit status."""
     from curvebench.reports.study import Study
+    from curvebench.store import StoreError
 
     if not args.directory.is_dir():
         raise UsageError(f"results directory {str(args.directory)!r} does not exist")
@@ -50,7 +51,10 @@ def report_command(args: argparse.Namespace) -> int:
             import pyarrow  # noqa: F401
         except ImportError:
             raise UsageError("--format parquet needs pyarrow (pip install pyarrow)") from None
-    study = Study.load(args.directory)
+    try:
+        study = Study.load(args.directory)
+    except StoreError as error:
+        raise UsageError(str(error)) from None
     for item in study.unreadable:
         print(f"curvebench: skipped {item.describe()}", file=sys.stderr)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import shutil
@@ -179,3 +180,81 @@ def test_show_and_report_skip_every_invalid_record_with_a_message(tmp_path, caps
     assert main(["report", str(results), "--out", str(tmp_path / "site")]) == 0
     err = capsys.readouterr().err
     assert err.count("curvebench: skipped unreadable run-bad") == len(INVALID_RECORDS)
+
+
+def test_an_unreadable_results_directory_is_an_error_not_an_empty_store(tmp_path, capsys,
+                                                                       monkeypatch):
+    import os
+
+    results = tmp_path / "results"
+    RunStore(results).write(_record())
+    real = os.scandir
+
+    def denied(path="."):
+        if os.fspath(path) == os.fspath(results):
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return real(path)
+
+    monkeypatch.setattr(os, "scandir", denied)  # chmod 000 does not stop root
+    for argv in (["show", str(results)], ["report", str(results), "--out", str(tmp_path / "s")]):
+        assert main(argv) == 2
+        out, err = capsys.readouterr()
+        assert "cannot be read: Permission denied" in err and len(err.splitlines()) == 1, err
+        assert "no runs" not in out.lower()
+    assert not (tmp_path / "s").exists()
+
+
+def test_a_fifo_named_like_a_run_file_never_blocks_a_resume(tmp_path):
+    import os
+    import threading
+
+    store = RunStore(tmp_path)
+    config = _record().config
+    fifo = store.path_for(config)
+    os.mkfifo(fifo)
+    calls: list[int] = []
+    done = threading.Event()
+
+    def sweep():
+        run_sweep([config], store=store, worker=_fake_worker(calls), progress=False)
+        done.set()
+
+    threading.Thread(target=sweep, daemon=True).start()
+    try:
+        assert done.wait(timeout=120), "the resume blocked on the FIFO"
+    finally:  # unblock a reader stuck on the FIFO
+        with contextlib.suppress(OSError):
+            os.close(os.open(fifo, os.O_WRONLY | os.O_NONBLOCK))
+    assert calls == [0] and store.load(config) is not None
+    records, skipped = store.scan()
+    assert len(records) == 1 and skipped == []  # the FIFO is not a run file
+
+
+def test_stale_temporary_files_are_removed_on_resume_and_live_ones_kept(tmp_path, capsys):
+    import os
+    import subprocess
+    import sys
+
+    from curvebench.store import _host_id
+
+    study = tmp_path / "s.toml"
+    study.write_text('problems = ["synthetic-linreg"]\nseeds = [0]\n[budget]\nmax_steps = 2\n'
+                     "[optimizers.sgd]\n")
+    out = tmp_path / "out"
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True, check=True).stdout.strip()
+    orphan = out / f".tmp-{_host_id()}-{dead}-abc.json"
+    legacy = out / ".tmp-k1l2m3n4.json"  # written before temporary files named their writer
+    live = out / f".tmp-{_host_id()}-{os.getpid()}-def.json"
+    fresh_legacy = out / ".tmp-zzzz.json"
+    for path in (orphan, legacy, live, fresh_legacy):
+        path.write_text("{")
+    os.utime(legacy, (1e9, 1e9))
+    capsys.readouterr()
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    err = capsys.readouterr().err
+    assert "removed 2 stale temporary file(s)" in err
+    assert not orphan.exists() and not legacy.exists()
+    assert live.exists() and fresh_legacy.exists()
+    assert len(list(out.glob("run-*.json"))) == 1
