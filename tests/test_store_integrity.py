@@ -62,12 +62,18 @@ def test_a_corrupt_run_file_is_named_run_again_once_and_never_counted_twice(tmp_
     assert out.split("Leaderboard")[0].count(" o ") == 2  # two runs listed, not three
 
 
-def test_the_sweep_command_names_the_bad_file(tmp_path, capsys):
+def _swept_tiny_study(tmp_path):
+    """A one-run study file, swept once into ``tmp_path/out``."""
     study = tmp_path / "s.toml"
     study.write_text('problems = ["synthetic-linreg"]\nseeds = [0]\n[budget]\nmax_steps = 2\n'
                      "[optimizers.sgd]\n")
     out = tmp_path / "out"
     assert main(["sweep", str(study), "--out", str(out)]) == 0
+    return study, out
+
+
+def test_the_sweep_command_names_the_bad_file(tmp_path, capsys):
+    study, out = _swept_tiny_study(tmp_path)
     (path,) = out.glob("run-*.json")
     path.write_text("garbage")
     assert main(["sweep", str(study), "--out", str(out)]) == 0
@@ -237,11 +243,7 @@ def test_stale_temporary_files_are_removed_on_resume_and_live_ones_kept(tmp_path
 
     from curvebench.store import _host_id
 
-    study = tmp_path / "s.toml"
-    study.write_text('problems = ["synthetic-linreg"]\nseeds = [0]\n[budget]\nmax_steps = 2\n'
-                     "[optimizers.sgd]\n")
-    out = tmp_path / "out"
-    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    study, out = _swept_tiny_study(tmp_path)
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
                           capture_output=True, text=True, check=True).stdout.strip()
     orphan = out / f".tmp-{_host_id()}-{dead}-abc.json"
