@@ -83,6 +83,13 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def output_path(text: str) -> Path:
+    """An ``--out`` path: never empty (``''`` would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
+
+
 def _positive_float(text: str) -> float:
     try:
         value = float(text)
@@ -123,7 +130,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     run.add_argument("--threads", type=_thread_count,
                      help="torch CPU threads (default: torch's choice; recorded in every run)")
-    run.add_argument("--out", type=Path, default=Path("results"), help="results directory")
+    run.add_argument("--out", type=output_path, default=Path("results"),
+                     help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
                                                    "a user cache directory)")
     run.add_argument("--offline", action="store_true",

@@ -473,10 +473,10 @@ def _interval(best: float, low: float, high: float) -> str:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from curvebench.cli import _positive_int
+    from curvebench.cli import _positive_int, output_path
 
     parser.add_argument("study", type=Path, help="study file (TOML)")
-    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    parser.add_argument("--out", type=output_path, required=True, help="results directory")
     parser.add_argument("--executor", choices=EXECUTORS, default="serial",
                         help="serial (default), process (local process pool) or dask")
     parser.add_argument("--scheduler", metavar="ADDRESS",
@@ -510,12 +510,17 @@ def _sweep_command(args: argparse.Namespace) -> int:
         study.check_buildable()
     except StudyError as error:
         raise UsageError(str(error)) from None
+    if not configs:
+        raise UsageError(f"{study.source}: no runs: every optimizer is incompatible with every "
+                         "problem (" + "; ".join(f"{o} on {p}: {r}" for p, o, r
+                                                 in study.incompatible()) + ")")
     if args.scheduler is not None and args.executor != "dask":
         raise UsageError("--scheduler needs --executor dask")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not a "
                          "directory")
     store = RunStore(args.out)
+    created = not os.path.lexists(args.out)
     try:
         device = resolve_device(study.device)
         for name in study.problems:  # every data set must load before anything runs
@@ -549,6 +554,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
                            scheduler=args.scheduler, data_dir=args.data_dir, force=args.force,
                            retry_errors=args.retry_errors)
     except (SweepError, StoreError) as error:
+        if created:
+            _remove_if_empty(args.out)
         raise UsageError(str(error)) from None
     headers, rows = study_summary(result.records)
     print(tabulate(rows, headers=headers))
@@ -556,6 +563,14 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"\n{result.ran} run(s) stored in {args.out}, {result.skipped} already stored"
           f"{failures}; {result.seconds:.1f} s")
     return 0
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove a results directory this sweep created when the sweep could not start."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # fails, harmlessly, unless empty
 
 
 def _say_skipped_files(store: RunStore) -> None:

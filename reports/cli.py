@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from curvebench.cli import UsageError, register_command
+from curvebench.cli import UsageError, output_path, register_command
 
 __all__ = ["add_arguments", "report_command", "FORMATS"]
 
@@ -24,7 +24,7 @@ FORMATS = ("html", "md", "csv", "parquet")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``curvebench report``."""
     parser.add_argument("directory", type=Path, help="results directory (run-*.json files)")
-    parser.add_argument("--out", type=Path, help="output: the site directory for html "
+    parser.add_argument("--out", type=output_path, help="output: the site directory for html "
                         "(default: DIRECTORY/report), a file for md, csv and parquet "
                         "(md prints to the terminal without it)")
     parser.add_argument("--format", choices=FORMATS, default="html")
