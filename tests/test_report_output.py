@@ -92,3 +92,18 @@ def test_history_column_names_never_escape_or_break_the_site(tmp_path):
     assert all(p.parent in (site, site / "data", site / "img") for p in files)
     assert all(len(p.name) <= 120 and p.name.isascii() for p in files)
     assert len({p.name for p in built.data}) == len(built.data)  # distinct names stay distinct
+
+
+def test_bidi_override_characters_are_shown_not_obeyed(tmp_path):
+    from curvebench.reports.build import build_site
+    from curvebench.reports.study import Study
+
+    spoof = "sgd\N{RIGHT-TO-LEFT OVERRIDE}mada\N{POP DIRECTIONAL FORMATTING}"
+    record = synthetic_record(problem="p\N{LEFT-TO-RIGHT ISOLATE}x", optimizer=spoof, seed=0,
+                              hyperparameters={"lr": 0.05}, steps=30)
+    site = build_site(Study.from_records([record]), out=tmp_path / "site", n_bootstrap=20)
+    for page in site.pages:
+        text = page.read_text(encoding="utf-8")
+        assert "\N{RIGHT-TO-LEFT OVERRIDE}" not in text and "\N{LEFT-TO-RIGHT ISOLATE}" not in text
+    problem_page = site.pages[1].read_text(encoding="utf-8")
+    assert "sgd[U+202E]mada[U+202C]" in problem_page and "p[U+2066]x" in problem_page
