@@ -371,6 +371,9 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
     if status == "budget" and steps_to_target is not None:
         status = "reached"
     last_eval = {k: v[-1] for k, v in evaluations.data.items() if k not in ("step", "seconds")}
+    evaluated = evaluations.data.get("step") or [math.nan]
+    if evaluated[-1] != step:  # diverged or failed between evaluations: the final values are
+        last_eval = dict.fromkeys(last_eval, math.nan)  # unknown, not the last evaluation's
     final = {**last_eval, "minibatch_loss": history.data["loss"][-1] if step else math.nan}
     return RunRecord(
         config=config,

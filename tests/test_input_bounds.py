@@ -58,3 +58,19 @@ def test_an_unreachable_dask_scheduler_leaves_no_out_behind(tmp_path, capsys, mo
     assert main(["sweep", str(study), "--out", str(out), "--executor", "dask", "--scheduler",
                  "tcp://127.0.0.1:9"]) == 2
     assert (out / "keep.txt").read_text() == "k"
+
+
+def test_a_diverged_runs_final_metrics_are_not_those_of_step_0():
+    import math
+
+    from curvebench.harness import run
+    from curvebench.problems import Budget
+
+    record = run(problem="synthetic-linreg", optimizer="sgd", hyperparameters={"lr": 1e3},
+                 budget=Budget(max_steps=40), eval_every=20)
+    assert record.status == "diverged" and 0 < record.steps_run < 20
+    assert record.evaluations["step"][-1] == 0  # only the initial evaluation happened
+    for metric in ("train_loss", "test_loss"):
+        assert math.isnan(record.final[metric]), record.final
+    assert record.final["minibatch_loss"] == record.history["loss"][-1] or math.isnan(
+        record.final["minibatch_loss"])
