@@ -107,3 +107,31 @@ def test_bidi_override_characters_are_shown_not_obeyed(tmp_path):
         assert "\N{RIGHT-TO-LEFT OVERRIDE}" not in text and "\N{LEFT-TO-RIGHT ISOLATE}" not in text
     problem_page = site.pages[1].read_text(encoding="utf-8")
     assert "sgd[U+202E]mada[U+202C]" in problem_page and "p[U+2066]x" in problem_page
+
+
+@pytest.mark.parametrize("tie", ["same steps", "nothing reached"])
+def test_leaderboard_and_loss_curves_pick_the_same_best_configuration_on_ties(tie):
+    from curvebench import metrics
+    from curvebench.reports import tables
+    from curvebench.reports.study import Study
+
+    records = []
+    for lr, final in ((0.01, 0.9), (0.02, 0.5), (0.04, 0.7)):  # 0.02: same steps, lower loss
+        for seed in (0, 1):
+            record = synthetic_record(problem="p", optimizer="o", seed=seed, steps=30,
+                                      hyperparameters={"lr": lr})
+            reached = tie == "same steps"
+            record = type(record)(**{
+                **record.__dict__, "status": "reached" if reached else "budget",
+                "steps_to_target": 20 if reached else None,
+                "seconds_to_target": 0.02 if reached else None,
+                "final": {**record.final, "train_loss": final}})
+            records.append(record)
+    study = Study.from_records(records)
+    board = metrics.steps_to_target_summary(study.runs, n_bootstrap=10)
+    (arm,) = tables.best_arms(study.runs)["arm"]
+    assert arm == "o lr=0.02"
+    if tie == "same steps":
+        assert board["best_hyperparameters"].iloc[0] == "lr=0.02"
+    (tuned,) = metrics.default_vs_tuned(study.runs, optimizer_specs={})["tuned_hyperparameters"]
+    assert tuned in ("lr=0.02", "—")
