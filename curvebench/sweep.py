@@ -108,6 +108,43 @@ def _set_threads(threads: int | None) -> None:
         torch.set_num_threads(threads)
 
 
+def _init_worker(threads: int | None, driver: int) -> None:
+    """Process-pool initializer: die with the driver, then set the torch threads."""
+    die_with(driver)
+    _set_threads(threads)
+
+
+def die_with(driver: int) -> None:
+    """End this process as soon as process ``driver`` ends, however it ends (even SIGKILL).
+
+    A daemon thread waits on a pidfd of the driver (Linux ≥ 5.3: an event, no polling), or
+    else checks every second that the driver is alive; then this process exits at once
+    (``os._exit``), so a killed sweep leaves no worker running.
+    """
+    import threading
+
+    from curvebench.store import process_alive
+
+    try:
+        handle = os.pidfd_open(driver)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # not Linux, or an old kernel
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            import select
+
+            select.select([handle], [], [])  # readable once the driver has exited
+        else:
+            while process_alive(driver):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="curvebench-driver-watch", daemon=True).start()
+
+
 def _execute_with_threads(config: dict[str, Any], data_dir: str | None, threads: int | None,
                           worker: Worker) -> dict[str, Any]:
     _set_threads(threads)
@@ -270,7 +307,7 @@ def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str
     suspects: set[RunConfig] = set()
     while pending:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                   initializer=_set_threads, initargs=(threads,))
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
         running: dict[Any, RunConfig] = {}
         broken = False
         try:
