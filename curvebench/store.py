@@ -7,6 +7,7 @@ are reported and skipped; the store never deletes or overwrites them.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import fnmatch
 import hashlib
@@ -34,6 +35,7 @@ __all__ = ["RunStore", "StoreError", "UnreadableRun", "RecordError", "runs_dataf
 _PREFIX = "run-"
 _SUFFIX = ".json"
 _TEMPORARY = ".tmp-"
+_LOCK = ".lock"
 #: Age after which a temporary file that names no writer of this host is stale (a write takes
 #: milliseconds).
 STALE_TEMPORARY_SECONDS = 600.0
@@ -156,6 +158,64 @@ class RunStore:
             raise
         return path
 
+    def lock_path(self, config: RunConfig) -> Path:
+        """The lock file of ``config``'s run, beside its run file."""
+        return self.directory / f"{_PREFIX}{config.key()}{_LOCK}"
+
+    def claim(self, config: RunConfig) -> bool:
+        """Claim the run of ``config`` for this process before running it.
+
+        The claim is a lock file ``run-<hash>.lock`` holding the owner's host and pid,
+        created atomically (written under a temporary name, then hard-linked into place,
+        which fails when the lock exists). A lock whose owner is a dead process of this host
+        is taken over; one of another host is respected (its liveness cannot be checked).
+        Concurrent sweeps sharing a directory therefore split the work.
+
+        Returns:
+            Whether this process holds the claim (also when it already did).
+        """
+        self.check_writable()
+        path = self.lock_path(config)
+        mine = {"host": socket.gethostname(), "pid": os.getpid()}
+        for _ in range(3):
+            if self._create_lock(path, mine):
+                return True
+            text, owner = _read_lock(path)
+            if owner is None:
+                if text is None:  # released meanwhile: try again
+                    continue
+                return False  # an unreadable lock: respected, never deleted
+            if owner == mine:
+                return True
+            if owner.get("host") != mine["host"] or process_alive(int(owner.get("pid", 0))):
+                return False
+            if not _take_over(path, text):
+                return False
+        return False
+
+    def release(self, config: RunConfig) -> None:
+        """Drop this process's claim of ``config`` (nothing when it holds none)."""
+        path = self.lock_path(config)
+        _, owner = _read_lock(path)
+        if owner == {"host": socket.gethostname(), "pid": os.getpid()}:
+            with contextlib.suppress(OSError):
+                path.unlink()
+
+    def _create_lock(self, path: Path, owner: dict[str, Any]) -> bool:
+        fd, tmp_name = tempfile.mkstemp(dir=self.directory, prefix=_temporary_prefix(),
+                                        suffix=_SUFFIX)
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as handle:
+                json.dump(owner, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.link(tmp_name, path)
+            return True
+        except FileExistsError:
+            return False
+        finally:
+            Path(tmp_name).unlink(missing_ok=True)
+
     def remove_stale_temporaries(self) -> list[Path]:
         """Delete temporary files (``.tmp-*.json``) left by writers that were killed.
 
@@ -239,6 +299,40 @@ class RunStore:
     def dataframe(self) -> pd.DataFrame:
         """One row per readable run (see :func:`runs_dataframe`)."""
         return runs_dataframe(self.scan()[0])
+
+
+def _read_lock(path: Path) -> tuple[str | None, dict[str, Any] | None]:
+    """``(text, owner)`` of a lock file; ``(None, None)`` when absent."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None, None
+    except OSError:
+        return "", None
+    try:
+        owner = json.loads(text)
+    except ValueError:
+        return text, None
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return text, None
+    return text, {"host": owner.get("host"), "pid": owner["pid"]}
+
+
+def _take_over(path: Path, stale_text: str) -> bool:
+    """Remove the lock of a dead owner, unless it changed since it was judged stale."""
+    aside = path.with_name(f"{path.name}.{os.getpid()}-{os.urandom(3).hex()}.stale")
+    try:
+        os.rename(path, aside)
+    except OSError:
+        return False
+    try:
+        if aside.read_text(encoding="utf-8") == stale_text:
+            return True
+        with contextlib.suppress(OSError):  # a fresh lock of someone else: put it back
+            os.link(aside, path)
+        return False
+    finally:
+        aside.unlink(missing_ok=True)
 
 
 def _host_id() -> str:

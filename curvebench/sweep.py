@@ -72,6 +72,8 @@ class SweepResult:
         worker_failures: configurations whose worker failed outside training (stored as
             ``error`` records).
         seconds: wall-clock seconds of the call.
+        claimed_elsewhere: configurations left to another sweep running them at the same
+            time (see :meth:`RunStore.claim`); their records are included when stored.
     """
 
     records: tuple[RunRecord, ...]
@@ -79,6 +81,7 @@ class SweepResult:
     skipped: int
     worker_failures: int
     seconds: float
+    claimed_elsewhere: int = 0
 
 
 def threads_per_worker(workers: int, *, cores: int | None = None) -> int:
@@ -249,32 +252,84 @@ def run_sweep(
     data = None if data_dir is None else str(data_dir)
     new: dict[RunConfig, RunRecord] = {}
     failures = 0
-    if todo:
-        if executor == "serial":
-            outcomes = _serial(todo, worker=worker, data_dir=data)
-        elif executor == "process":
-            outcomes = _process_pool(todo, worker=worker, data_dir=data,
-                                     workers=workers or _cores())
-        else:
-            outcomes = _dask(todo, worker=worker, data_dir=data, workers=workers,
-                             scheduler=scheduler)
-        with _Progress(len(todo), enabled=progress) as bar:
-            for config, result, failure in outcomes:
-                if failure is None:
-                    record = RunRecord.from_dict(result)
-                else:
-                    failures += 1
-                    record = failure_record(config, failure)
-                try:
-                    store.write(record, overwrite=config in overwrite)
-                except FileExistsError:  # another sweep stored it meanwhile: keep theirs
-                    record = store.load(config) or record
-                new[config] = record
-                bar.done(record)
+    claims = _Claims(store, force=force, retry_errors=retry_errors)
+    try:
+        if todo:
+            if executor == "serial":
+                outcomes = _serial(claims.lazily(todo), worker=worker, data_dir=data)
+            elif executor == "process":
+                outcomes = _process_pool(todo, worker=worker, data_dir=data,
+                                         workers=workers or _cores(), claim=claims.take)
+            else:
+                outcomes = _dask(list(claims.lazily(todo)), worker=worker, data_dir=data,
+                                 workers=workers, scheduler=scheduler)
+            with _Progress(len(todo), enabled=progress) as bar:
+                for config, result, failure in outcomes:
+                    if failure is None:
+                        record = RunRecord.from_dict(result)
+                    else:
+                        failures += 1
+                        record = failure_record(config, failure)
+                    try:
+                        store.write(record, overwrite=config in overwrite)
+                    except FileExistsError:  # another sweep stored it meanwhile: keep theirs
+                        record = store.load(config) or record
+                    claims.release(config)
+                    new[config] = record
+                    bar.done(record)
+    finally:
+        claims.release_all()
+    for config in claims.elsewhere:  # finished by the other sweep by now, perhaps
+        record = store.load(config)
+        if record is not None:
+            stored[config] = record
     ordered = [new.get(c) or stored.get(c) for c in dict.fromkeys(configs)]
     return SweepResult(records=tuple(r for r in ordered if r is not None), ran=len(new),
-                       skipped=len(stored), worker_failures=failures,
-                       seconds=time.perf_counter() - start)
+                       skipped=len(stored) - len(claims.elsewhere & set(stored)),
+                       worker_failures=failures, seconds=time.perf_counter() - start,
+                       claimed_elsewhere=len(claims.elsewhere))
+
+
+class _Claims:
+    """The configurations this sweep has claimed (:meth:`RunStore.claim`) and left to others.
+
+    A configuration is run only once claimed, and only if no other sweep stored it between
+    the to-do list and the claim.
+    """
+
+    def __init__(self, store: RunStore, *, force: bool, retry_errors: bool) -> None:
+        self.store = store
+        self.force = force
+        self.retry_errors = retry_errors
+        self.held: set[RunConfig] = set()
+        self.elsewhere: set[RunConfig] = set()
+
+    def take(self, config: RunConfig) -> bool:
+        if config in self.held:
+            return True
+        if not self.store.claim(config):
+            self.elsewhere.add(config)
+            return False
+        record = None if self.force else self.store.load(config)
+        if record is not None and not (self.retry_errors and record.status == "error"):
+            self.store.release(config)  # stored by another sweep meanwhile
+            self.elsewhere.add(config)
+            return False
+        self.held.add(config)
+        return True
+
+    def lazily(self, configs: Sequence[RunConfig]) -> Iterator[RunConfig]:
+        """The configurations this sweep claims, each claimed just before it is yielded."""
+        return (config for config in configs if self.take(config))
+
+    def release(self, config: RunConfig) -> None:
+        if config in self.held:
+            self.held.discard(config)
+            self.store.release(config)
+
+    def release_all(self) -> None:
+        for config in list(self.held):
+            self.release(config)
 
 
 def _serial(configs: Sequence[RunConfig], *, worker: Worker,
@@ -287,7 +342,8 @@ def _serial(configs: Sequence[RunConfig], *, worker: Worker,
 
 
 def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str | None,
-                  workers: int) -> Iterator[_Outcome]:
+                  workers: int,
+                  claim: Callable[[RunConfig], bool] = lambda _: True) -> Iterator[_Outcome]:
     """A pool of ``workers`` fresh processes (``forkserver`` where available, else ``spawn``).
 
     At most ``workers`` runs are in flight. When a worker process dies, the pool breaks and
@@ -324,6 +380,8 @@ def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str
                     if running and alone:
                         break
                     config = pending.popleft()
+                    if not claim(config):  # another sweep runs it
+                        continue
                     running[pool.submit(worker, config.to_dict(), data_dir)] = config
                 if not running:
                     break
@@ -597,6 +655,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
     headers, rows = study_summary(result.records)
     print(tabulate(rows, headers=headers))
     failures = f", {result.worker_failures} worker failure(s)" if result.worker_failures else ""
+    if result.claimed_elsewhere:
+        failures += f", {result.claimed_elsewhere} run by another sweep"
     print(f"\n{result.ran} run(s) stored in {args.out}, {result.skipped} already stored"
           f"{failures}; {result.seconds:.1f} s")
     return 0

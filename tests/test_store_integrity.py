@@ -260,3 +260,33 @@ def test_stale_temporary_files_are_removed_on_resume_and_live_ones_kept(tmp_path
     assert not orphan.exists() and not legacy.exists()
     assert live.exists() and fresh_legacy.exists()
     assert len(list(out.glob("run-*.json"))) == 1
+
+
+def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
+    import json
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    store = RunStore(tmp_path)
+    config = _record().config
+    lock = store.lock_path(config)
+    assert lock.name == f"run-{config.key()}.lock"
+    host = socket.gethostname()
+    dead = int(subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                              capture_output=True, text=True, check=True).stdout)
+    cases = [({"host": host, "pid": dead}, True), ({"host": host, "pid": os.getppid()}, False),
+             ({"host": "elsewhere.invalid", "pid": dead}, False)]
+    for owner, taken in cases:
+        lock.write_text(json.dumps(owner))
+        assert store.claim(config) is taken, owner
+        assert json.loads(lock.read_text())["pid"] == (os.getpid() if taken else owner["pid"])
+        store.release(config)
+        assert lock.exists() is not taken  # only our own claim is released
+    lock.write_text("garbage")
+    assert not store.claim(config) and lock.read_text() == "garbage"
+    lock.unlink()
+    assert store.claim(config) and store.claim(config)  # re-entrant for its owner
+    store.release(config)
+    assert not lock.exists() and not list(tmp_path.glob(".tmp-*"))

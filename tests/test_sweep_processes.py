@@ -1,4 +1,5 @@
-"""Sweeps as real processes: workers die with a SIGKILLed driver."""
+"""Sweeps as real processes: workers die with a SIGKILLed driver; concurrent sweeps of one
+study into one directory split the work."""
 
 from __future__ import annotations
 
@@ -34,6 +35,26 @@ if __name__ == "__main__":
 """
 
 
+CONCURRENT_DRIVER = """
+import sys
+from curvebench.records import RunConfig
+from curvebench.store import RunStore
+from curvebench.sweep import run_sweep
+from tests.sweep_workers import barrier_worker
+
+configs = [RunConfig.create(problem="p", optimizer="o", hyperparameters={"lr": 0.05}, seed=seed,
+                            batch_size=128, max_steps=20, max_seconds=None, device="cpu")
+           for seed in range(6)]
+result = run_sweep(configs, store=RunStore(sys.argv[1]), worker=barrier_worker, progress=False)
+print(result.ran, getattr(result, "claimed_elsewhere", 0), len(result.records))
+"""
+
+
+def _env(folder: Path) -> dict[str, str]:
+    return {**os.environ, PID_FOLDER: str(folder),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
+
+
 def _wait_for(condition, what: str) -> None:
     deadline = time.monotonic() + PATIENCE
     while not condition():
@@ -63,10 +84,8 @@ def _descendants(pid: int) -> set[int]:
 def test_workers_die_when_the_driver_is_killed(tmp_path):
     folder = tmp_path / "pids"
     folder.mkdir()
-    env = {**os.environ, PID_FOLDER: str(folder),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")]))}
     driver = subprocess.Popen([sys.executable, "-c", DRIVER, str(tmp_path / "out")], cwd=ROOT,
-                              env=env)
+                              env=_env(folder))
     started: set[int] = set()
     try:
         _wait_for(lambda: len(list(folder.iterdir())) >= 2 or driver.poll() is not None,
@@ -86,3 +105,28 @@ def test_workers_die_when_the_driver_is_killed(tmp_path):
         for pid in started:
             if process_alive(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_two_concurrent_sweeps_split_the_work_and_run_each_configuration_once(tmp_path):
+    folder = tmp_path / "log"
+    folder.mkdir()
+    out = tmp_path / "out"
+    sweeps = [subprocess.Popen([sys.executable, "-c", CONCURRENT_DRIVER, str(out)], cwd=ROOT,
+                               env=_env(folder), stdout=subprocess.PIPE, text=True)
+              for _ in range(2)]
+    try:
+        outputs = [sweep.communicate(timeout=PATIENCE)[0] for sweep in sweeps]
+    finally:
+        for sweep in sweeps:
+            if sweep.poll() is None:
+                sweep.kill()
+                sweep.wait()
+    assert [sweep.returncode for sweep in sweeps] == [0, 0], outputs
+    runs = [p.name.split("-")[1:] for p in folder.glob("ran-*")]
+    keys = [key for key, _ in runs]
+    assert len(keys) == 6 and len(set(keys)) == 6  # every configuration ran exactly once
+    assert len({pid for _, pid in runs}) == 2  # and both sweeps ran some
+    ran = [int(line.split()[0]) for line in outputs]
+    assert sum(ran) == 6
+    assert len(list(out.glob("run-*.json"))) == 6
+    assert not list(out.glob("*.lock")) and not list(out.glob(".tmp-*"))  # claims released
