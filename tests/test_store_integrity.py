@@ -260,6 +260,11 @@ def test_stale_temporary_files_are_removed_on_resume_and_live_ones_kept(tmp_path
     assert not orphan.exists() and not legacy.exists()
     assert live.exists() and fresh_legacy.exists()
     assert len(list(out.glob("run-*.json"))) == 1
+    orphan.write_text("{")  # `curvebench run` into the directory cleans up as well
+    assert main(["run", "--problem", "synthetic-linreg", "--optimizer", "sgd", "--steps", "2",
+                 "--out", str(out)]) == 0
+    assert "removed 1 stale temporary file(s)" in capsys.readouterr().err
+    assert not orphan.exists() and live.exists()
 
 
 def test_claims_are_exclusive_and_a_dead_owners_claim_is_taken_over(tmp_path):
