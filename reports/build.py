@@ -280,11 +280,12 @@ def _index_body(study: Study, board: pd.DataFrame, writer: _Writer, *, slugs: di
         f"{len(study.records)} runs on {len(slugs)} problem(s) with "
         f"{runs['optimizer'].nunique() if len(runs) else 0} optimizer(s).", css="")]
     if study.unreadable:
-        rows = pd.DataFrame([(u.path.name, u.reason) for u in study.unreadable],
-                            columns=["file", "reason"])
+        rows = pd.DataFrame([(u.path.name, "duplicate" if u.duplicate else "unreadable",
+                              u.reason) for u in study.unreadable],
+                            columns=["file", "kind", "reason"])
         overview.append(writer.note_missing(
-            "index", f"{len(study.unreadable)} stored file(s) could not be read and are left "
-            "out of this report:"))
+            "index", f"{len(study.unreadable)} stored file(s) could not be read, or repeat a "
+            "run counted from another file, and are left out of this report:"))
         overview.append(h.table(rows))
     if not study.records:
         overview.append(writer.note_missing("index", "The results directory holds no readable "
