@@ -55,9 +55,22 @@ def _seeds(text: str) -> list[int]:
         seeds = [int(item) for item in _csv(text)]
     except ValueError:
         raise argparse.ArgumentTypeError(f"seeds must be integers, got {text!r}") from None
-    if any(seed < 0 for seed in seeds):
-        raise argparse.ArgumentTypeError("seeds must be non-negative")
+    from curvebench.harness import MAX_SEED
+
+    if any(not 0 <= seed <= MAX_SEED for seed in seeds):
+        raise argparse.ArgumentTypeError(f"seeds must be between 0 and {MAX_SEED}")
     return seeds
+
+
+#: Most torch threads ``--threads`` accepts (more only oversubscribes; a million crashes torch).
+MAX_THREADS = 512
+
+
+def _thread_count(text: str) -> int:
+    value = _positive_int(text)
+    if value > MAX_THREADS:
+        raise argparse.ArgumentTypeError(f"at most {MAX_THREADS} threads, got {value}")
+    return value
 
 
 def _positive_int(text: str) -> int:
@@ -68,6 +81,13 @@ def _positive_int(text: str) -> int:
     if value <= 0:
         raise argparse.ArgumentTypeError(f"must be positive, got {value}")
     return value
+
+
+def output_path(text: str) -> Path:
+    """An ``--out`` path: never empty (``''`` would silently mean the current directory)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("must not be empty")
+    return Path(text)
 
 
 def _positive_float(text: str) -> float:
@@ -108,9 +128,10 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--eval-every", type=_positive_int)
     run.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
     run.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    run.add_argument("--threads", type=_positive_int,
+    run.add_argument("--threads", type=_thread_count,
                      help="torch CPU threads (default: torch's choice; recorded in every run)")
-    run.add_argument("--out", type=Path, default=Path("results"), help="results directory")
+    run.add_argument("--out", type=output_path, default=Path("results"),
+                     help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
                                                    "a user cache directory)")
     run.add_argument("--offline", action="store_true",
@@ -188,7 +209,7 @@ def _run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
     from curvebench.environment import DeviceError, resolve_device
-    from curvebench.harness import DTYPES, device_data, execute, plan_run
+    from curvebench.harness import DTYPES, check_batch_size, device_data, execute, plan_run
     from curvebench.optimizers import HyperparameterError, get_optimizer
     from curvebench.problems import Budget, get_problem
     from curvebench.problems.datasets import DatasetError
@@ -223,8 +244,11 @@ def _run_command(args: argparse.Namespace) -> int:
             raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not "
                              "a directory")
         for problem in problems:  # load every data set before anything runs
-            device_data(problem, device=resolve_device(args.device), dtype=DTYPES[args.dtype],
-                        data_dir=args.data_dir)
+            data = device_data(problem, device=resolve_device(args.device),
+                               dtype=DTYPES[args.dtype], data_dir=args.data_dir)
+            for config in configs:
+                if config.problem == problem.name:
+                    check_batch_size(config, training_examples=len(data.x_train))
         for config in configs:  # optimizer hyperparameter ranges, checked on a real model
             problem = get_problem(config.problem)
             get_optimizer(config.optimizer).build(
@@ -232,6 +256,10 @@ def _run_command(args: argparse.Namespace) -> int:
                 hyperparameters=config.hyperparameter_dict)
         store = RunStore(args.out)
         store.check_writable()  # last: creates the directory only for a valid command
+        removed = store.remove_stale_temporaries()
+        if removed:
+            print(f"curvebench: removed {len(removed)} stale temporary file(s) left by "
+                  f"interrupted writes in {args.out}", file=sys.stderr)
     except (UnknownNameError, HyperparameterError, DatasetError, DeviceError, StoreError,
             ValueError) as error:
         raise UsageError(str(error)) from None
@@ -266,13 +294,16 @@ def _run_command(args: argparse.Namespace) -> int:
 
 
 def _show_command(args: argparse.Namespace) -> int:
-    from curvebench.store import RunStore
+    from curvebench.store import RunStore, StoreError
 
     if not args.directory.is_dir():
         raise UsageError(f"results directory {str(args.directory)!r} does not exist")
-    records, unreadable = RunStore(args.directory).scan()
+    try:
+        records, unreadable = RunStore(args.directory).scan()
+    except StoreError as error:
+        raise UsageError(str(error)) from None
     for item in unreadable:
-        print(f"curvebench: skipped unreadable {item.path.name}: {item.reason}", file=sys.stderr)
+        print(f"curvebench: skipped {item.describe()}", file=sys.stderr)
     if not records:
         print(f"no runs stored in {args.directory}")
         return 0

@@ -53,6 +53,10 @@ _FIRST_ORDER_COUNTS = {"forward_passes": 1, "backward_passes": 1}
 ProgressCallback = Callable[[int, float], None]
 
 
+#: Largest run seed: torch's and numpy's generators take it, and seed arithmetic stays in range.
+MAX_SEED = 2**32 - 1
+
+
 def plan_run(
     *,
     problem: str | ProblemSpec,
@@ -71,7 +75,8 @@ def plan_run(
     Raises:
         UnknownNameError: unknown problem or optimizer.
         HyperparameterError: unknown or ill-typed hyperparameter.
-        ValueError: non-positive batch size or eval period, unknown dtype, negative seed.
+        ValueError: non-positive batch size or eval period, unknown dtype, a seed outside
+            ``[0, MAX_SEED]``.
     """
     problem_spec = problem if isinstance(problem, ProblemSpec) else get_problem(problem)
     optimizer_spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
@@ -83,8 +88,8 @@ def plan_run(
         raise ValueError(f"batch size must be positive, got {batch_size}")
     if eval_every <= 0:
         raise ValueError(f"eval_every must be positive, got {eval_every}")
-    if seed < 0:
-        raise ValueError(f"seed must be non-negative, got {seed}")
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
     return RunConfig.create(
@@ -144,6 +149,17 @@ def device_data(problem: ProblemSpec, *, device: torch.device, dtype: torch.dtyp
         y_test=move(data.y_test, labels=True),
         classification=classification,
     )
+
+
+def check_batch_size(config: RunConfig, *, training_examples: int) -> None:
+    """Refuse a batch size larger than the training set (it would silently run full-batch).
+
+    Raises:
+        ValueError: one line naming the problem and both sizes.
+    """
+    if config.batch_size > training_examples:
+        raise ValueError(f"batch size {config.batch_size} is larger than the training set of "
+                         f"{config.problem!r} ({training_examples} examples)")
 
 
 def _registered_names() -> list[str]:
@@ -238,6 +254,7 @@ def execute(
     device = resolve_device(config.device)
     dtype = DTYPES[config.dtype]
     data = device_data(problem, device=device, dtype=dtype, data_dir=data_dir)
+    check_batch_size(config, training_examples=len(data.x_train))
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     previous_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
@@ -354,6 +371,9 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
     if status == "budget" and steps_to_target is not None:
         status = "reached"
     last_eval = {k: v[-1] for k, v in evaluations.data.items() if k not in ("step", "seconds")}
+    evaluated = evaluations.data.get("step") or [math.nan]
+    if evaluated[-1] != step:  # diverged or failed between evaluations: the final values are
+        last_eval = dict.fromkeys(last_eval, math.nan)  # unknown, not the last evaluation's
     final = {**last_eval, "minibatch_loss": history.data["loss"][-1] if step else math.nan}
     return RunRecord(
         config=config,

@@ -30,7 +30,9 @@ import pandas as pd
 __all__ = [
     "GROUP",
     "hyperparameter_columns",
+    "best_configuration",
     "config_medians",
+    "configuration_order",
     "steps_to_target_summary",
     "robustness",
     "lr_sensitivity",
@@ -68,7 +70,7 @@ def config_medians(df: pd.DataFrame) -> pd.DataFrame:
         optimizer are NaN.
     """
     table = _config_table(df)
-    return table.drop(columns=["_steps", "_seconds"])
+    return table.drop(columns=["_steps", "_seconds", "_final", "_order"])
 
 
 def steps_to_target_summary(
@@ -124,7 +126,7 @@ def steps_to_target_summary(
                                "reached_fraction": float(np.isfinite(runs).mean())}
         for measure in ("steps", "seconds"):
             medians = configs[f"median_{measure}"].to_numpy(dtype=float)
-            best = int(np.argmin(medians))
+            best = _best(configs, measure)
             low, high = _bootstrap_median(configs[f"_{measure}"].iloc[best], rng=rng,
                                           n_bootstrap=n_bootstrap, quantiles=quantiles)
             row[f"best_{measure}"] = float(medians[best])
@@ -320,7 +322,7 @@ def default_vs_tuned(
         row: dict[str, Any] = {**key, "has_default": bool(is_default.any())}
         for measure in ("steps", "seconds"):
             medians = configs[f"median_{measure}"].to_numpy(dtype=float)
-            best = int(np.argmin(medians))
+            best = _best(configs, measure)
             tuned = float(medians[best])
             default = float(medians[np.argmax(is_default)]) if is_default.any() else math.nan
             unknown = not math.isfinite(tuned) or math.isnan(default)
@@ -426,7 +428,7 @@ def batch_size_scaling(df: pd.DataFrame) -> pd.DataFrame:
         points = []
         for batch_size, configs in curve.groupby("batch_size", sort=True):
             medians = configs["median_steps"].to_numpy(dtype=float)
-            best = int(np.argmin(medians))
+            best = _best(configs, "steps")
             points.append({"problem": problem, "optimizer": optimizer,
                            "batch_size": int(batch_size), "steps": float(medians[best]),
                            "seconds": float(configs["median_seconds"].min()),
@@ -547,10 +549,54 @@ def _config_table(df: pd.DataFrame) -> pd.DataFrame:
                              "reached_fraction": float(np.isfinite(steps).mean()),
                              "median_steps": float(np.median(steps)),
                              "median_seconds": float(np.median(seconds)),
-                             "hyperparameters": label, "_steps": steps, "_seconds": seconds})
+                             "hyperparameters": label, "_steps": steps, "_seconds": seconds,
+                             "_final": _median_final_loss(runs),
+                             "_order": configuration_order(hps)})
     columns = [*GROUP, *hp_columns, "n_seeds", "reached_fraction", "median_steps",
-               "median_seconds", "hyperparameters", "_steps", "_seconds"]
+               "median_seconds", "hyperparameters", "_steps", "_seconds", "_final", "_order"]
     return pd.DataFrame(rows, columns=columns)
+
+
+def _median_final_loss(runs: pd.DataFrame) -> float:
+    """Median over seeds of the final train loss (missing or NaN counts ``+∞``)."""
+    if "final_train_loss" not in runs:
+        return math.inf
+    return float(np.median(runs["final_train_loss"].astype(float).fillna(np.inf)))
+
+
+def configuration_order(hyperparameters: Mapping[str, Any]) -> str:
+    """A canonical string of a configuration's hyperparameters, the last tie-breaker of
+    :func:`best_configuration` (``hp.`` prefixes and unset values ignored)."""
+    values = {str(k).removeprefix("hp."): v.item() if isinstance(v, np.generic) else v
+              for k, v in hyperparameters.items()}
+    items = sorted((k, v) for k, v in values.items()
+                   if not (isinstance(v, float) and math.isnan(v)))
+    return " ".join(f"{k}={v!r}" for k, v in items)
+
+
+def best_configuration(medians: Sequence[float], final_losses: Sequence[float],
+                       orders: Sequence[str]) -> int:
+    """Position of the best configuration of one problem × optimizer × batch size.
+
+    The one definition of "best" used by the tables, the leaderboard and the report's curves:
+    the smallest median over seeds of time to target (``+∞`` when not reached); ties by the
+    smaller median final train loss (``+∞`` when missing); then by
+    :func:`configuration_order`, so the choice never depends on row order.
+
+    Args:
+        medians: per configuration, the median time to target (steps or seconds).
+        final_losses: per configuration, the median final train loss.
+        orders: per configuration, :func:`configuration_order` of its hyperparameters.
+    """
+    medians = np.asarray(medians, dtype=float)
+    finals = np.nan_to_num(np.asarray(final_losses, dtype=float), nan=np.inf)
+    keys = [(m if not math.isnan(m) else math.inf, f, o)
+            for m, f, o in zip(medians, finals, orders, strict=True)]
+    return min(range(len(keys)), key=keys.__getitem__)
+
+
+def _best(configs: pd.DataFrame, measure: str) -> int:
+    return best_configuration(configs[f"median_{measure}"], configs["_final"], configs["_order"])
 
 
 def _groups(table: pd.DataFrame):

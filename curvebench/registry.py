@@ -2,7 +2,9 @@
 
 Items register themselves when their module is imported. On first lookup the registry imports
 every module of its package (so adding a problem or an optimizer is adding one file) and every
-entry point of its group (so other installed packages can add their own).
+entry point of its group (so other installed packages can add their own). A plugin that fails
+to load (a missing module, an exception while registering) is reported in one line on stderr
+and skipped.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import difflib
 import importlib
 import importlib.metadata
 import pkgutil
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Generic, Protocol, TypeVar
@@ -56,6 +59,8 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
         self._loaded = False
         self._lock = threading.RLock()
+        #: One line per plugin entry point that failed to load (they are skipped).
+        self.plugin_errors: list[str] = []
 
     def register(self, item: T) -> T:
         """Add ``item`` under ``item.name``.
@@ -125,6 +130,18 @@ class Registry(Generic[T]):
             for module in pkgutil.iter_modules(package.__path__, prefix=f"{self.package}."):
                 importlib.import_module(module.name)
             for entry_point in importlib.metadata.entry_points(group=self.entry_point_group):
-                loaded = entry_point.load()
-                if callable(loaded):
-                    loaded()
+                try:
+                    loaded = entry_point.load()
+                    if callable(loaded):
+                        loaded()
+                except Exception as error:  # noqa: BLE001 — one broken plugin must not stop us
+                    self._plugin_failed(entry_point, error)
+
+    def _plugin_failed(self, entry_point: importlib.metadata.EntryPoint,
+                       error: Exception) -> None:
+        """Say in one line on stderr that a plugin failed to load; go on without it."""
+        reason = " ".join(f"{type(error).__name__}: {error}".split())
+        message = (f"curvebench: skipped the {self.kind} plugin {entry_point.name!r} "
+                   f"({entry_point.value}): {reason}")
+        self.plugin_errors.append(message)
+        print(message[:400], file=sys.stderr)

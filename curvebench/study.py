@@ -68,7 +68,12 @@ from curvebench.optimizers.spec import (
 from curvebench.problems.spec import Budget
 from curvebench.records import RunConfig
 
-__all__ = ["StudyError", "Study", "OptimizerSweep", "load_study", "parse_study", "DESIGNS"]
+__all__ = ["StudyError", "Study", "OptimizerSweep", "load_study", "parse_study", "DESIGNS",
+           "MAX_RUNS"]
+
+#: The most runs a study may expand into; counted before anything is expanded, so a typo such
+#: as ``n = 100000000`` is a one-line error instead of a hang or a MemoryError.
+MAX_RUNS = 100_000
 
 Design = Literal["default", "points", "grid", "sobol", "halton"]
 #: How an optimizer's hyperparameter points were chosen.
@@ -334,6 +339,7 @@ class _Parser:
             problems.append(problem)
         seeds = tuple(self.integer(s, f"seeds[{i}]", minimum=0)
                       for i, s in enumerate(self.array(data.get("seeds", [0]), "seeds")))
+        self.check_seeds(seeds)
         batch_sizes = None
         if "batch_sizes" in data:
             batch_sizes = tuple(
@@ -358,10 +364,26 @@ class _Parser:
             if optimizer not in OPTIMIZERS:
                 raise self.fail(key, str(_unknown(OPTIMIZERS, optimizer)))
             sweeps.append(self.sweep(OPTIMIZERS.get(optimizer), table, key))
+        points = sum(len(sweep.points) for sweep in sweeps)
+        self.check_size(len(problems) * len(batch_sizes or (None,)) * points * len(seeds),
+                        None, "runs (problems × batch sizes × hyperparameter points × seeds)")
         return Study(name=name, source=self.source, description=description,
                      problems=tuple(problems), sweeps=tuple(sweeps), seeds=tuple(seeds),
                      batch_sizes=batch_sizes, budget=budget, device=device, dtype=dtype,
                      eval_every=eval_every, stop_at_target=stop_at_target)
+
+    def check_seeds(self, seeds: Sequence[int]) -> None:
+        from curvebench.harness import MAX_SEED
+
+        for i, seed in enumerate(seeds):
+            if seed > MAX_SEED:
+                raise self.fail(f"seeds[{i}]", f"must be at most {MAX_SEED}, got {seed}")
+
+    def check_size(self, count: int, key: str | None, what: str) -> None:
+        """Refuse more than :data:`MAX_RUNS` of anything a study expands into."""
+        if count > MAX_RUNS:
+            raise self.fail(key, f"{count:,} {what}: more than the limit of {MAX_RUNS:,} runs "
+                                 "per study; split it into several studies")
 
     def budget(self, value: Any) -> Budget:
         table = self.table(value, "budget", ("max_steps", "max_seconds"))
@@ -455,6 +477,7 @@ class _Parser:
                 raise self.fail(axis_key, "expected an array of values or a range table "
                                           f"{{low, high, n, scale}}, got {_type_name(axis)}")
             axes[name] = list(dict.fromkeys(values))
+        self.check_size(math.prod(len(v) for v in axes.values()), key, "grid points")
         names = list(axes)
         return [dict(zip(names, combo, strict=True))
                 for combo in itertools.product(*(axes[n] for n in names))]
@@ -469,6 +492,7 @@ class _Parser:
             if "n" not in table:
                 raise self.fail(f"{key}.n", "missing (number of grid points)")
             n = self.integer(table["n"], f"{key}.n", minimum=1)
+            self.check_size(n, f"{key}.n", "grid points")
         bounds = [k for k in ("low", "high") if k in table]
         if not bounds:
             for extra in ("scale", "integer"):
@@ -504,6 +528,7 @@ class _Parser:
         if "n" not in table:
             raise self.fail(f"{key}.n", "missing (number of samples)")
         n = self.integer(table["n"], f"{key}.n", minimum=1)
+        self.check_size(n, f"{key}.n", "samples")
         seed = self.integer(table.get("seed", 0), f"{key}.seed", minimum=0)
         spaces: dict[str, Space] = {}
         if "ranges" in table:

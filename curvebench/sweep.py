@@ -72,6 +72,8 @@ class SweepResult:
         worker_failures: configurations whose worker failed outside training (stored as
             ``error`` records).
         seconds: wall-clock seconds of the call.
+        claimed_elsewhere: configurations left to another sweep running them at the same
+            time (see :meth:`RunStore.claim`); their records are included when stored.
     """
 
     records: tuple[RunRecord, ...]
@@ -79,6 +81,7 @@ class SweepResult:
     skipped: int
     worker_failures: int
     seconds: float
+    claimed_elsewhere: int = 0
 
 
 def threads_per_worker(workers: int, *, cores: int | None = None) -> int:
@@ -106,6 +109,43 @@ def _set_threads(threads: int | None) -> None:
         import torch
 
         torch.set_num_threads(threads)
+
+
+def _init_worker(threads: int | None, driver: int) -> None:
+    """Process-pool initializer: die with the driver, then set the torch threads."""
+    die_with(driver)
+    _set_threads(threads)
+
+
+def die_with(driver: int) -> None:
+    """End this process as soon as process ``driver`` ends, however it ends (even SIGKILL).
+
+    A daemon thread waits on a pidfd of the driver (Linux ≥ 5.3: an event, no polling), or
+    else checks every second that the driver is alive; then this process exits at once
+    (``os._exit``), so a killed sweep leaves no worker running.
+    """
+    import threading
+
+    from curvebench.store import process_alive
+
+    try:
+        handle = os.pidfd_open(driver)
+    except ProcessLookupError:
+        os._exit(1)
+    except (AttributeError, OSError):  # not Linux, or an old kernel
+        handle = None
+
+    def watch() -> None:
+        if handle is not None:
+            import select
+
+            select.select([handle], [], [])  # readable once the driver has exited
+        else:
+            while process_alive(driver):
+                time.sleep(1.0)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="curvebench-driver-watch", daemon=True).start()
 
 
 def _execute_with_threads(config: dict[str, Any], data_dir: str | None, threads: int | None,
@@ -212,32 +252,84 @@ def run_sweep(
     data = None if data_dir is None else str(data_dir)
     new: dict[RunConfig, RunRecord] = {}
     failures = 0
-    if todo:
-        if executor == "serial":
-            outcomes = _serial(todo, worker=worker, data_dir=data)
-        elif executor == "process":
-            outcomes = _process_pool(todo, worker=worker, data_dir=data,
-                                     workers=workers or _cores())
-        else:
-            outcomes = _dask(todo, worker=worker, data_dir=data, workers=workers,
-                             scheduler=scheduler)
-        with _Progress(len(todo), enabled=progress) as bar:
-            for config, result, failure in outcomes:
-                if failure is None:
-                    record = RunRecord.from_dict(result)
-                else:
-                    failures += 1
-                    record = failure_record(config, failure)
-                try:
-                    store.write(record, overwrite=config in overwrite)
-                except FileExistsError:  # another sweep stored it meanwhile: keep theirs
-                    record = store.load(config) or record
-                new[config] = record
-                bar.done(record)
+    claims = _Claims(store, force=force, retry_errors=retry_errors)
+    try:
+        if todo:
+            if executor == "serial":
+                outcomes = _serial(claims.lazily(todo), worker=worker, data_dir=data)
+            elif executor == "process":
+                outcomes = _process_pool(todo, worker=worker, data_dir=data,
+                                         workers=workers or _cores(), claim=claims.take)
+            else:
+                outcomes = _dask(list(claims.lazily(todo)), worker=worker, data_dir=data,
+                                 workers=workers, scheduler=scheduler)
+            with _Progress(len(todo), enabled=progress) as bar:
+                for config, result, failure in outcomes:
+                    if failure is None:
+                        record = RunRecord.from_dict(result)
+                    else:
+                        failures += 1
+                        record = failure_record(config, failure)
+                    try:
+                        store.write(record, overwrite=config in overwrite)
+                    except FileExistsError:  # another sweep stored it meanwhile: keep theirs
+                        record = store.load(config) or record
+                    claims.release(config)
+                    new[config] = record
+                    bar.done(record)
+    finally:
+        claims.release_all()
+    for config in claims.elsewhere:  # finished by the other sweep by now, perhaps
+        record = store.load(config)
+        if record is not None:
+            stored[config] = record
     ordered = [new.get(c) or stored.get(c) for c in dict.fromkeys(configs)]
     return SweepResult(records=tuple(r for r in ordered if r is not None), ran=len(new),
-                       skipped=len(stored), worker_failures=failures,
-                       seconds=time.perf_counter() - start)
+                       skipped=len(stored) - len(claims.elsewhere & set(stored)),
+                       worker_failures=failures, seconds=time.perf_counter() - start,
+                       claimed_elsewhere=len(claims.elsewhere))
+
+
+class _Claims:
+    """The configurations this sweep has claimed (:meth:`RunStore.claim`) and left to others.
+
+    A configuration is run only once claimed, and only if no other sweep stored it between
+    the to-do list and the claim.
+    """
+
+    def __init__(self, store: RunStore, *, force: bool, retry_errors: bool) -> None:
+        self.store = store
+        self.force = force
+        self.retry_errors = retry_errors
+        self.held: set[RunConfig] = set()
+        self.elsewhere: set[RunConfig] = set()
+
+    def take(self, config: RunConfig) -> bool:
+        if config in self.held:
+            return True
+        if not self.store.claim(config):
+            self.elsewhere.add(config)
+            return False
+        record = None if self.force else self.store.load(config)
+        if record is not None and not (self.retry_errors and record.status == "error"):
+            self.store.release(config)  # stored by another sweep meanwhile
+            self.elsewhere.add(config)
+            return False
+        self.held.add(config)
+        return True
+
+    def lazily(self, configs: Sequence[RunConfig]) -> Iterator[RunConfig]:
+        """The configurations this sweep claims, each claimed just before it is yielded."""
+        return (config for config in configs if self.take(config))
+
+    def release(self, config: RunConfig) -> None:
+        if config in self.held:
+            self.held.discard(config)
+            self.store.release(config)
+
+    def release_all(self) -> None:
+        for config in list(self.held):
+            self.release(config)
 
 
 def _serial(configs: Sequence[RunConfig], *, worker: Worker,
@@ -250,7 +342,8 @@ def _serial(configs: Sequence[RunConfig], *, worker: Worker,
 
 
 def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str | None,
-                  workers: int) -> Iterator[_Outcome]:
+                  workers: int,
+                  claim: Callable[[RunConfig], bool] = lambda _: True) -> Iterator[_Outcome]:
     """A pool of ``workers`` fresh processes (``forkserver`` where available, else ``spawn``).
 
     At most ``workers`` runs are in flight. When a worker process dies, the pool breaks and
@@ -270,7 +363,7 @@ def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str
     suspects: set[RunConfig] = set()
     while pending:
         pool = ProcessPoolExecutor(max_workers=workers, mp_context=context,
-                                   initializer=_set_threads, initargs=(threads,))
+                                   initializer=_init_worker, initargs=(threads, os.getpid()))
         running: dict[Any, RunConfig] = {}
         broken = False
         try:
@@ -287,6 +380,8 @@ def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str
                     if running and alone:
                         break
                     config = pending.popleft()
+                    if not claim(config):  # another sweep runs it
+                        continue
                     running[pool.submit(worker, config.to_dict(), data_dir)] = config
                 if not running:
                     break
@@ -473,10 +568,10 @@ def _interval(best: float, low: float, high: float) -> str:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from curvebench.cli import _positive_int
+    from curvebench.cli import _positive_int, output_path
 
     parser.add_argument("study", type=Path, help="study file (TOML)")
-    parser.add_argument("--out", type=Path, required=True, help="results directory")
+    parser.add_argument("--out", type=output_path, required=True, help="results directory")
     parser.add_argument("--executor", choices=EXECUTORS, default="serial",
                         help="serial (default), process (local process pool) or dask")
     parser.add_argument("--scheduler", metavar="ADDRESS",
@@ -498,7 +593,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
 
     from curvebench.cli import UsageError
     from curvebench.environment import DeviceError, resolve_device
-    from curvebench.harness import DTYPES, device_data
+    from curvebench.harness import DTYPES, check_batch_size, device_data
     from curvebench.problems import get_problem
     from curvebench.problems.datasets import DatasetError
     from curvebench.store import StoreError
@@ -510,18 +605,30 @@ def _sweep_command(args: argparse.Namespace) -> int:
         study.check_buildable()
     except StudyError as error:
         raise UsageError(str(error)) from None
+    if not configs:
+        raise UsageError(f"{study.source}: no runs: every optimizer is incompatible with every "
+                         "problem (" + "; ".join(f"{o} on {p}: {r}" for p, o, r
+                                                 in study.incompatible()) + ")")
     if args.scheduler is not None and args.executor != "dask":
         raise UsageError("--scheduler needs --executor dask")
     if args.data_dir is not None and not args.data_dir.is_dir():
         raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not a "
                          "directory")
     store = RunStore(args.out)
+    created = not os.path.lexists(args.out)
     try:
         device = resolve_device(study.device)
         for name in study.problems:  # every data set must load before anything runs
-            device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
-                        data_dir=args.data_dir)
+            data = device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
+                               data_dir=args.data_dir)
+            for config in configs:
+                if config.problem == name:
+                    try:
+                        check_batch_size(config, training_examples=len(data.x_train))
+                    except ValueError as error:
+                        raise UsageError(f"{study.source}: batch_sizes: {error}") from None
         store.check_writable()
+        _say_skipped_files(store)
     except (DatasetError, DeviceError, StoreError) as error:
         raise UsageError(str(error)) from None
     if args.executor == "dask":
@@ -542,13 +649,37 @@ def _sweep_command(args: argparse.Namespace) -> int:
                            scheduler=args.scheduler, data_dir=args.data_dir, force=args.force,
                            retry_errors=args.retry_errors)
     except (SweepError, StoreError) as error:
+        if created:
+            _remove_if_empty(args.out)
         raise UsageError(str(error)) from None
     headers, rows = study_summary(result.records)
     print(tabulate(rows, headers=headers))
     failures = f", {result.worker_failures} worker failure(s)" if result.worker_failures else ""
+    if result.claimed_elsewhere:
+        failures += f", {result.claimed_elsewhere} run by another sweep"
     print(f"\n{result.ran} run(s) stored in {args.out}, {result.skipped} already stored"
           f"{failures}; {result.seconds:.1f} s")
     return 0
+
+
+def _remove_if_empty(directory: Path) -> None:
+    """Remove a results directory this sweep created when the sweep could not start."""
+    import contextlib
+
+    with contextlib.suppress(OSError):
+        directory.rmdir()  # fails, harmlessly, unless empty
+
+
+def _say_skipped_files(store: RunStore) -> None:
+    """Remove stale temporary files, and name every stored file that is not counted
+    (unreadable or a duplicate), one line each."""
+    removed = store.remove_stale_temporaries()
+    if removed:
+        print(f"curvebench sweep: removed {len(removed)} stale temporary file(s) left by "
+              f"interrupted writes in {store.directory}", file=sys.stderr)
+    for item in store.scan()[1]:
+        print(f"curvebench sweep: {item.describe()} (left untouched; not counted)",
+              file=sys.stderr)
 
 
 def _register() -> None:

@@ -243,11 +243,16 @@ def _coerce(optimizer: str, key: str, value: Any, default: Any) -> Hyperparamete
             parsed = float(value)
             if math.isnan(parsed):
                 raise ValueError
+            if math.isinf(parsed):  # also 1e400: stored as null, it would never match again
+                raise HyperparameterError(f"optimizer {optimizer!r}: hyperparameter {key!r} "
+                                          f"must be finite, got {value!r}")
             return parsed
         if kind is str:
             if not isinstance(value, str):
                 raise ValueError
             return value
+    except HyperparameterError:
+        raise
     except ValueError:
         pass
     raise HyperparameterError(

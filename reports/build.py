@@ -17,8 +17,11 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import json
+import os
 import re
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +34,11 @@ from curvebench.reports import asv_offline, figures, tables
 from curvebench.reports import html as h
 from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study, timing_conditions
 
-__all__ = ["Site", "build_site", "HEATMAP_AXES", "problem_slug", "find_asv_html"]
+__all__ = ["Site", "build_site", "check_site_target", "SiteTargetError", "HEATMAP_AXES",
+           "MANIFEST", "file_stem", "problem_slug", "find_asv_html"]
+
+#: The list of files a report wrote, kept in its directory: what a later report may replace.
+MANIFEST = ".curvebench-report.json"
 
 #: Robustness maps: pairs of run columns (rows, columns) drawn as heatmaps when both vary.
 HEATMAP_AXES: tuple[tuple[str, str], ...] = (
@@ -87,6 +94,19 @@ def problem_slug(name: str) -> str:
     return f"{words}-{hashlib.sha1(name.encode()).hexdigest()[:6]}"
 
 
+def file_stem(name: str, *, limit: int = 100) -> str:
+    """A safe file-name stem for ``name`` (built from history column names, which are data).
+
+    Keeps ASCII letters, digits, ``.``, ``_`` and ``-``; anything else (``/``, spaces,
+    non-ASCII) becomes ``-``. A changed or longer-than-``limit`` name gets a short hash of the
+    original, so distinct names stay distinct and every name fits a file system.
+    """
+    stem = re.sub(r"[^A-Za-z0-9._-]+", "-", name).strip(".-") or "file"
+    if stem != name or len(stem) > limit:
+        stem = f"{stem[:limit - 9].rstrip('.-')}-{hashlib.sha1(name.encode()).hexdigest()[:8]}"
+    return stem
+
+
 def find_asv_html(start: Path) -> Path | None:
     """The asv HTML output (``.asv/html`` with an ``index.html``) in ``start`` or a parent."""
     for folder in (start, *start.parents):
@@ -108,12 +128,14 @@ class _Writer:
         (out / "data").mkdir(parents=True, exist_ok=True)
 
     def csv(self, frame: pd.DataFrame, name: str) -> str:
+        name = file_stem(name)
         path = self.out / "data" / f"{name}.csv"
         frame.to_csv(path, index=False)
         self.data.append(path)
         return f"data/{name}.csv"
 
     def image(self, draw: Callable[[Path], Path], name: str) -> str:
+        name = file_stem(name)
         path = self.out / "img" / f"{name}.png"
         self.images.append(draw(path))
         return f"img/{name}.png"
@@ -124,25 +146,115 @@ class _Writer:
 
 
 def build_site(study: Study, *, out: Path | str, asv_html: Path | None = None,
-               n_bootstrap: int = 1000) -> Site:
-    """Write the report of ``study`` to ``out`` (created; existing report files replaced).
+               n_bootstrap: int = 1000, force: bool = False) -> Site:
+    """Write the report of ``study`` to ``out``.
+
+    The site is built in a temporary directory beside ``out`` and swapped in (see
+    :func:`_swap_in`): a new ``out`` appears complete or not at all, and nothing the report did
+    not write is ever deleted. ``out`` must be absent, empty or a previous report (it holds the
+    manifest :data:`MANIFEST`) unless ``force``.
 
     Args:
         study: the runs.
         out: output directory.
         asv_html: asv's HTML output directory to copy into ``out/asv`` and link.
         n_bootstrap: bootstrap resamples of the confidence intervals.
+        force: write into a non-empty directory that is not a previous report (its other
+            files are kept; files with the names the report writes are replaced).
 
     Returns:
         The files written and what was missing.
+
+    Raises:
+        SiteTargetError: see :func:`check_site_target`.
     """
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    for stale in ("img", "data"):  # files of an earlier report
-        if (out / stale).is_dir():
-            shutil.rmtree(out / stale)
-    for page in out.glob("problem-*.html"):
-        page.unlink()
+    final = Path(out)
+    check_site_target(final, force=force)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    out = Path(tempfile.mkdtemp(dir=final.parent, prefix=f".{final.name}.building-"))
+    try:
+        site = _write_site(study, out=out, asv_html=asv_html, n_bootstrap=n_bootstrap)
+        _swap_in(out, final)
+    finally:
+        shutil.rmtree(out, ignore_errors=True)
+    moved = lambda paths: tuple(final / p.relative_to(out) for p in paths)  # noqa: E731
+    return Site(out=final, pages=moved(site.pages), images=moved(site.images),
+                data=moved(site.data), missing=site.missing)
+
+
+class SiteTargetError(ValueError):
+    """``--out`` holds files that are not a previous report (one-line message)."""
+
+
+def check_site_target(out: Path, *, force: bool = False) -> None:
+    """Refuse to write a report into a non-empty directory that is not a previous report.
+
+    Raises:
+        SiteTargetError: ``out`` is a file, or a non-empty directory without the manifest of
+            a previous report and ``force`` is false.
+    """
+    if not out.exists():
+        return
+    if not out.is_dir():
+        raise SiteTargetError(f"--out {str(out)!r} exists and is not a directory")
+    if force or (out / MANIFEST).is_file():
+        return
+    try:
+        empty = next(out.iterdir(), None) is None
+    except OSError as error:
+        raise SiteTargetError(f"--out {str(out)!r} cannot be read: "
+                              f"{error.strerror or error}") from None
+    if not empty:
+        raise SiteTargetError(f"--out {str(out)!r} is a non-empty directory that is not a "
+                              "curvebench report; choose another directory or pass --force "
+                              "(files the report does not write are kept)")
+
+
+def _previous_files(out: Path) -> set[str]:
+    """Files (relative POSIX paths) the previous report in ``out`` wrote, from its manifest."""
+    try:
+        listed = json.loads((out / MANIFEST).read_text(encoding="utf-8")).get("files", [])
+    except (OSError, ValueError, AttributeError):
+        return set()
+    return {str(p) for p in listed if isinstance(p, str) and ".." not in Path(p).parts
+            and not Path(p).is_absolute()}
+
+
+def _swap_in(built: Path, out: Path) -> None:
+    """Move the site built in ``built`` into ``out``.
+
+    A new ``out`` is one rename. Otherwise each file replaces its namesake atomically, files
+    that the previous report wrote (its manifest) and this one does not are removed, and every
+    other file is left untouched; the manifest is written last.
+    """
+    new = sorted(p.relative_to(built).as_posix() for p in built.rglob("*") if p.is_file())
+    (built / MANIFEST).write_text(json.dumps({"files": new}, indent=1), encoding="utf-8")
+    if not out.exists():
+        built.rename(out)
+        return
+    old = _previous_files(out)
+    for name in new:
+        target = out / name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(built / name, target)
+    for name in sorted(old - set(new)):
+        path = out / name
+        if path.is_file() and not path.is_symlink():
+            path.unlink()
+            _remove_empty_parents(path.parent, out)
+    os.replace(built / MANIFEST, out / MANIFEST)
+
+
+def _remove_empty_parents(folder: Path, root: Path) -> None:
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:
+            return
+        folder = folder.parent
+
+
+def _write_site(study: Study, *, out: Path, asv_html: Path | None, n_bootstrap: int) -> Site:
     writer = _Writer(out)
     problems = study.problems()
     slugs = {name: problem_slug(name) for name in problems}
@@ -264,11 +376,12 @@ def _index_body(study: Study, board: pd.DataFrame, glance: _Glance, writer: _Wri
         f"{len(study.records)} runs on {len(slugs)} problem(s) with "
         f"{runs['optimizer'].nunique() if len(runs) else 0} optimizer(s).", css="")]
     if study.unreadable:
-        rows = pd.DataFrame([(u.path.name, u.reason) for u in study.unreadable],
-                            columns=["file", "reason"])
+        rows = pd.DataFrame([(u.path.name, "duplicate" if u.duplicate else "unreadable",
+                              u.reason) for u in study.unreadable],
+                            columns=["file", "kind", "reason"])
         overview.append(writer.note_missing(
-            "index", f"{len(study.unreadable)} stored file(s) could not be read and are left "
-            "out of this report:"))
+            "index", f"{len(study.unreadable)} stored file(s) could not be read, or repeat a "
+            "run counted from another file, and are left out of this report:"))
         overview.append(h.table(rows))
     if not study.records:
         overview.append(writer.note_missing("index", "The results directory holds no readable "

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from curvebench.cli import UsageError, register_command
+from curvebench.cli import UsageError, output_path, register_command
 
 __all__ = ["add_arguments", "report_command", "FORMATS"]
 
@@ -24,10 +24,13 @@ FORMATS = ("html", "md", "csv", "parquet")
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``curvebench report``."""
     parser.add_argument("directory", type=Path, help="results directory (run-*.json files)")
-    parser.add_argument("--out", type=Path, help="output: the site directory for html "
+    parser.add_argument("--out", type=output_path, help="output: the site directory for html "
                         "(default: DIRECTORY/report), a file for md, csv and parquet "
                         "(md prints to the terminal without it)")
     parser.add_argument("--format", choices=FORMATS, default="html")
+    parser.add_argument("--force", action="store_true", help="write the html site into a "
+                        "non-empty directory that is not a previous report (its other files "
+                        "are kept)")
     parser.add_argument("--asv-html", type=Path, help="asv HTML directory to include and link "
                         "(default: .asv/html in the current directory or a parent, if any)")
 
@@ -35,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def report_command(args: argparse.Namespace) -> int:
     """Handler of ``curvebench report``; returns the exit status."""
     from curvebench.reports.study import Study
+    from curvebench.store import StoreError
 
     if not args.directory.is_dir():
         raise UsageError(f"results directory {str(args.directory)!r} does not exist")
@@ -47,9 +51,12 @@ def report_command(args: argparse.Namespace) -> int:
             import pyarrow  # noqa: F401
         except ImportError:
             raise UsageError("--format parquet needs pyarrow (pip install pyarrow)") from None
-    study = Study.load(args.directory)
+    try:
+        study = Study.load(args.directory)
+    except StoreError as error:
+        raise UsageError(str(error)) from None
     for item in study.unreadable:
-        print(f"curvebench: skipped unreadable {item.path.name}: {item.reason}", file=sys.stderr)
+        print(f"curvebench: skipped {item.describe()}", file=sys.stderr)
 
     if args.format == "md":
         from curvebench.reports.tables import tables_text
@@ -70,15 +77,24 @@ def report_command(args: argparse.Namespace) -> int:
         print(f"{len(study.runs)} run(s) written to {args.out}")
         return 0
 
-    from curvebench.reports.build import build_site, find_asv_html
+    from curvebench.reports.build import (
+        SiteTargetError,
+        build_site,
+        check_site_target,
+        find_asv_html,
+    )
 
     out = args.out if args.out is not None else args.directory / "report"
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"--out {str(out)!r} exists and is not a directory")
+    try:
+        check_site_target(out, force=args.force)
+    except SiteTargetError as error:
+        raise UsageError(str(error)) from None
     asv = args.asv_html if args.asv_html is not None else find_asv_html(Path.cwd())
     start = time.perf_counter()
     try:
-        site = build_site(study, out=out, asv_html=asv)
+        site = build_site(study, out=out, asv_html=asv, force=args.force)
+    except SiteTargetError as error:
+        raise UsageError(str(error)) from None
     except OSError as error:
         raise UsageError(f"cannot write the report to {str(out)!r}: "
                          f"{error.strerror or error}") from None

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import html
 import math
+import re
 from collections.abc import Sequence
 from string import Template
 
@@ -68,9 +69,15 @@ $body
 """)
 
 
+#: Bidirectional formatting characters: they can reorder what a browser shows (a name that
+#: reads as another one), so they are shown as visible ``[U+202E]`` marks instead.
+_BIDI_CONTROLS = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
 def escape(value: object) -> str:
-    """HTML-escape any value as text (quotes included)."""
-    return html.escape(str(value), quote=True)
+    """HTML-escape any value as text (quotes included); bidi controls become visible marks."""
+    text = _BIDI_CONTROLS.sub(lambda m: f"[U+{ord(m.group()):04X}]", str(value))
+    return html.escape(text, quote=True)
 
 
 def link(href: str, text: object) -> str:

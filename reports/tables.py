@@ -166,22 +166,28 @@ def best_arms(runs: pd.DataFrame) -> pd.DataFrame:
 
     The best configuration has the smallest median over seeds of steps to target (a run that
     did not reach the target counts ``+∞``, as in :mod:`curvebench.metrics`); ties are broken
-    by the smaller median final train loss.
+    by the smaller median final train loss, then by the hyperparameter values: the one
+    definition of :func:`curvebench.metrics.best_configuration`, which the leaderboard uses too.
 
     Returns:
         One row per group: the ``GROUP`` columns, ``arm``, ``n_seeds``, ``median_steps``.
     """
     if runs.empty:
         return pd.DataFrame(columns=[*GROUP, "arm", "n_seeds", "median_steps"])
+    hp_columns = metrics.hyperparameter_columns(runs)
     frame = runs.assign(
         _steps=runs["steps_to_target"].fillna(np.inf),
         _final=runs.get("final_train_loss", pd.Series(np.nan, index=runs.index)).fillna(np.inf),
+        _order=[metrics.configuration_order(dict(zip(hp_columns, values, strict=True)))
+                for values in runs[hp_columns].itertuples(index=False, name=None)],
     )
     per_arm = frame.groupby([*GROUP, "arm"], sort=True).agg(
-        n_seeds=("seed", "size"), median_steps=("_steps", "median"), _final=("_final", "median"))
-    per_arm = per_arm.reset_index().sort_values([*GROUP, "median_steps", "_final", "arm"])
-    best = per_arm.groupby(GROUP, sort=True).head(1)
-    return best.drop(columns="_final").reset_index(drop=True)
+        n_seeds=("seed", "size"), median_steps=("_steps", "median"), _final=("_final", "median"),
+        _order=("_order", "first")).reset_index()
+    chosen = [group.index[metrics.best_configuration(group["median_steps"], group["_final"],
+                                                     group["_order"])]
+              for _, group in per_arm.groupby(GROUP, sort=True)]
+    return per_arm.loc[chosen].drop(columns=["_final", "_order"]).reset_index(drop=True)
 
 
 def curve_bands(curves: pd.DataFrame, *, x: str, y: str, points: int = 150,

@@ -52,3 +52,25 @@ def test_duplicates_unknown_and_invalid_names():
         registry.get("alpha-on")
     assert str(error.value) == ("unknown thing 'alpha-on' (did you mean 'alpha-one'?); "
                                 "known: alpha-one")
+
+
+def test_a_broken_plugin_is_one_line_and_the_rest_works(tmp_path):
+    """An installed entry point naming a missing module: one line on stderr, no traceback."""
+    import os
+    import subprocess
+    import sys
+
+    info = tmp_path / "broken_plugin-0.1.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: broken-plugin\nVersion: 0.1\n")
+    (info / "entry_points.txt").write_text(
+        "[curvebench.optimizers]\nbroken = no_such_module_for_curvebench:register\n")
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(
+        [str(tmp_path), *filter(None, [os.environ.get("PYTHONPATH")])])}
+    done = subprocess.run([sys.executable, "-m", "curvebench", "list"], capture_output=True,
+                          text=True, timeout=120, env=env)
+    assert done.returncode == 0, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "Traceback" not in done.stderr, done.stderr
+    assert "optimizer plugin 'broken'" in lines[0] and "no_such_module_for_curvebench" in lines[0]
+    assert "sgd" in done.stdout and "digits-mlp" in done.stdout

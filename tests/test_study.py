@@ -157,6 +157,30 @@ MALFORMED = [
     ("negative lr", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
                     "points = [{ lr = -1.0 }]\n", "optimizers.sgd point 0"),
     ("invalid TOML", 'problems = ["synthetic-linreg"\n', "invalid TOML"),
+    ("infinite point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                       "points = [{ lr = inf }]\n", "optimizers.sgd.points[0].lr"),
+    ("infinite grid value", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                            "grid = { lr = [0.1, -inf] }\n", "optimizers.sgd.grid.lr[1]"),
+    ("overflowing fixed value", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                                "fixed = { momentum = 1e400 }\n",
+     "optimizers.sgd.fixed.momentum"),
+    ("batch size above the training set", 'problems = ["synthetic-linreg"]\n'
+     "batch_sizes = [64, 4096]\n[optimizers.sgd]\n", "batch_sizes"),
+    ("huge grid axis", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                       "grid = { lr = { n = 100000000 } }\n", "optimizers.sgd.grid.lr.n"),
+    ("huge grid product", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                          "grid = { lr = { n = 3000 }, momentum = { low = 0.1, high = 0.9, "
+                          "n = 3000, scale = \"linear\" }, weight_decay = { low = 0.1, high = 0.9, "
+                          "n = 3000, scale = \"linear\" } }\n", "optimizers.sgd.grid"),
+    ("huge sample", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                    'sample = { method = "sobol", n = 1000000000 }\n',
+     "optimizers.sgd.sample.n"),
+    ("huge study", 'problems = ["synthetic-linreg"]\nseeds = [' + ", ".join(map(str, range(
+        400))) + ']\n[optimizers.sgd]\ngrid = { lr = { n = 300 } }\n', "runs (problems"),
+    ("huge seed", 'problems = ["synthetic-linreg"]\nseeds = [0, 9223372036854775807]\n'
+                  "[optimizers.sgd]\n", "seeds[1]"),
+    ("nan point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
+                  "points = [{ lr = nan }]\n", "optimizers.sgd.points[0].lr"),
 ]
 
 
