@@ -1,0 +1,123 @@
+"""Float64 checks of the Hessian-diagonal, quasi-Newton, Krylov and exact optimizers.
+
+Peers where they exist (pytorch-optimizer's AdaHessian and SophiaH, the Sophia authors'
+``sophia_opt``, ``torch.optim.LBFGS``) get the same model, batches and random draws; the rest are
+checked against dense float64 matrices from :mod:`tests.dense_reference`.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+import curvebench.optimizers.adahessian as adahessian_module
+from curvebench.losses import CrossEntropyLoss
+from curvebench.optimizers import get_optimizer
+from tests.dense_reference import dense_hessian, flat_parameters
+
+pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
+pytestmark = pytest.mark.filterwarnings("ignore:Using backward() with create_graph=True")
+
+DTYPE = torch.float64
+
+
+def tiny_mlp(seed: int = 0, *, inputs: int = 5, hidden: int = 4, outputs: int = 3) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Linear(inputs, hidden), nn.Tanh(),
+                         nn.Linear(hidden, outputs)).to(DTYPE)
+
+
+def tiny_cnn(seed: int = 0) -> nn.Module:
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(1, 2, 3), nn.Tanh(), nn.Flatten(),
+                         nn.Linear(2 * 3 * 3, 3)).to(DTYPE)
+
+
+def batches(count: int, *, n: int = 8, features: int = 5, classes: int = 3, seed: int = 1,
+            image: bool = False):
+    generator = torch.Generator().manual_seed(seed)
+    shape = (n, 1, 5, 5) if image else (n, features)
+    return [(torch.randn(shape, generator=generator, dtype=DTYPE),
+             torch.randint(0, classes, (n,), generator=generator)) for _ in range(count)]
+
+
+def record_probes(monkeypatch) -> list[list[torch.Tensor]]:
+    """Record every probe our optimizers draw (through ``draw_probes``)."""
+    recorded: list[list[torch.Tensor]] = []
+    original = adahessian_module.draw_probes
+
+    def recording(params, *, distribution, generator):
+        probes = original(params, distribution=distribution, generator=generator)
+        recorded.append([z.clone() for z in probes])
+        return probes
+
+    monkeypatch.setattr(adahessian_module, "draw_probes", recording)
+    return recorded
+
+
+def replay(monkeypatch, recorded: list[list[torch.Tensor]], name: str, transform) -> None:
+    """Make ``torch.<name>`` return our recorded probes, parameter by parameter, in order."""
+    queue = [transform(z) for probes in recorded for z in probes]
+
+    def fake(like, *args, **kwargs):
+        value = queue.pop(0)
+        assert value.shape == like.shape
+        return value.clone()
+
+    monkeypatch.setattr(torch, name, fake)
+
+
+def peer_steps(model, optimizer, data, *, create_graph=True) -> None:
+    for inputs, targets in data:
+        optimizer.zero_grad()
+        nn.functional.cross_entropy(model(inputs), targets).backward(create_graph=create_graph)
+        optimizer.step()
+
+
+# --- AdaHessian ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("power", [1.0, 0.5])
+def test_adahessian_matches_pytorch_optimizer_with_the_same_probes(monkeypatch, power):
+    data = batches(4)
+    ours_model, peer_model = tiny_mlp(), tiny_mlp()
+    settings = dict(lr=0.1, eps=1e-4, hessian_power=power, weight_decay=0.01)
+    ours = get_optimizer("adahessian").build(model=ours_model, loss=CrossEntropyLoss(),
+                                              hyperparameters=settings)
+    recorded = record_probes(monkeypatch)
+    for inputs, targets in data:
+        ours.step(inputs=inputs, targets=targets)
+    assert len(recorded) == len(data)
+    replay(monkeypatch, recorded, "randint_like", lambda z: (z + 1) / 2)
+    peer = pytorch_optimizer.AdaHessian(peer_model.parameters(), lr=0.1, eps=1e-4,
+                                        hessian_power=power, weight_decay=0.01,
+                                        weight_decouple=True, foreach=False)
+    peer_steps(peer_model, peer, data)
+    torch.testing.assert_close(flat_parameters(ours_model), flat_parameters(peer_model),
+                               rtol=1e-10, atol=1e-12)
+    assert ours.counters["hessian_products"] == len(data)
+
+
+def test_adahessian_averages_conv_kernels_spatially(monkeypatch):
+    """One step on a tiny CNN against the dense Hessian and the recorded probe."""
+    model = tiny_cnn()
+    (inputs, targets), = batches(1, image=True)
+    theta = flat_parameters(model)
+    loss = CrossEntropyLoss()
+    hessian = dense_hessian(model, loss, inputs, targets)
+    gradient = torch.autograd.grad(loss(model(inputs), targets), list(model.parameters()))
+    recorded = record_probes(monkeypatch)
+    optimizer = get_optimizer("adahessian").build(model=model, loss=loss,
+                                                  hyperparameters={"lr": 0.1})
+    optimizer.step(inputs=inputs, targets=targets)
+    z = torch.cat([v.reshape(-1) for v in recorded[0]])
+    estimate = list(torch.split(z * (hessian @ z), [p.numel() for p in model.parameters()]))
+    kernel = estimate[0].view(2, 1, 3, 3).abs().mean(dim=(2, 3), keepdim=True)
+    estimate[0] = kernel.expand(2, 1, 3, 3).reshape(-1)
+    assert not torch.allclose(estimate[0], (z * (hessian @ z))[:18].abs())  # averaging matters
+    # first step: m̂ = g, v̂ = D², so θ ← θ − α g / (|D| + ε)
+    diag = torch.cat([e.abs().reshape(-1) for e in estimate])
+    g = torch.cat([x.reshape(-1) for x in gradient])
+    expected = theta - 0.1 * g / (diag + 1e-4)
+    torch.testing.assert_close(flat_parameters(model), expected, rtol=1e-10, atol=1e-12)
