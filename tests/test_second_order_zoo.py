@@ -17,7 +17,7 @@ from curvebench.optimizers import get_optimizer
 from tests.dense_reference import dense_hessian, flat_parameters
 
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-pytestmark = pytest.mark.filterwarnings("ignore:Using backward() with create_graph=True")
+pytestmark = pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
 
 DTYPE = torch.float64
 
@@ -121,3 +121,65 @@ def test_adahessian_averages_conv_kernels_spatially(monkeypatch):
     g = torch.cat([x.reshape(-1) for x in gradient])
     expected = theta - 0.1 * g / (diag + 1e-4)
     torch.testing.assert_close(flat_parameters(model), expected, rtol=1e-10, atol=1e-12)
+
+
+# --- Sophia ---------------------------------------------------------------------------------
+
+
+def test_sophia_g_matches_the_authors_sophia_opt_with_the_same_labels():
+    sophia_opt = pytest.importorskip("sophia_opt")
+    data = batches(7)
+    ours_model, peer_model = tiny_mlp(), tiny_mlp()
+    loss = CrossEntropyLoss()
+    sampled: list[torch.Tensor] = []
+    original = loss.sampled_output_gradient
+
+    def recording(output, *, generator=None):
+        value = original(output, generator=generator)
+        sampled.append(value.argmin(dim=1))  # g̃ = (p − e_ŷ)/√N is negative only at ŷ
+        return value
+
+    loss.sampled_output_gradient = recording
+    settings = dict(lr=0.05, rho=0.04, weight_decay=0.1, update_period=3, eps=1e-300)
+    ours = get_optimizer("sophia-g").build(model=ours_model, loss=loss,
+                                           hyperparameters=settings)
+    for inputs, targets in data:
+        ours.step(inputs=inputs, targets=targets)
+    assert len(sampled) == 3  # steps 1, 4, 7
+    assert ours.counters["backward_passes"] == len(data) + 3
+
+    peer = sophia_opt.SophiaG(peer_model.parameters(), lr=0.05, rho=0.04, weight_decay=0.1)
+    labels = iter(sampled)
+    for t, (inputs, targets) in enumerate(data):
+        if t % 3 == 0:
+            peer.zero_grad()
+            nn.functional.cross_entropy(peer_model(inputs), next(labels)).backward()
+            peer.update_hessian()
+        peer.zero_grad()
+        nn.functional.cross_entropy(peer_model(inputs), targets).backward()
+        peer.step(bs=inputs.shape[0])
+    torch.testing.assert_close(flat_parameters(ours_model), flat_parameters(peer_model),
+                               rtol=1e-10, atol=1e-12)
+
+
+def test_sophia_h_matches_pytorch_optimizer_with_the_same_probes(monkeypatch):
+    data = batches(7)
+    ours_model, peer_model = tiny_mlp(), tiny_mlp()
+    rho, lr, eps = 0.05, 0.02, 1e-12
+    ours = get_optimizer("sophia-h").build(
+        model=ours_model, loss=CrossEntropyLoss(),
+        hyperparameters=dict(lr=lr, rho=rho, eps=eps, update_period=3))
+    recorded = record_probes(monkeypatch)
+    for inputs, targets in data:
+        ours.step(inputs=inputs, targets=targets)
+    assert len(recorded) == 3 and ours.counters["hessian_products"] == 3
+    # clipping must be active somewhere, or the test would not check it
+    assert any((s["exp_avg"].abs() >= rho * s["hessian"].clamp(min=eps / rho)).any()
+               for s in (ours.state[p] for p in ours_model.parameters()))
+    replay(monkeypatch, recorded, "randn_like", lambda z: z)
+    # pytorch-optimizer: θ ← θ − lr' clip(m / max(h, eps'), ±p); ours with lr' = η/ρ, p = ρ
+    peer = pytorch_optimizer.SophiaH(peer_model.parameters(), lr=lr / rho, p=rho,
+                                     eps=eps / rho, update_period=3, foreach=False)
+    peer_steps(peer_model, peer, data)
+    torch.testing.assert_close(flat_parameters(ours_model), flat_parameters(peer_model),
+                               rtol=1e-10, atol=1e-12)
