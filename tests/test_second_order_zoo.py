@@ -183,3 +183,39 @@ def test_sophia_h_matches_pytorch_optimizer_with_the_same_probes(monkeypatch):
     peer_steps(peer_model, peer, data)
     torch.testing.assert_close(flat_parameters(ours_model), flat_parameters(peer_model),
                                rtol=1e-10, atol=1e-12)
+
+
+# --- ESGD -----------------------------------------------------------------------------------
+
+
+def _dense_gradient(model, loss, inputs, targets) -> torch.Tensor:
+    grads = torch.autograd.grad(loss(model(inputs), targets), list(model.parameters()))
+    return torch.cat([g.reshape(-1) for g in grads])
+
+
+def _assign(model: nn.Module, theta: torch.Tensor) -> None:
+    with torch.no_grad():
+        torch.nn.utils.vector_to_parameters(theta, model.parameters())
+
+
+def test_esgd_matches_a_dense_float64_replay(monkeypatch):
+    data = batches(5)
+    model, reference = tiny_mlp(), tiny_mlp()
+    loss = CrossEntropyLoss()
+    recorded = record_probes(monkeypatch)
+    optimizer = get_optimizer("esgd").build(
+        model=model, loss=loss, hyperparameters=dict(lr=0.05, damping=1e-3, update_period=2))
+    for inputs, targets in data:
+        optimizer.step(inputs=inputs, targets=targets)
+    assert len(recorded) == 3  # steps 1, 3, 5
+    probes = iter(torch.cat([z.reshape(-1) for z in probes]) for probes in recorded)
+    theta, total, count = flat_parameters(reference), 0.0, 0
+    for t, (inputs, targets) in enumerate(data):
+        _assign(reference, theta)
+        gradient = _dense_gradient(reference, loss, inputs, targets)
+        if t % 2 == 0:
+            hessian = dense_hessian(reference, loss, inputs, targets)
+            total = total + (hessian @ next(probes)) ** 2
+            count += 1
+        theta = theta - 0.05 * gradient / ((total / count).sqrt() + 1e-3)
+    torch.testing.assert_close(flat_parameters(model), theta, rtol=1e-10, atol=1e-12)
