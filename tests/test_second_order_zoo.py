@@ -219,3 +219,37 @@ def test_esgd_matches_a_dense_float64_replay(monkeypatch):
             count += 1
         theta = theta - 0.05 * gradient / ((total / count).sqrt() + 1e-3)
     torch.testing.assert_close(flat_parameters(model), theta, rtol=1e-10, atol=1e-12)
+
+
+# --- L-BFGS ---------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("full_batch", "max_iter"), [(True, 1), (True, 4), (False, 1)])
+def test_lbfgs_matches_torch_lbfgs_driven_by_a_closure(full_batch, max_iter):
+    data = batches(1) * 6 if full_batch else batches(6)
+    model, reference = tiny_mlp(), tiny_mlp()
+    loss = CrossEntropyLoss()
+    ours = get_optimizer("lbfgs").build(model=model, loss=loss, hyperparameters=dict(
+        max_iter=max_iter, history_size=3))
+    peer = torch.optim.LBFGS(reference.parameters(), max_iter=max_iter, history_size=3,
+                             line_search_fn="strong_wolfe")
+    for inputs, targets in data:
+        evaluations = 0
+
+        def closure(inputs=inputs, targets=targets):
+            nonlocal evaluations
+            evaluations += 1
+            peer.zero_grad()
+            value = loss(reference(inputs), targets)
+            value.backward()
+            return value
+
+        expected = peer.step(closure)
+        ours.counters.clear()
+        value = ours.step(inputs=inputs, targets=targets)
+        assert float(value) == float(expected.detach())
+        assert ours.counters["function_evaluations"] == evaluations
+        assert ours.counters["forward_passes"] == evaluations
+        torch.testing.assert_close(flat_parameters(model), flat_parameters(reference),
+                                   rtol=1e-10, atol=1e-12)
+    assert evaluations > 1 or not full_batch  # the line search ran
