@@ -12,9 +12,9 @@ import torch
 from torch import nn
 
 import curvebench.optimizers.adahessian as adahessian_module
-from curvebench.losses import CrossEntropyLoss
+from curvebench.losses import CrossEntropyLoss, MSELoss
 from curvebench.optimizers import get_optimizer
-from tests.dense_reference import dense_hessian, flat_parameters
+from tests.dense_reference import dense_ggn, dense_hessian, flat_parameters
 
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
@@ -253,3 +253,72 @@ def test_lbfgs_matches_torch_lbfgs_driven_by_a_closure(full_batch, max_iter):
         torch.testing.assert_close(flat_parameters(model), flat_parameters(reference),
                                    rtol=1e-10, atol=1e-12)
     assert evaluations > 1 or not full_batch  # the line search ran
+
+
+# --- Exact Gauss-Newton, natural gradient, Woodbury -------------------------------------------
+
+
+def _empirical_fisher(model, loss, inputs, targets) -> torch.Tensor:
+    """``(1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ`` from one backward pass per sample (``ℓ_n`` as the mean loss
+    of a batch of one)."""
+    rows = [_dense_gradient(model, loss, inputs[n : n + 1], targets[n : n + 1])
+            for n in range(len(inputs))]
+    stacked = torch.stack(rows)
+    return stacked.T @ stacked / len(inputs)
+
+
+@pytest.mark.parametrize(("name", "curvature"), [("ggn-exact", "ggn"),
+                                                 ("ngd-exact", "empirical_fisher")])
+@pytest.mark.parametrize("loss", [CrossEntropyLoss(), MSELoss()], ids=["ce", "mse"])
+def test_exact_step_is_the_dense_damped_solve(name, curvature, loss):
+    model = tiny_mlp()
+    (inputs, labels), = batches(1)
+    targets = labels if isinstance(loss, CrossEntropyLoss) else torch.randn(
+        8, 3, generator=torch.Generator().manual_seed(3), dtype=DTYPE)
+    theta = flat_parameters(model)
+    gradient = _dense_gradient(model, loss, inputs, targets)
+    matrix = (dense_ggn(model, loss, inputs, targets) if curvature == "ggn"
+              else _empirical_fisher(model, loss, inputs, targets))
+    damping, lr = 0.05, 0.7
+    expected = theta - lr * torch.linalg.solve(
+        matrix + damping * torch.eye(len(theta), dtype=DTYPE), gradient)
+    optimizer = get_optimizer(name).build(model=model, loss=loss,
+                                          hyperparameters={"damping": damping, "lr": lr})
+    optimizer.step(inputs=inputs, targets=targets)
+    torch.testing.assert_close(flat_parameters(model), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "empirical_fisher"])
+def test_woodbury_equals_the_exact_solve(curvature):
+    exact_name = "ggn-exact" if curvature == "ggn" else "ngd-exact"
+    data = batches(3)
+    a, b = tiny_mlp(), tiny_mlp()
+    exact = get_optimizer(exact_name).build(model=a, loss=CrossEntropyLoss(),
+                                            hyperparameters={"damping": 1e-3})
+    woodbury = get_optimizer("ggn-woodbury").build(
+        model=b, loss=CrossEntropyLoss(),
+        hyperparameters={"damping": 1e-3, "curvature": curvature})
+    for inputs, targets in data:
+        exact.step(inputs=inputs, targets=targets)
+        woodbury.step(inputs=inputs, targets=targets)
+    torch.testing.assert_close(flat_parameters(b), flat_parameters(a), rtol=1e-10, atol=1e-10)
+    assert not torch.equal(flat_parameters(b), flat_parameters(tiny_mlp()))
+
+
+def test_exact_methods_refuse_large_models_and_studies_skip_them():
+    from curvebench.optimizers import HyperparameterError
+    from curvebench.study import parse_study
+
+    big = tiny_mlp(inputs=100, hidden=20, outputs=10)  # 2230 parameters
+    for name in ("ggn-exact", "ngd-exact"):
+        with pytest.raises(HyperparameterError, match="limit is 2000") as error:
+            get_optimizer(name).build(model=big, loss=CrossEntropyLoss())
+        assert "\n" not in str(error.value)
+    study = parse_study({"name": "t", "problems": ["digits-logreg", "digits-mlp"],
+                         "seeds": [0], "budget": {"max_steps": 1},
+                         "optimizers": {"ggn-exact": {}, "ggn-woodbury": {}}})
+    skipped = {(p, o) for p, o, _ in study.incompatible()}
+    assert skipped == {("digits-mlp", "ggn-exact")}
+    assert {(c.problem, c.optimizer) for c in study.run_configs()} == {
+        ("digits-logreg", "ggn-exact"), ("digits-logreg", "ggn-woodbury"),
+        ("digits-mlp", "ggn-woodbury")}
