@@ -44,7 +44,8 @@ from curvebench.optimizers.adahessian import check_number
 from curvebench.optimizers.base import CurvatureOptimizer
 from curvebench.optimizers.spec import LogUniform, OptimizerSpec, register_optimizer
 
-__all__ = ["ExactGaussNewton", "sample_jacobians", "curvature_factor", "EXACT_MAX_PARAMETERS"]
+__all__ = ["ExactGaussNewton", "sample_jacobians", "curvature_factor", "EXACT_MAX_PARAMETERS",
+           "EXACT_SPEC_FIELDS", "exact_factory"]
 
 Curvature = Literal["ggn", "empirical_fisher"]
 
@@ -156,18 +157,23 @@ def exact_factory(cls: type[ExactGaussNewton], *, curvature: Curvature, max_para
     return factory
 
 
-register_optimizer(OptimizerSpec(
-    name="ggn-exact",
-    description="Exact damped Gauss-Newton (= true-Fisher natural gradient here): dense GGN "
-                "from per-sample Jacobians and a Cholesky solve; small models only.",
-    factory=exact_factory(ExactGaussNewton, curvature="ggn",
-                          max_parameters=EXACT_MAX_PARAMETERS),
+#: Spec fields ``ggn-exact`` and ``ngd-exact`` share.
+EXACT_SPEC_FIELDS: dict[str, Any] = dict(
     defaults={"lr": 1.0, "damping": 1e-2},
     search_space={"lr": LogUniform(1e-2, 1.0), "damping": LogUniform(1e-6, 10.0)},
     needs_curvature=True,
     supports_conv=True,
     deterministic=True,
     max_parameters=EXACT_MAX_PARAMETERS,
+)
+
+register_optimizer(OptimizerSpec(
+    name="ggn-exact",
+    description="Exact damped Gauss-Newton (= true-Fisher natural gradient here): dense GGN "
+                "from per-sample Jacobians and a Cholesky solve; small models only.",
+    factory=exact_factory(ExactGaussNewton, curvature="ggn",
+                          max_parameters=EXACT_MAX_PARAMETERS),
+    **EXACT_SPEC_FIELDS,
     reference="Gauss-Newton with Levenberg damping (Nocedal & Wright 2006, §10.3) on the "
               "generalized Gauss-Newton matrix (Schraudolph 2002); equals the Fisher for "
               "canonical-link losses (Martens 2020, §9.2).",

@@ -17,8 +17,13 @@ Hennig & Balles 2019, "Limitations of the empirical Fisher approximation".
 
 from __future__ import annotations
 
-from curvebench.optimizers.ggn_exact import EXACT_MAX_PARAMETERS, ExactGaussNewton, exact_factory
-from curvebench.optimizers.spec import LogUniform, OptimizerSpec, register_optimizer
+from curvebench.optimizers.ggn_exact import (
+    EXACT_MAX_PARAMETERS,
+    EXACT_SPEC_FIELDS,
+    ExactGaussNewton,
+    exact_factory,
+)
+from curvebench.optimizers.spec import OptimizerSpec, register_optimizer
 
 __all__ = ["ExactNaturalGradient"]
 
@@ -35,12 +40,7 @@ register_optimizer(OptimizerSpec(
                 "gradients, dense Cholesky solve); small models only.",
     factory=exact_factory(ExactNaturalGradient, curvature="empirical_fisher",
                           max_parameters=EXACT_MAX_PARAMETERS),
-    defaults={"lr": 1.0, "damping": 1e-2},
-    search_space={"lr": LogUniform(1e-2, 1.0), "damping": LogUniform(1e-6, 10.0)},
-    needs_curvature=True,
-    supports_conv=True,
-    deterministic=True,
-    max_parameters=EXACT_MAX_PARAMETERS,
+    **EXACT_SPEC_FIELDS,
     reference="Amari 1998, 'Natural gradient works efficiently in learning'; empirical Fisher "
               "as in SENG (Yang et al. 2021, arXiv 2006.05924); see Kunstner, Hennig & Balles "
               "2019 on its limits.",
