@@ -195,7 +195,9 @@ def _dense_gradient(model, loss, inputs, targets) -> torch.Tensor:
 
 def _assign(model: nn.Module, theta: torch.Tensor) -> None:
     with torch.no_grad():
-        torch.nn.utils.vector_to_parameters(theta, model.parameters())
+        for p, value in zip(model.parameters(), torch.split(
+                theta, [p.numel() for p in model.parameters()]), strict=True):
+            p.copy_(value.view_as(p))
 
 
 def test_esgd_matches_a_dense_float64_replay(monkeypatch):
@@ -322,3 +324,33 @@ def test_exact_methods_refuse_large_models_and_studies_skip_them():
     assert {(c.problem, c.optimizer) for c in study.run_configs()} == {
         ("digits-logreg", "ggn-exact"), ("digits-logreg", "ggn-woodbury"),
         ("digits-mlp", "ggn-woodbury")}
+
+
+# --- LiSSA ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("curvature", ["ggn", "hessian"])
+def test_lissa_converges_to_the_dense_damped_solve(curvature):
+    model = tiny_mlp()
+    loss = CrossEntropyLoss()
+    (inputs, targets), = batches(1)
+    theta = flat_parameters(model)
+    gradient = _dense_gradient(model, loss, inputs, targets)
+    matrix = (dense_ggn if curvature == "ggn" else dense_hessian)(model, loss, inputs, targets)
+    damping = 1.0  # the Hessian's smallest eigenvalue here is about −0.46
+    damped = matrix + damping * torch.eye(len(theta), dtype=DTYPE)
+    eigenvalues = torch.linalg.eigvalsh(damped)
+    assert eigenvalues[0] > 0.1
+    scale = 1.1 * float(eigenvalues[-1])
+    solve = torch.linalg.solve(damped, gradient)
+
+    def step(depth: int) -> torch.Tensor:
+        _assign(model, theta)
+        optimizer = get_optimizer("lissa").build(model=model, loss=loss, hyperparameters=dict(
+            damping=damping, scale=scale, depth=depth, curvature=curvature, lr=1.0))
+        optimizer.step(inputs=inputs, targets=targets)
+        return theta - flat_parameters(model)
+
+    short, long = step(3), step(400)
+    torch.testing.assert_close(long, solve, rtol=1e-10, atol=1e-12)
+    assert (short - solve).norm() > 1e-3 * solve.norm()  # a short series is not the solve
