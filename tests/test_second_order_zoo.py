@@ -354,3 +354,53 @@ def test_lissa_converges_to_the_dense_damped_solve(curvature):
     short, long = step(3), step(400)
     torch.testing.assert_close(long, solve, rtol=1e-10, atol=1e-12)
     assert (short - solve).norm() > 1e-3 * solve.norm()  # a short series is not the solve
+
+
+# --- CurveBall ------------------------------------------------------------------------------
+
+
+def test_curveball_step_matches_the_dense_quadratic_model():
+    """Second step (z ≠ 0): Δz, the 2 × 2 solve for (β, ρ) and θ + z against dense G and g."""
+    model = tiny_mlp()
+    loss = CrossEntropyLoss()
+    first, (inputs, targets) = batches(2)
+    optimizer = get_optimizer("curveball").build(model=model, loss=loss,
+                                                 hyperparameters={"damping": 0.3})
+    optimizer.step(inputs=first[0], targets=first[1])
+    z, lam = optimizer.direction().clone(), optimizer.state["curveball"]["damping"]
+    assert z.norm() > 0
+    theta = flat_parameters(model)
+    gradient = _dense_gradient(model, loss, inputs, targets)
+    damped = dense_ggn(model, loss, inputs, targets) + lam * torch.eye(len(theta), dtype=DTYPE)
+    delta = damped @ z + gradient
+    system = torch.stack([torch.stack([delta @ damped @ delta, z @ damped @ delta]),
+                          torch.stack([z @ damped @ delta, z @ damped @ z])])
+    beta, minus_rho = torch.linalg.solve(system, torch.stack([gradient @ delta, gradient @ z]))
+    expected = theta + (-minus_rho) * z - beta * delta
+    optimizer.step(inputs=inputs, targets=targets)
+    torch.testing.assert_close(flat_parameters(model), expected, rtol=1e-10, atol=1e-12)
+    # (β, ρ) minimise the quadratic model along span{z, Δz}: perturbing either raises it
+    def model_value(b, r):
+        step = r * z - b * delta
+        return gradient @ step + 0.5 * step @ damped @ step
+
+    best = model_value(beta, -minus_rho)
+    for db, dr in [(1e-3, 0), (-1e-3, 0), (0, 1e-3), (0, -1e-3)]:
+        assert model_value(beta + db, -minus_rho + dr) > best
+
+
+def test_curveball_converges_to_the_newton_step_on_a_convex_quadratic():
+    torch.manual_seed(0)
+    model = nn.Linear(6, 2).to(DTYPE)
+    loss = MSELoss()
+    generator = torch.Generator().manual_seed(5)
+    inputs = torch.randn(20, 6, generator=generator, dtype=DTYPE)
+    targets = torch.randn(20, 2, generator=generator, dtype=DTYPE)
+    theta = flat_parameters(model)
+    newton = theta - torch.linalg.solve(dense_ggn(model, loss, inputs, targets),
+                                        _dense_gradient(model, loss, inputs, targets))
+    optimizer = get_optimizer("curveball").build(model=model, loss=loss,
+                                                 hyperparameters={"damping": 1e-6})
+    for _ in range(300):
+        optimizer.step(inputs=inputs, targets=targets)
+    torch.testing.assert_close(flat_parameters(model), newton, rtol=1e-8, atol=1e-10)
