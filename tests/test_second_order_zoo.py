@@ -16,7 +16,6 @@ from curvebench.losses import CrossEntropyLoss, MSELoss
 from curvebench.optimizers import get_optimizer
 from tests.dense_reference import dense_ggn, dense_hessian, flat_parameters
 
-pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
 pytestmark = pytest.mark.filterwarnings("ignore:Using backward.. with create_graph=True")
 
 DTYPE = torch.float64
@@ -90,9 +89,10 @@ def test_adahessian_matches_pytorch_optimizer_with_the_same_probes(monkeypatch, 
         ours.step(inputs=inputs, targets=targets)
     assert len(recorded) == len(data)
     replay(monkeypatch, recorded, "randint_like", lambda z: (z + 1) / 2)
-    peer = pytorch_optimizer.AdaHessian(peer_model.parameters(), lr=0.1, eps=1e-4,
-                                        hessian_power=power, weight_decay=0.01,
-                                        weight_decouple=True, foreach=False)
+    peer_library = pytest.importorskip("pytorch_optimizer")
+    peer = peer_library.AdaHessian(peer_model.parameters(), lr=0.1, eps=1e-4,
+                                   hessian_power=power, weight_decay=0.01,
+                                   weight_decouple=True, foreach=False)
     peer_steps(peer_model, peer, data)
     torch.testing.assert_close(flat_parameters(ours_model), flat_parameters(peer_model),
                                rtol=1e-10, atol=1e-12)
@@ -178,8 +178,9 @@ def test_sophia_h_matches_pytorch_optimizer_with_the_same_probes(monkeypatch):
                for s in (ours.state[p] for p in ours_model.parameters()))
     replay(monkeypatch, recorded, "randn_like", lambda z: z)
     # pytorch-optimizer: θ ← θ − lr' clip(m / max(h, eps'), ±p); ours with lr' = η/ρ, p = ρ
-    peer = pytorch_optimizer.SophiaH(peer_model.parameters(), lr=lr / rho, p=rho,
-                                     eps=eps / rho, update_period=3, foreach=False)
+    peer_library = pytest.importorskip("pytorch_optimizer")
+    peer = peer_library.SophiaH(peer_model.parameters(), lr=lr / rho, p=rho,
+                                eps=eps / rho, update_period=3, foreach=False)
     peer_steps(peer_model, peer, data)
     torch.testing.assert_close(flat_parameters(ours_model), flat_parameters(peer_model),
                                rtol=1e-10, atol=1e-12)
