@@ -8,8 +8,8 @@ near saddle points (Dauphin, de Vries & Bengio 2015, Algorithm 1)::
     D ← D + (H v)²                        (every k steps: steps 1, k+1, 2k+1, …)
     θ ← θ − ε g / (√(D / n) + λ)          (n: estimates so far)
 
-Defaults: ``k = 20`` ("we update D every 20 iterations", Section 5 of the paper), damping
-``λ = 1e-4``, one probe per estimate. The paper tunes ``ε`` per problem; ``ε = 0.1`` here
+Defaults: ``k = 20`` (the paper amortises the estimate by refreshing it every 20 iterations),
+damping ``λ = 1e-4``, one probe per estimate. The paper tunes ``ε`` per problem; ``ε = 0.1`` here
 makes a first-order-scale step on the small benchmark models. The paper's Algorithm 1 starts
 with ``D = 0`` and updates it from iteration ``k``; here the first estimate is taken at step
 1, so the first steps are not divided by ``λ`` alone.
@@ -116,6 +116,6 @@ register_optimizer(OptimizerSpec(
     supports_conv=True,
     deterministic=True,
     reference="Dauphin, de Vries & Bengio 2015, 'Equilibrated adaptive learning rates for "
-              "non-convex optimization' (arXiv 1502.04390), Algorithm 1; k = 20 from its "
-              "Section 5.",
+              "non-convex optimization' (arXiv 1502.04390), Algorithm 1, with its "
+              "estimate refreshed every k = 20 iterations as in the paper.",
 ))
