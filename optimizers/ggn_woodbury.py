@@ -6,7 +6,8 @@ GGN, ``N`` for the empirical Fisher) and ``M ≪ P``,
     (UᵀU + λI)⁻¹ g = (g − Uᵀ (U Uᵀ + λI)⁻¹ U g) / λ,
 
 so one step solves an ``M × M`` system (the Gram or neural-tangent-kernel matrix of the batch)
-instead of a ``P × P`` one: ``O(M² P + M³)`` work and ``O(M P)`` memory. With the GGN this is
+instead of a ``P × P`` one: ``O(M² P + M³)`` work and ``O(M P)`` memory. When ``M ≥ P`` the
+step is solved in parameter space instead (the same step, the smaller system). With the GGN this is
 Gram–Gauss–Newton (Cai et al. 2019; for squared error ``U Uᵀ`` is the batch's NTK Gram matrix);
 with the empirical Fisher it is the exact sample-space solve that SENG (Yang et al. 2021)
 sketches. The step equals ``ggn-exact`` / ``ngd-exact`` up to rounding (checked to ``1e-10`` in
@@ -43,7 +44,16 @@ class WoodburyGaussNewton(ExactGaussNewton):
 
     def solve(self, factor: torch.Tensor, gradient: torch.Tensor, *,
               damping: float) -> torch.Tensor:
-        """``−(UᵀU + λI)⁻¹ g = −(g − Uᵀ (UUᵀ + λI)⁻¹ U g) / λ``."""
+        """``−(UᵀU + λI)⁻¹ g = −(g − Uᵀ (UUᵀ + λI)⁻¹ U g) / λ``.
+
+        When the factor has at least as many rows as columns (``M ≥ P``: small models, large
+        batches) the sample-space system is the larger one, and the same step is solved in
+        parameter space instead (``step_info["sample_space"]`` says which).
+        """
+        rows, columns = factor.shape
+        self.step_info["sample_space"] = float(rows < columns)
+        if rows >= columns:
+            return super().solve(factor, gradient, damping=damping)
         gram = factor @ factor.T
         gram.diagonal().add_(damping)
         cholesky = torch.linalg.cholesky(gram)
