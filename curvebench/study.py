@@ -153,9 +153,10 @@ class Study:
         skipped = []
         for problem_name, sweep in itertools.product(self.problems, self.sweeps):
             problem, optimizer = get_problem(problem_name), get_optimizer(sweep.optimizer)
-            if "cnn" in problem.tags and not optimizer.supports_conv:
-                skipped.append((problem_name, sweep.optimizer,
-                                "the optimizer does not support convolutional layers"))
+            reason = optimizer.unsupported_reason(tags=problem.tags,
+                                                  num_parameters=problem.num_parameters)
+            if reason is not None:
+                skipped.append((problem_name, sweep.optimizer, reason))
         return skipped
 
     def run_configs(self) -> list[RunConfig]:

@@ -43,7 +43,11 @@ COUNTERS = (
     "function_evaluations",
     "factor_updates",
     "inverse_updates",
+    "jacobian_vector_products",
 )
+
+#: Key of the optimizer's own random-number generator state in ``Optimizer.state``.
+_RANDOM_STATE = "random_generator"
 
 
 class CurvatureOptimizer(torch.optim.Optimizer, abc.ABC):
@@ -105,6 +109,33 @@ class CurvatureOptimizer(torch.optim.Optimizer, abc.ABC):
     @abc.abstractmethod
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Do the work of :meth:`step`; return the (detached) batch loss at the old parameters."""
+
+    def seed_generator(self) -> None:
+        """Give this optimizer its own random-number generator, seeded from the global one.
+
+        Optimizers that draw probes (Rademacher or Gaussian vectors) or Monte-Carlo labels call
+        this once in ``__init__`` and draw only from :meth:`generator`. The seed is one draw from
+        the global generator at construction (which the harness seeds), and the generator's
+        state lives in ``Optimizer.state``, so the same seed gives the same trajectory and
+        ``state_dict`` / ``load_state_dict`` resume the same draws.
+        """
+        seed = int(torch.randint(0, 2**62, (1,)).item())
+        device = self.parameters_list()[0].device
+        generator = torch.Generator(device=device)
+        generator.manual_seed(seed)
+        self.state[_RANDOM_STATE] = {"generator": generator.get_state()}
+
+    def generator(self) -> torch.Generator:
+        """A generator holding this optimizer's random state; pass it to :meth:`save_generator`
+        after drawing (see :meth:`seed_generator`)."""
+        device = self.parameters_list()[0].device
+        generator = torch.Generator(device=device)
+        generator.set_state(self.state[_RANDOM_STATE]["generator"])
+        return generator
+
+    def save_generator(self, generator: torch.Generator) -> None:
+        """Store ``generator``'s state as this optimizer's random state."""
+        self.state[_RANDOM_STATE] = {"generator": generator.get_state()}
 
     def parameters_list(self) -> list[torch.Tensor]:
         """The optimised parameters, in parameter-group order."""

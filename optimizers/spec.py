@@ -169,6 +169,10 @@ class OptimizerSpec:
         supports_conv: works on convolutional layers.
         deterministic: same seed gives the same trajectory on CPU.
         reference: the paper or library it comes from.
+        max_parameters: the largest model (number of optimised parameters) it accepts, for
+            methods that build dense curvature matrices; ``None``: no limit. Larger models
+            are refused by the factory with a one-line error, and studies and the suite skip
+            them (:meth:`unsupported_reason`).
     """
 
     name: str
@@ -180,12 +184,23 @@ class OptimizerSpec:
     supports_conv: bool = True
     deterministic: bool = True
     reference: str = ""
+    max_parameters: int | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.search_space) - set(self.defaults)
         if unknown:
             raise ValueError(f"optimizer {self.name!r}: search space keys {sorted(unknown)} "
                              "have no default")
+
+    def unsupported_reason(self, *, tags: frozenset[str] | set[str],
+                           num_parameters: int) -> str | None:
+        """Why this optimizer cannot run a problem (by its tags and model size), or ``None``."""
+        if "cnn" in tags and not self.supports_conv:
+            return "the optimizer does not support convolutional layers"
+        if self.max_parameters is not None and num_parameters > self.max_parameters:
+            return (f"the model has {num_parameters} parameters; the optimizer builds dense "
+                    f"curvature matrices and accepts at most {self.max_parameters}")
+        return None
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Merge ``overrides`` into the defaults, parsing strings and checking types.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -132,6 +133,11 @@ class ProblemSpec:
             torch.manual_seed(seed)
             model = self.model_factory()
         return model.to(device=device, dtype=dtype)
+
+    @functools.cached_property
+    def num_parameters(self) -> int:
+        """Number of trainable parameters of the model (capability checks: size limits)."""
+        return sum(p.numel() for p in self.build_model(seed=0).parameters() if p.requires_grad)
 
     def make_loss(self) -> CurvatureLoss:
         """A fresh instance of the problem's loss."""

@@ -35,14 +35,16 @@ PASS_WEIGHTS: Mapping[str, float] = {
     "backward_passes": 0.5,
     "ggn_products": 1.0,
     "hessian_products": 1.0,
+    "jacobian_vector_products": 0.5,
 }
 
 #: The definition, as printed on the report pages.
 GRADIENT_EQUIVALENTS_DEFINITION = (
     "Gradient-equivalent passes = (forward passes + backward passes) / 2 + GGN-vector products "
-    "+ Hessian-vector products, summed over steps from the optimizers' own counters. One "
-    "mini-batch gradient (one forward and one backward pass) counts 1; a GGN- or Hessian-vector "
-    "product (a forward-mode and a reverse-mode pass) counts 1. Line-search function "
+    "+ Hessian-vector products + Jacobian-vector products / 2, summed over steps from the "
+    "optimizers' own counters. One mini-batch gradient (one forward and one backward pass) "
+    "counts 1; a GGN- or Hessian-vector product (a forward-mode and a reverse-mode pass) counts "
+    "1; a Jacobian-vector product alone (forward mode) counts 1/2. Line-search function "
     "evaluations count through the forward passes the optimizer reports; CG iterations count "
     "through their curvature products."
 )

@@ -97,9 +97,9 @@ def optimizer_names() -> list[str]:
 
 def unsupported_reason(problem: ProblemSpec, optimizer: OptimizerSpec) -> str | None:
     """Why ``optimizer`` cannot run on ``problem`` according to its capability flags, or None."""
-    if "cnn" in problem.tags and not optimizer.supports_conv:
-        return f"{optimizer.name} does not support convolutional layers ({problem.name})"
-    return None
+    reason = optimizer.unsupported_reason(tags=problem.tags,
+                                          num_parameters=problem.num_parameters)
+    return None if reason is None else f"{optimizer.name}: {reason} ({problem.name})"
 
 
 @dataclass
