@@ -1,4 +1,4 @@
-"""PSGD with a Kronecker-factored preconditioner fitted on the matrix Lie group of triangular matrices.
+"""PSGD with a Kronecker-factored preconditioner fitted on the Lie group of triangular matrices.
 
 Each parameter, viewed as a matrix ``G`` of shape ``(m, n)`` (a convolution kernel as
 ``(C_out, C_in·k_h·k_w)``; a vector as ``(m,)``), has a preconditioner
