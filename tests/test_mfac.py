@@ -12,19 +12,15 @@ import torch
 from torch import nn
 
 from curvebench.optimizers.mfac import MFAC
-
-DTYPE = torch.float64
+from tests.layerwise_reference import DTYPE, classification_batches, tiny_mlp
 
 
 def _model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(4, 3), nn.Tanh(), nn.Linear(3, 2)).to(DTYPE)
+    return tiny_mlp(4, 3, 2)
 
 
 def _batches(steps: int):
-    generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(8, 4, generator=generator, dtype=DTYPE),
-             torch.randint(0, 2, (8,), generator=generator)) for _ in range(steps)]
+    return classification_batches(steps, n=8, d_in=4, classes=2)
 
 
 def _gradient(model, inputs, targets):

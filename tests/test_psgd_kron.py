@@ -15,20 +15,17 @@ from torch import nn
 
 from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers.psgd_kron import PSGDKron, spectral_norm_lower_bound
+from tests.layerwise_reference import DTYPE, classification_batches, tiny_mlp
 
 psgd = pytest.importorskip("psgd_torch.psgd")
-DTYPE = torch.float64
 
 
 def _model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 12), nn.Tanh(), nn.Linear(12, 3)).to(DTYPE)
+    return tiny_mlp(6, 12, 3)
 
 
 def _batches(steps: int):
-    generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 6, generator=generator, dtype=DTYPE),
-             torch.randint(0, 3, (16,), generator=generator)) for _ in range(steps)]
+    return classification_batches(steps, n=16, d_in=6, classes=3)
 
 
 def _flat(model):

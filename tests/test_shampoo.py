@@ -17,20 +17,17 @@ import torch
 from torch import nn
 
 from curvebench.optimizers.shampoo import Shampoo, inverse_root
+from tests.layerwise_reference import DTYPE, classification_batches, tiny_mlp
 
 pytorch_optimizer = pytest.importorskip("pytorch_optimizer")
-DTYPE = torch.float64
 
 
 def _model() -> nn.Sequential:
-    torch.manual_seed(0)
-    return nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).to(DTYPE)
+    return tiny_mlp(6, 5, 3)
 
 
 def _batches(steps: int):
-    generator = torch.Generator().manual_seed(1)
-    return [(torch.randn(16, 6, generator=generator, dtype=DTYPE),
-             torch.randint(0, 3, (16,), generator=generator)) for _ in range(steps)]
+    return classification_batches(steps, n=16, d_in=6, classes=3)
 
 
 def _train(model, optimizer, batches):
