@@ -38,7 +38,7 @@ from curvebench.kronecker import (
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
 
-__all__ = ["LayerwiseOptimizer", "LayerBatch", "check"]
+__all__ = ["LayerwiseOptimizer", "LayerBatch", "OwnGenerator", "check"]
 
 
 def check(condition: bool, message: str) -> None:
@@ -47,17 +47,47 @@ def check(condition: bool, message: str) -> None:
         raise ValueError(message)
 
 
+class OwnGenerator:
+    """Mixin for a ``torch.optim.Optimizer`` that draws from its own generator.
+
+    The generator is seeded from the global one at construction (so the run's seed decides it)
+    and its state travels in ``state_dict``, so a restored optimizer draws what the original
+    would have drawn.
+    """
+
+    generator: torch.Generator
+
+    def _init_generator(self) -> None:
+        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
+
+    def state_dict(self):
+        state = super().state_dict()  # type: ignore[misc]
+        state["generator"] = self.generator.get_state()
+        return state
+
+    def load_state_dict(self, state_dict) -> None:
+        state_dict = dict(state_dict)
+        generator = state_dict.pop("generator", None)
+        super().load_state_dict(state_dict)  # type: ignore[misc]
+        if generator is not None:
+            self.generator.set_state(generator)
+
+
 class LayerBatch:
     """One layer's recorded tensors for the current batch.
 
     Attributes:
         inputs: ``ã``, ``(N, T, d_in + 1)`` (no extra column without a bias).
         output_gradients: ``b = ∂L/∂s``, ``(N, T, d_out)``, of the batch-mean loss.
+        outputs: the layer's output ``s`` as produced by the forward pass, still in the graph
+            (for backpropagating more vectors), when the graph was retained; else ``None``.
     """
 
-    def __init__(self, inputs: torch.Tensor, output_gradients: torch.Tensor) -> None:
+    def __init__(self, inputs: torch.Tensor, output_gradients: torch.Tensor,
+                 outputs: torch.Tensor | None = None) -> None:
         self.inputs = inputs
         self.output_gradients = output_gradients
+        self.outputs = outputs
 
 
 class _Recorder:
@@ -75,7 +105,7 @@ class _Recorder:
     def hook(self, module: nn.Module, inputs, output) -> None:
         if not self.capturing or not output.requires_grad:
             return
-        record = [inputs[0].detach()]
+        record = [inputs[0].detach(), output]
         self.recorded[module] = record
         output.register_hook(lambda gradient: record.append(gradient.detach()))
 
@@ -121,19 +151,23 @@ class LayerwiseOptimizer(CurvatureOptimizer):
 
     # -- the pieces of a step --------------------------------------------------------------
 
-    def forward_backward(self, inputs: torch.Tensor, targets: torch.Tensor, *,
-                         record: bool = True) -> tuple[torch.Tensor, list[torch.Tensor],
-                                                       dict[nn.Module, LayerBatch]]:
-        """Loss, gradients of :meth:`parameters_list` and (``record``) each layer's batch."""
+    def forward_backward(
+        self, inputs: torch.Tensor, targets: torch.Tensor, *, record: bool = True,
+        retain_graph: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor], dict[nn.Module, LayerBatch], torch.Tensor]:
+        """Loss, gradients of :meth:`parameters_list`, each layer's batch (``record``) and the
+        network output (in the graph when ``retain_graph``)."""
         params = self.parameters_list()
         recorder = self.recorder
         recorder.recorded = {}
         recorder.capturing = record
         try:
             with self.phase_timer.phase("forward"):
-                loss = self.loss(self.model(inputs), targets)
+                output = self.model(inputs)
+                loss = self.loss(output, targets)
             with self.phase_timer.phase("backward"):
-                grads = torch.autograd.grad(loss, params, allow_unused=True)
+                grads = torch.autograd.grad(loss, params, allow_unused=True,
+                                            retain_graph=retain_graph)
         finally:
             recorder.capturing = False
         self.counters["forward_passes"] += 1
@@ -141,15 +175,21 @@ class LayerwiseOptimizer(CurvatureOptimizer):
         grads = [torch.zeros_like(p) if g is None else g for p, g in zip(params, grads,
                                                                           strict=True)]
         batches = {}
-        for layer, (x, *gradient) in recorder.recorded.items():
+        for layer, (x, out, *gradient) in recorder.recorded.items():
             if not gradient:
                 continue
             patches = layer_inputs(layer, x)
             if layer.bias is not None:
                 patches = torch.cat([patches, patches.new_ones(*patches.shape[:-1], 1)], -1)
-            batches[layer] = LayerBatch(patches, layer_pre_activations(layer, gradient[0]))
+            batches[layer] = LayerBatch(patches, layer_pre_activations(layer, gradient[0]),
+                                        out if retain_graph else None)
         recorder.recorded = {}
-        return loss.detach(), grads, batches
+        return loss.detach(), grads, batches, output
+
+    @staticmethod
+    def per_position(layer: nn.Module, tensor: torch.Tensor) -> torch.Tensor:
+        """A layer-output-shaped tensor as ``(N, T, d_out)``."""
+        return layer_pre_activations(layer, tensor)
 
     def gradient_matrices(self, grads: list[torch.Tensor]) -> dict[nn.Module, torch.Tensor]:
         """``V = [∇W + ηW, ∇b + ηb]`` of every layer, from the gradients in parameter order."""
@@ -209,7 +249,7 @@ class LayerwiseOptimizer(CurvatureOptimizer):
         return changes
 
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss, grads, batches = self.forward_backward(inputs, targets)
+        loss, grads, batches, _ = self.forward_backward(inputs, targets)
         grads = self.with_weight_decay(grads)
         matrices = self.gradient_matrices(grads)
         with self.phase_timer.phase("curvature"):

@@ -39,6 +39,7 @@ from torch import nn
 
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
+from curvebench.optimizers.layerwise import OwnGenerator
 from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
@@ -86,7 +87,7 @@ def _solve_transposed(factor: torch.Tensor, x: torch.Tensor, dim: int) -> torch.
     return torch.linalg.solve_triangular(factor, x, upper=True, left=False)
 
 
-class PSGDKron(CurvatureOptimizer):
+class PSGDKron(OwnGenerator, CurvatureOptimizer):
     """PSGD, Kronecker-factored Newton-type preconditioner (see the module docstring).
 
     Args:
@@ -135,19 +136,7 @@ class PSGDKron(CurvatureOptimizer):
         self.max_size = max_size
         self.max_skew = max_skew
         self.update_probability = update_probability
-        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-
-    def state_dict(self):
-        state = super().state_dict()
-        state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state_dict) -> None:
-        state_dict = dict(state_dict)
-        generator = state_dict.pop("generator", None)
-        super().load_state_dict(state_dict)
-        if generator is not None:
-            self.generator.set_state(generator)
+        self._init_generator()
 
     def _factors(self, p: torch.Tensor, scale: float) -> list[torch.Tensor]:
         shape = (p.shape[0], p[0].numel()) if p.dim() >= 2 else tuple(p.shape)
