@@ -107,7 +107,12 @@ class _Recorder:
             return
         record = [inputs[0].detach(), output]
         self.recorded[module] = record
-        output.register_hook(lambda gradient: record.append(gradient.detach()))
+
+        def keep_first(gradient: torch.Tensor) -> None:
+            if len(record) == 2:  # only the loss's backward pass, not later ones
+                record.append(gradient.detach())
+
+        output.register_hook(keep_first)
 
 
 class LayerwiseOptimizer(CurvatureOptimizer):
