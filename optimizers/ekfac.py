@@ -36,7 +36,13 @@ import torch
 from torch import nn
 
 from curvebench.losses import CurvatureLoss
-from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, OwnGenerator, check
+from curvebench.optimizers.layerwise import (
+    LayerBatch,
+    LayerwiseOptimizer,
+    OwnGenerator,
+    check,
+    model_factory,
+)
 from curvebench.optimizers.spec import (
     Choice,
     LogUniform,
@@ -182,16 +188,12 @@ class EKFAC(OwnGenerator, LayerwiseOptimizer):
         return q_s @ ((q_s.T @ matrix @ q_a) / (state["scale"] + damping)) @ q_a.T
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters) -> EKFAC:
-    return EKFAC(model, loss=loss, **hyperparameters)
-
-
 register_optimizer(
     OptimizerSpec(
         name="ekfac",
         description="EKFAC: K-FAC eigenbasis with per-coordinate second moments re-estimated "
                     "in it.",
-        factory=_factory,
+        factory=model_factory(EKFAC),
         defaults={"curvature": "kfac", "lr": 0.1, "damping": 1e-3, "momentum": 0.0,
                   "weight_decay": 0.0, "ema_decay": 0.95, "cov_update_period": 1,
                   "eigen_update_period": 20, "scale_update_period": 1, "mc_samples": 1,

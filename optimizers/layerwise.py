@@ -38,13 +38,23 @@ from curvebench.kronecker import (
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
 
-__all__ = ["LayerwiseOptimizer", "LayerBatch", "OwnGenerator", "check"]
+__all__ = ["LayerwiseOptimizer", "LayerBatch", "OwnGenerator", "check", "model_factory"]
 
 
 def check(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition`` (hyperparameter validation)."""
     if not condition:
         raise ValueError(message)
+
+
+def model_factory(cls: type[CurvatureOptimizer]):
+    """A spec factory: ``factory(model=..., loss=..., **h)`` is ``cls(model, loss=loss, **h)``."""
+
+    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
+        return cls(model, loss=loss, **hyperparameters)
+
+    factory.__name__ = f"{cls.__name__}_factory"
+    return factory
 
 
 class OwnGenerator:

@@ -35,7 +35,7 @@ import torch
 from torch import nn
 
 from curvebench.losses import CurvatureLoss
-from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check
+from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check, model_factory
 from curvebench.optimizers.spec import (
     IntLogUniform,
     LogUniform,
@@ -136,16 +136,12 @@ def _layer_norm(layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
     return matrix[:, :-1].norm() + matrix[:, -1].norm()
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters) -> MKOR:
-    return MKOR(model, loss=loss, **hyperparameters)
-
-
 register_optimizer(
     OptimizerSpec(
         name="mkor",
         description="MKOR: Kronecker factors kept as inverses, updated by rank-one "
                     "Sherman-Morrison steps; gradient norm restored per layer.",
-        factory=_factory,
+        factory=model_factory(MKOR),
         defaults={"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "stat_decay": 0.95,
                   "inv_update_period": 10, "stabilization_factor": 0.1,
                   "clipping_value": 100.0},

@@ -39,7 +39,7 @@ from torch import nn
 
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.layerwise import OwnGenerator
+from curvebench.optimizers.layerwise import OwnGenerator, model_factory
 from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
@@ -230,16 +230,12 @@ class PSGDKron(OwnGenerator, CurvatureOptimizer):
                            * torch.triu(term_a - term_b) @ q)
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters) -> PSGDKron:
-    return PSGDKron(model, loss=loss, **hyperparameters)
-
-
 register_optimizer(
     OptimizerSpec(
         name="psgd-kron",
         description="PSGD: Kronecker-factored Newton-type preconditioner fitted on the Lie group "
                     "of triangular matrices from Hessian-vector products with random probes.",
-        factory=_factory,
+        factory=model_factory(PSGDKron),
         defaults={"lr": 0.01, "lr_preconditioner": 0.1, "momentum": 0.0, "init_scale": 0.0,
                   "max_size": 4096, "max_skew": 10.0, "update_probability": 1.0},
         search_space={"lr": LogUniform(1e-4, 1.0), "lr_preconditioner": LogUniform(1e-3, 0.5),
