@@ -113,42 +113,36 @@ class EKFAC(OwnGenerator, LayerwiseOptimizer):
         return torch.stack([self.loss.sampled_output_gradient(output, generator=self.generator)
                             for _ in range(self.mc_samples)]) / self.mc_samples**0.5
 
-    def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        first = self.state[self.parameters_list()[0]]
-        step = first.get("step", 0)
-        first["step"] = step + 1
+    def _schedule(self, step: int) -> tuple[bool, bool, bool]:
+        """``(update factors, new eigenbasis, update scaling)`` at step ``step``."""
         new_basis = step % self.eigen_update_period == 0
-        update_factors = step % self.cov_update_period == 0 or new_basis
-        update_scale = step % self.scale_update_period == 0 or new_basis
-        needs_vectors = update_factors or update_scale
-        loss, grads, batches, output = self.forward_backward(inputs, targets,
-                                                             retain_graph=needs_vectors)
-        grads = self.with_weight_decay(grads)
-        if needs_vectors and batches:
-            with self.phase_timer.phase("curvature"):
-                vectors = self._output_vectors(output)
-                layers = list(batches)
-                backpropagated = torch.autograd.grad(
-                    output, [batches[m].outputs for m in layers], grad_outputs=vectors,
-                    is_grads_batched=True)
-                self.counters["backward_passes"] += vectors.shape[0]
-                for layer, b in zip(layers, backpropagated, strict=True):
-                    per_position = self.per_position(layer, b.flatten(0, 1))
-                    b = per_position.reshape(b.shape[0], b.shape[1], *per_position.shape[1:])
-                    self._update_layer(layer, batches[layer], b, update_factors, new_basis,
-                                       update_scale)
-            if update_factors:
-                self.counters["factor_updates"] += 1
-            if new_basis:
-                self.counters["inverse_updates"] += 1
-        with self.phase_timer.phase("solve"):
-            directions = {layer: self.layer_direction(layer, matrix)
-                          for layer, matrix in self.gradient_matrices(grads).items()}
-        with self.phase_timer.phase("update"):
-            self.apply_directions(grads, directions)
+        return (step % self.cov_update_period == 0 or new_basis, new_basis,
+                step % self.scale_update_period == 0 or new_basis)
+
+    def needs_graph(self, step: int) -> bool:
+        update_factors, _, update_scale = self._schedule(step)
+        return update_factors or update_scale
+
+    def update_statistics(self, step: int, batches: dict[nn.Module, LayerBatch],
+                          matrices: dict[nn.Module, torch.Tensor], output: torch.Tensor) -> None:
+        update_factors, new_basis, update_scale = self._schedule(step)
         self.step_info.update({"factors_updated": float(update_factors),
                                "inverses_updated": float(new_basis)})
-        return loss
+        if not (update_factors or update_scale) or not batches:
+            return
+        vectors = self._output_vectors(output)
+        layers = list(batches)
+        backpropagated = torch.autograd.grad(
+            output, [batches[m].outputs for m in layers], grad_outputs=vectors,
+            is_grads_batched=True)
+        self.counters["backward_passes"] += vectors.shape[0]
+        for layer, b in zip(layers, backpropagated, strict=True):
+            per_position = self.per_position(layer, b.flatten(0, 1))
+            b = per_position.reshape(b.shape[0], b.shape[1], *per_position.shape[1:])
+            self._update_layer(layer, batches[layer], b, update_factors, new_basis,
+                               update_scale)
+        self.counters["factor_updates"] += int(update_factors)
+        self.counters["inverse_updates"] += int(new_basis)
 
     def _update_layer(self, layer: nn.Module, batch: LayerBatch, b: torch.Tensor,
                       update_factors: bool, new_basis: bool, update_scale: bool) -> None:
@@ -175,9 +169,6 @@ class EKFAC(OwnGenerator, LayerwiseOptimizer):
                 state["scale"] = scale
             else:
                 self._average(state, "scale", scale)
-
-    def update_statistics(self, batches, matrices) -> None:  # pragma: no cover - unused
-        raise NotImplementedError("EKFAC updates its statistics in curvature_step")
 
     def layer_direction(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
         state = self.state[layer.weight]

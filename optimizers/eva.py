@@ -66,8 +66,8 @@ class Eva(LayerwiseOptimizer):
                                    "weight_decay": weight_decay})
         self.stat_decay = stat_decay
 
-    def update_statistics(self, batches: dict[nn.Module, LayerBatch],
-                          matrices: dict[nn.Module, torch.Tensor]) -> None:
+    def update_statistics(self, step: int, batches: dict[nn.Module, LayerBatch],
+                          matrices: dict[nn.Module, torch.Tensor], output: torch.Tensor) -> None:
         for layer, batch in batches.items():
             state = self.state[layer.weight]
             new = {"a": batch.inputs.mean(dim=(0, 1)),

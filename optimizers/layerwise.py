@@ -264,11 +264,15 @@ class LayerwiseOptimizer(CurvatureOptimizer):
         return changes
 
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        loss, grads, batches, _ = self.forward_backward(inputs, targets)
+        first = self.state[self.parameters_list()[0]]
+        step = first.get("step", 0)
+        first["step"] = step + 1
+        loss, grads, batches, output = self.forward_backward(
+            inputs, targets, retain_graph=self.needs_graph(step))
         grads = self.with_weight_decay(grads)
         matrices = self.gradient_matrices(grads)
         with self.phase_timer.phase("curvature"):
-            self.update_statistics(batches, matrices)
+            self.update_statistics(step, batches, matrices, output)
         with self.phase_timer.phase("solve"):
             directions = {layer: self.layer_direction(layer, matrix)
                           for layer, matrix in matrices.items()}
@@ -278,10 +282,15 @@ class LayerwiseOptimizer(CurvatureOptimizer):
 
     # -- what a method adds ----------------------------------------------------------------
 
+    def needs_graph(self, step: int) -> bool:
+        """Whether step ``step`` (from 0) backpropagates more vectors after the loss's."""
+        return False
+
     @abc.abstractmethod
-    def update_statistics(self, batches: dict[nn.Module, LayerBatch],
-                          matrices: dict[nn.Module, torch.Tensor]) -> None:
-        """Fold this batch's statistics into the state (per layer)."""
+    def update_statistics(self, step: int, batches: dict[nn.Module, LayerBatch],
+                          matrices: dict[nn.Module, torch.Tensor], output: torch.Tensor) -> None:
+        """Fold step ``step``'s batch into the state (``output``: the network's output, in the
+        graph when :meth:`needs_graph`)."""
 
     @abc.abstractmethod
     def layer_direction(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:

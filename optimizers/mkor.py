@@ -95,11 +95,8 @@ class MKOR(LayerwiseOptimizer):
         g = (n * batch.output_gradients.mean(dim=1)).clamp(-c, c).mean(dim=0)
         return a, g
 
-    def update_statistics(self, batches: dict[nn.Module, LayerBatch],
-                          matrices: dict[nn.Module, torch.Tensor]) -> None:
-        first = self.state[self.parameters_list()[0]]
-        step = first.get("step", 0)
-        first["step"] = step + 1
+    def update_statistics(self, step: int, batches: dict[nn.Module, LayerBatch],
+                          matrices: dict[nn.Module, torch.Tensor], output: torch.Tensor) -> None:
         self.step_info["inverses_updated"] = float(step % self.inv_update_period == 0)
         if step % self.inv_update_period:
             return
