@@ -206,6 +206,12 @@ class LayerwiseOptimizer(CurvatureOptimizer):
         """A layer-output-shaped tensor as ``(N, T, d_out)``."""
         return layer_pre_activations(layer, tensor)
 
+    @staticmethod
+    def layer_matrix(layer: nn.Module, weight: torch.Tensor,
+                     bias: torch.Tensor | None) -> torch.Tensor:
+        """``[W, b]`` of weight- and bias-shaped tensors, ``(d_out, d_in + 1)``."""
+        return parameter_matrix(layer, weight, bias)
+
     def gradient_matrices(self, grads: list[torch.Tensor]) -> dict[nn.Module, torch.Tensor]:
         """``V = [∇W + ηW, ∇b + ηb]`` of every layer, from the gradients in parameter order."""
         index = {id(p): i for i, p in enumerate(self.parameters_list())}
@@ -213,7 +219,7 @@ class LayerwiseOptimizer(CurvatureOptimizer):
         for layer in self.layers:
             weight = grads[index[id(layer.weight)]]
             bias = grads[index[id(layer.bias)]] if layer.bias is not None else None
-            matrices[layer] = parameter_matrix(layer, weight, bias)
+            matrices[layer] = self.layer_matrix(layer, weight, bias)
         return matrices
 
     def with_weight_decay(self, grads: list[torch.Tensor]) -> list[torch.Tensor]:

@@ -60,3 +60,13 @@ def unvec(vector: torch.Tensor, rows: int) -> torch.Tensor:
 
 def flat_parameters(model: nn.Module) -> torch.Tensor:
     return torch.cat([p.detach().flatten() for p in model.parameters()])
+
+
+def heavy_ball_layer_step(model: nn.Sequential, buffers: dict, index: int, direction, *,
+                          lr: float, momentum: float) -> None:
+    """``m ← μ m + U`` (first: ``m = U``) and ``[W, b] ← [W, b] − α m`` for Linear ``index``."""
+    buffers[index] = momentum * buffers[index] + direction if index in buffers else direction
+    layer = [m for m in model if isinstance(m, nn.Linear)][index]
+    with torch.no_grad():
+        layer.weight -= lr * buffers[index][:, :-1]
+        layer.bias -= lr * buffers[index][:, -1]

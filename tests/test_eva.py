@@ -18,6 +18,7 @@ from tests.layerwise_reference import (
     DTYPE,
     classification_batches,
     flat_parameters,
+    heavy_ball_layer_step,
     layer_tensors,
     tiny_mlp,
     unvec,
@@ -49,12 +50,8 @@ def test_matches_dense_rank_one_kronecker_solve(kl_clip, momentum):
             inner += float((u * v).sum())
         nu = min(1.0, math.sqrt(kl_clip / (lr**2 * inner))) if kl_clip else 1.0
         clipped |= nu < 1
-        with torch.no_grad():
-            for i, (layer, u) in enumerate(zip(reference[::2], directions, strict=True)):
-                step = nu * u if i not in buffers else momentum * buffers[i] + nu * u
-                buffers[i] = step
-                layer.weight -= lr * step[:, :-1]
-                layer.bias -= lr * step[:, -1]
+        for i, u in enumerate(directions):
+            heavy_ball_layer_step(reference, buffers, i, nu * u, lr=lr, momentum=momentum)
         torch.testing.assert_close(flat_parameters(model), flat_parameters(reference),
                                    rtol=1e-10, atol=1e-12)
     assert clipped == (kl_clip > 0)

@@ -16,6 +16,7 @@ from tests.layerwise_reference import (
     DTYPE,
     classification_batches,
     flat_parameters,
+    heavy_ball_layer_step,
     layer_tensors,
     tiny_mlp,
 )
@@ -47,11 +48,7 @@ def test_matches_dense_inverse_factors():
                         inverses[i][k] = torch.linalg.inv(damped + torch.outer(vector, vector))
             u = inverses[i][1] @ v @ inverses[i][0]
             u = u * _norm(v) / _norm(u)
-            buffers[i] = momentum * buffers[i] + u if i in buffers else u
-            with torch.no_grad():
-                layer = reference[2 * i]
-                layer.weight -= lr * buffers[i][:, :-1]
-                layer.bias -= lr * buffers[i][:, -1]
+            heavy_ball_layer_step(reference, buffers, i, u, lr=lr, momentum=momentum)
         torch.testing.assert_close(flat_parameters(model), flat_parameters(reference),
                                    rtol=1e-10, atol=1e-12)
     assert not torch.equal(optimizer.state[model[0].weight]["A_inv"], torch.eye(5, dtype=DTYPE))
