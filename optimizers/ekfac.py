@@ -161,10 +161,7 @@ class EKFAC(OwnGenerator, LayerwiseOptimizer):
             for key in ("A", "S"):
                 state[f"Q{key}"] = torch.linalg.eigh(state[key])[1]
         if update_scale:
-            projected_x = x @ state["QA"]                      # (N, T, d_in)
-            projected_b = b @ state["QS"]                      # (K, N, T, d_out)
-            per_example = torch.einsum("kntj,nti->knji", projected_b, projected_x)
-            scale = per_example.square().sum(dim=(0, 1))
+            scale = _projected_second_moment(x @ state["QA"], b @ state["QS"])
             if new_basis:
                 state["scale"] = scale
             else:
@@ -177,6 +174,21 @@ class EKFAC(OwnGenerator, LayerwiseOptimizer):
         damping = self._group(layer.weight)["damping"]
         q_a, q_s = state["QA"], state["QS"]
         return q_s @ ((q_s.T @ matrix @ q_a) / (state["scale"] + damping)) @ q_a.T
+
+
+def _projected_second_moment(x: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``Σ_{k,n} (Σ_t b_{k,n,t} x_{n,t}ᵀ)²`` elementwise, ``(d_out, d_in)``.
+
+    ``x``: ``(N, T, d_in)``, ``b``: ``(K, N, T, d_out)``, both already in the eigenbases. With
+    one position the square factorises, ``Σ_n (Σ_k b²)ᵀ x²``, one matrix product; otherwise the
+    per-example gradients are formed one vector ``k`` at a time (``N·d_out·d_in`` memory).
+    """
+    if x.shape[1] == 1:
+        return b.square().sum(dim=0)[:, 0].T @ x[:, 0].square()
+    total = x.new_zeros(b.shape[-1], x.shape[-1])
+    for bk in b:
+        total += (bk.transpose(1, 2) @ x).square().sum(dim=0)
+    return total
 
 
 register_optimizer(
