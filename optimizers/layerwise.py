@@ -89,12 +89,12 @@ class LayerBatch:
     Attributes:
         inputs: ``ã``, ``(N, T, d_in + 1)`` (no extra column without a bias).
         output_gradients: ``b = ∂L/∂s``, ``(N, T, d_out)``, of the batch-mean loss.
-        outputs: the layer's output ``s`` as produced by the forward pass, still in the graph
-            (for backpropagating more vectors), when the graph was retained; else ``None``.
+        outputs: the layer's output ``s`` as produced by the forward pass; still in the graph
+            (for backpropagating more vectors) when the graph was retained, else detached.
     """
 
     def __init__(self, inputs: torch.Tensor, output_gradients: torch.Tensor,
-                 outputs: torch.Tensor | None = None) -> None:
+                 outputs: torch.Tensor) -> None:
         self.inputs = inputs
         self.output_gradients = output_gradients
         self.outputs = outputs
@@ -197,7 +197,7 @@ class LayerwiseOptimizer(CurvatureOptimizer):
             if layer.bias is not None:
                 patches = torch.cat([patches, patches.new_ones(*patches.shape[:-1], 1)], -1)
             batches[layer] = LayerBatch(patches, layer_pre_activations(layer, gradient[0]),
-                                        out if retain_graph else None)
+                                        out if retain_graph else out.detach())
         recorder.recorded = {}
         return loss.detach(), grads, batches, output
 
