@@ -3,8 +3,8 @@
 Workloads (random data, float32, one thread): an MLP 784-256-256-10 (ReLU) at batch 512 and a CNN
 conv32-pool-conv64-pool-fc on 1×28×28 at batch 128. For every optimizer of issue 12 that is
 registered (``shampoo``, ``psgd-kron``, ``eva``, ``tnt``, ``mkor``, ``kbfgs``, ``mfac``,
-``ekfac``) it prints the amortised step time at the registry defaults ÷ an SGD step, and, where a public
-implementation exists, ours ÷ the peer's step at equal settings:
+``ekfac``) it prints the amortised step time at the registry defaults ÷ an SGD step, and,
+where a public implementation exists, ours ÷ the peer's step at equal settings:
 
 =============  ===========================================================================
 ours           peer, equal settings
