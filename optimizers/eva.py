@@ -80,6 +80,8 @@ class Eva(LayerwiseOptimizer):
 
     def layer_direction(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
         state = self.state[layer.weight]
+        if "a" not in state:                       # no statistics yet (layer not reached)
+            return matrix
         damping = self._group(layer.weight)["damping"]
         a, g = state["a"], state["g"]
         coefficient = (g @ matrix @ a) / (damping + (a @ a) * (g @ g))

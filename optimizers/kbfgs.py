@@ -153,6 +153,8 @@ class KBFGS(LayerwiseOptimizer):
 
     def layer_direction(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
         state = self.state[layer.weight]
+        if "H_A" not in state:                     # no statistics yet (layer not reached)
+            return matrix
         return self._apply_h_g(state, matrix @ state["H_A"])
 
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -116,6 +116,8 @@ class TNT(OwnGenerator, LayerwiseOptimizer):
 
     def layer_direction(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
         state = self.state[layer.weight]
+        if "inverse_1" not in state:               # no statistics yet (layer not reached)
+            return matrix
         return state["inverse_1"] @ matrix @ state["inverse_2"]
 
 
