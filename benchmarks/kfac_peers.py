@@ -105,13 +105,14 @@ class Entry:
     build: Callable[[Workload, Settings], Runner]
 
 
-def _tensor_bytes(value) -> int:
+def tensor_bytes(value) -> int:
+    """Bytes of every tensor in ``value`` (nested dicts, lists and tuples)."""
     if isinstance(value, torch.Tensor):
         return value.numel() * value.element_size()
     if isinstance(value, dict):
-        return sum(_tensor_bytes(v) for v in value.values())
+        return sum(tensor_bytes(v) for v in value.values())
     if isinstance(value, (list, tuple)):
-        return sum(_tensor_bytes(v) for v in value)
+        return sum(tensor_bytes(v) for v in value)
     return 0
 
 
@@ -137,7 +138,7 @@ def _ours(preset: str, *, adapt_damping: bool = False) -> Callable[[Workload, Se
         def phases() -> dict[str, float]:
             return optimizer.phase_timer.collect()
 
-        return Runner(step, lambda: sum(_tensor_bytes(s) for s in optimizer.state.values()),
+        return Runner(step, lambda: sum(tensor_bytes(s) for s in optimizer.state.values()),
                       phases)
     return build
 
@@ -171,7 +172,7 @@ def _asdl(fisher_type: str) -> Callable[[Workload, Settings], Runner]:
                 fisher = getattr(module, "fisher", None)
                 kron = getattr(fisher, "kron", None)
                 if kron is not None:
-                    total += _tensor_bytes([kron.A, kron.B, kron.A_inv, kron.B_inv])
+                    total += tensor_bytes([kron.A, kron.B, kron.A_inv, kron.B_inv])
             return total
 
         return Runner(step, state_bytes)
@@ -224,7 +225,7 @@ def _nngeometry(representation: str) -> Callable[[Workload, Settings], Runner]:
             sgd.step()
 
         def state_bytes() -> int:
-            return sum(_tensor_bytes(held[k].data) for k in ("matrix", "inverse") if k in held)
+            return sum(tensor_bytes(held[k].data) for k in ("matrix", "inverse") if k in held)
 
         return Runner(step, state_bytes)
     return build
@@ -323,7 +324,7 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
                 for phase, seconds in phases.items():
                     phase_ratios[name].setdefault(phase, []).append(
                         seconds / total * elapsed / sgd_time)
-    parameter_bytes = sum(_tensor_bytes(p) for p in workload.model.parameters())
+    parameter_bytes = sum(tensor_bytes(p) for p in workload.model.parameters())
     rows = []
     for entry in ENTRIES:
         if entry.name not in runners:
