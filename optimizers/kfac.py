@@ -454,8 +454,10 @@ class KFAC(CurvatureOptimizer):
             return dec_a.inverse, dec_s.inverse
         state = self.state[layer.weight]
         group = self._group_of(layer.weight)
-        key = (id(dec_a), id(dec_s), group["damping"] + group["weight_decay"])
-        if self._inverse_keys.get(layer) != key or "damped_inverse_A" not in state:
+        key = (dec_a, dec_s, group["damping"] + group["weight_decay"])
+        cached = self._inverse_keys.get(layer)
+        if (cached is None or cached[0] is not dec_a or cached[1] is not dec_s
+                or cached[2] != key[2] or "damped_inverse_A" not in state):
             root = math.sqrt(key[2])
             split = math.sqrt(state.get("damping_split", 1.0))
             gamma_a, gamma_s = split * root, root / split
