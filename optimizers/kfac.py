@@ -128,11 +128,11 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
     if method not in INVERSE_METHODS:
         raise ValueError(f"inverse_method must be one of {INVERSE_METHODS}, got {method!r}")
     work = matrix.to(_decomposition_dtype(matrix.dtype))
-    eye = torch.eye(work.shape[0], dtype=work.dtype, device=work.device)
     scale = float(work.diagonal().abs().mean()) if work.numel() else 1.0
     floor = max(1e-6 * scale, 1e-10) if math.isfinite(scale) else 1e-10
     for retry in range(max_retries + 1):
-        damped = work + shift * eye
+        damped = work.clone()
+        damped.diagonal().add_(shift)
         try:
             if method == "eigh":
                 values, vectors = torch.linalg.eigh(damped)
