@@ -143,7 +143,8 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
                 factor, info = torch.linalg.cholesky_ex(damped)
                 if int(info) == 0:
                     inverse = torch.cholesky_inverse(factor)
-                    if torch.isfinite(inverse).all():
+                    # SPD: |M_ij| ≤ √(M_ii M_jj), so a finite diagonal means a finite inverse
+                    if torch.isfinite(inverse.diagonal()).all():
                         return Decomposition(method=method, shift=shift, retries=retry,
                                              inverse=inverse)
         except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
