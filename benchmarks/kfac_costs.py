@@ -5,13 +5,14 @@ batch size) and an MLP 784-256-256-10 at batch 512 (random data):
 
 * amortised step time of every K-FAC preset at its default update periods ÷ SGD step time;
 * factor-update time ÷ gradient (forward + backward) time;
-* optimizer state memory ÷ parameter memory;
+* optimizer state memory ÷ parameter memory: every tensor the optimizer keeps in its state,
+  factors, decompositions and the cached damped inverses included (they live in the state);
 
 and the time of one damped decomposition (``eigh`` and ``cholesky``, float32) against the
 layer width. Presets come from the optimizer registry (every spec whose optimizer is a
 :class:`~curvebench.optimizers.kfac.KFAC`); a preset that does not support convolutions is
-skipped on CNNs. Timings interleave SGD and the presets and report the median over
-``--repeats`` rounds, so load from other processes affects both sides alike.
+skipped on CNNs. Timings (process CPU time) interleave SGD and the presets and report the
+median over ``--repeats`` rounds, so load from other processes affects both sides alike.
 
 With ``--time-to-target`` it instead reports, on ``digits-mlp`` and ``digits-autoencoder`` at
 full batch, the steps and seconds to the registered target of every preset at its defaults
@@ -30,26 +31,17 @@ import math
 import statistics
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import torch
+from kfac_peers import Workload, tensor_bytes
 from torch import nn
 
 from curvebench.kronecker import kronecker_layers
-from curvebench.losses import CrossEntropyLoss, CurvatureLoss
+from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import OPTIMIZERS
 from curvebench.optimizers.kfac import KFAC, damped_decomposition
 from curvebench.problems import get_problem, models
 from curvebench.timing import PhaseTimer
-
-
-@dataclass
-class Workload:
-    name: str
-    model: nn.Module
-    loss: CurvatureLoss
-    inputs: torch.Tensor
-    targets: torch.Tensor
 
 
 def workloads() -> list[Workload]:
@@ -80,18 +72,10 @@ def _has_conv(model: nn.Module) -> bool:
 
 
 def _timed(fn: Callable[[], None], steps: int) -> float:
-    start = time.perf_counter()
+    start = time.process_time()
     for _ in range(steps):
         fn()
-    return (time.perf_counter() - start) / steps
-
-
-def _state_bytes(value) -> int:
-    if isinstance(value, torch.Tensor):
-        return value.numel() * value.element_size()
-    if isinstance(value, dict):
-        return sum(_state_bytes(v) for v in value.values())
-    return 0
+    return (time.process_time() - start) / steps
 
 
 def measure(workload: Workload, names: list[str], *, repeats: int, cycles: int,
@@ -146,10 +130,10 @@ def measure(workload: Workload, names: list[str], *, repeats: int, cycles: int,
             updates = max(optimizer.counters["factor_updates"], 1)
             ratios[name].append(step_time / sgd_time)
             factor_ratios[name].append(phases.get("curvature", 0.0) / updates / grad_time)
-    parameter_bytes = sum(_state_bytes(p) for p in base.parameters())
+    parameter_bytes = sum(tensor_bytes(p) for p in base.parameters())
     rows = []
     for name, optimizer in optimizers.items():
-        state = sum(_state_bytes(s) for s in optimizer.state.values())
+        state = sum(tensor_bytes(s) for s in optimizer.state.values())
         rows.append({
             "workload": workload.name, "preset": name,
             "step / sgd step": statistics.median(ratios[name]),

@@ -243,6 +243,12 @@ class Linearization:
         self._hessian_graph: list[torch.Tensor | None] | None = None
 
     @property
+    def graph_output(self) -> torch.Tensor:
+        """The network output still in the forward graph (retained), for callers that
+        backpropagate further vectors through this step's forward pass (e.g. K-FAC's factors)."""
+        return self._output_graph
+
+    @property
     def num_parameters(self) -> int:
         """Length of the flat parameter vectors."""
         return sum(p.numel() for p in self.params)
@@ -443,7 +449,7 @@ _TANGENT_RULES: dict[type[nn.Module], Callable[..., Tangent]] = {
     nn.MaxPool2d: _max_pool_rule,
 }
 
-_MAX_POOL = {nn.MaxPool1d: F.max_pool1d_with_indices, nn.MaxPool2d: F.max_pool2d_with_indices}
+_MAX_POOL = (nn.MaxPool1d, nn.MaxPool2d)
 
 
 def _leaves(module: nn.Module) -> list[nn.Module]:
@@ -465,6 +471,8 @@ def _layer_chain(model: nn.Module, params: Sequence[torch.Tensor]) -> list[_Capt
     for leaf in leaves:
         if type(leaf) not in _TANGENT_RULES or (isinstance(leaf, nn.Dropout) and leaf.training):
             return None
+        if isinstance(leaf, _MAX_POOL) and leaf.return_indices:
+            return None  # its output is a tuple: not a chain of tensors
         if any(True for _ in leaf.buffers()):
             return None
         weight = getattr(leaf, "weight", None)
@@ -490,22 +498,28 @@ def _capturing_forward(model: nn.Module, inputs: torch.Tensor, chain: list[_Capt
     def hook_for(position: int):
         def hook(module, args, output):
             layer = chain[position]
+            if type(module) in _MAX_POOL:  # the pre-hook asked for the argmax: take it
+                output, layer.indices = output
             layer.inputs = args[0].detach()
             layer.output = output.detach()
-            if type(module) in _MAX_POOL:
-                with torch.no_grad():
-                    _, layer.indices = _MAX_POOL[type(module)](
-                        layer.inputs, module.kernel_size, module.stride, module.padding,
-                        module.dilation, ceil_mode=module.ceil_mode, return_indices=True)
             order.append(position)
+            return output
         return hook
 
+    def ask_for_indices(module, args) -> None:
+        module.return_indices = True
+
+    pools = [layer.module for layer in chain if type(layer.module) in _MAX_POOL]
+    saved = [pool.return_indices for pool in pools]
     handles = [layer.module.register_forward_hook(hook_for(i)) for i, layer in enumerate(chain)]
+    handles += [pool.register_forward_pre_hook(ask_for_indices) for pool in pools]
     try:
         output = model(inputs)
     finally:
         for handle in handles:
             handle.remove()
+        for pool, value in zip(pools, saved, strict=True):
+            pool.return_indices = value
     if order == list(range(len(chain))):
         captured.extend(chain)
     return output

@@ -81,6 +81,8 @@ __all__ = [
     "kfra_support",
     "layer_inputs",
     "layer_pre_activations",
+    "input_factor",
+    "output_factor",
     "kronecker_factors",
     "parameter_matrix",
     "split_parameter_matrix",
@@ -137,9 +139,15 @@ def kronecker_layers(model: nn.Module) -> list[tuple[str, nn.Module]]:
 
 
 def _leaves(model: nn.Module) -> list[nn.Module]:
-    if isinstance(model, nn.Sequential):
+    """The layers of nested plain ``nn.Sequential`` containers, in execution order."""
+    if (isinstance(model, nn.Sequential) and type(model).forward is nn.Sequential.forward
+            and "forward" not in vars(model)):
         return [leaf for child in model for leaf in _leaves(child)]
     return [model]
+
+
+def _runs_in_place(module: nn.Module) -> bool:
+    return bool(getattr(module, "inplace", False))
 
 
 def kfra_support(model: nn.Module) -> str | None:
@@ -149,15 +157,18 @@ def kfra_support(model: nn.Module) -> str | None:
     to be a chain: an ``nn.Sequential`` (nested ones are flattened) of ``nn.Linear`` layers and
     the elementwise modules in :data:`KFRA_ELEMENTWISE`, or a single ``nn.Linear``.
     """
-    if not isinstance(model, (nn.Sequential, nn.Linear)):
-        return f"KFRA needs an nn.Sequential MLP, got {type(model).__name__}"
     leaves = _leaves(model)
+    if not isinstance(model, nn.Linear) and leaves == [model]:
+        return f"KFRA needs an nn.Sequential MLP, got {type(model).__name__}"
     for index, leaf in enumerate(leaves):
         if not isinstance(leaf, (nn.Linear, *KFRA_ELEMENTWISE)):
             return (f"KFRA supports only Linear layers and elementwise activations; layer "
                     f"{index} is {type(leaf).__name__}")
-    if not any(isinstance(leaf, nn.Linear) for leaf in leaves):
+    linear = [leaf for leaf in leaves if isinstance(leaf, nn.Linear)]
+    if not linear:
         return "KFRA needs at least one Linear layer"
+    if len({id(leaf) for leaf in linear}) != len(linear):
+        return "KFRA: a Linear layer is used more than once (weight sharing is not supported)"
     return None
 
 
@@ -171,6 +182,11 @@ def layer_inputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         return inputs.reshape(n, -1, module.in_features)
     if not isinstance(module, _CONV):
         raise TypeError(f"no Kronecker block for {type(module).__name__}")
+    return _unfold(module, inputs).transpose(1, 2)
+
+
+def _unfold(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """The patches of a convolution's input, ``(N, d_in, T)`` (``F.unfold``'s layout)."""
     x = inputs
     if isinstance(module, nn.Conv1d):
         x = x.unsqueeze(2)
@@ -185,8 +201,7 @@ def layer_inputs(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
         x = F.pad(inputs, module._reversed_padding_repeated_twice, mode=mode)
         x = x.unsqueeze(2) if isinstance(module, nn.Conv1d) else x
         padding = (0, 0)
-    patches = F.unfold(x, kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
-    return patches.transpose(1, 2)
+    return F.unfold(x, kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
 
 
 def layer_pre_activations(module: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
@@ -198,10 +213,83 @@ def layer_pre_activations(module: nn.Module, outputs: torch.Tensor) -> torch.Ten
     return outputs.reshape(n, module.out_channels, -1).transpose(1, 2)
 
 
-def _homogeneous(module: nn.Module, patches: torch.Tensor) -> torch.Tensor:
-    if module.bias is None:
-        return patches
-    return torch.cat([patches, patches.new_ones(*patches.shape[:-1], 1)], dim=-1)
+def input_factor(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """``A = (1/N) Σ_n Σ_t ã_{n,t} ã_{n,t}ᵀ`` of one layer from its batch input.
+
+    ``ã = [a; 1]`` when the layer has a bias. ``inputs`` is what the layer received,
+    ``(N, ...)``. Convolutions accumulate one product per example on the unfolded layout
+    ``(d_in, T)`` (no transposed copy of the patches); the homogeneous coordinate is appended
+    to the inputs or filled in as patch sums, whichever copies less.
+    """
+    n = inputs.shape[0]
+    scale = 1.0 / n
+    if isinstance(module, _CONV):
+        patches = _unfold(module, inputs)  # (N, d, T)
+        d, positions = patches.shape[1], patches.shape[2]
+        if positions < _PER_EXAMPLE_POSITIONS:
+            return _input_factor_from_rows(module, patches.transpose(1, 2).reshape(-1, d), scale)
+        inner = patches.new_zeros(d, d)
+        for example in patches:
+            inner.addmm_(example, example.T, alpha=scale)
+        if module.bias is None:
+            return inner
+        return _with_homogeneous(inner, patches.sum(dim=(0, 2)).mul_(scale),
+                                 n * positions * scale)
+    if not isinstance(module, nn.Linear):
+        raise TypeError(f"no Kronecker block for {type(module).__name__}")
+    return _input_factor_from_rows(module, inputs.reshape(-1, module.in_features), scale)
+
+
+#: Convolutions with at least this many output positions accumulate ``A`` example by example.
+_PER_EXAMPLE_POSITIONS = 16
+
+
+def _input_factor_from_rows(module: nn.Module, rows: torch.Tensor,
+                            scale: float) -> torch.Tensor:
+    """``scale · Σ_r ã_r ã_rᵀ`` over the rows ``a_r`` of ``rows`` (``ã = [a; 1]`` with a bias)."""
+    append = module.bias is not None and rows.shape[0] <= rows.shape[1]  # copies less than d²
+    if append:
+        rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
+    k = rows.shape[1]
+    inner = torch.addmm(rows.new_empty(k, k), rows.T, rows, beta=0, alpha=scale)
+    if module.bias is None or append:
+        return inner
+    return _with_homogeneous(inner, rows.sum(dim=0).mul_(scale), rows.shape[0] * scale)
+
+
+def _with_homogeneous(inner: torch.Tensor, sums: torch.Tensor, count: float) -> torch.Tensor:
+    """``[[inner, sums], [sumsᵀ, count]]``."""
+    d = inner.shape[0]
+    factor = inner.new_empty(d + 1, d + 1)
+    factor[:d, :d] = inner
+    factor[:d, d] = sums
+    factor[d, :d] = sums
+    factor[d, d] = count
+    return factor
+
+
+def output_factor(module: nn.Module, backpropagated: Sequence[torch.Tensor]) -> torch.Tensor:
+    """``S = (1/T) Σ_k Σ_n Σ_t B_{k,n,t} B_{k,n,t}ᵀ`` of one layer.
+
+    Args:
+        module: the layer (Linear or convolution).
+        backpropagated: one tensor per vector ``k``, each shaped like the layer's output
+            (``(N, ..., d_out)`` for Linear, ``(N, C_out, *spatial)`` for convolutions).
+    """
+    factor = None
+    for b in backpropagated:
+        if isinstance(module, nn.Linear):
+            flat = b.reshape(-1, module.out_features)
+            positions = flat.shape[0] // b.shape[0]
+            term = torch.mm(flat.T, flat)
+        else:  # (N, C, T): a batched product on the existing layout, no transposed copy
+            per_example = b.reshape(b.shape[0], module.out_channels, -1)
+            positions = per_example.shape[-1]
+            term = torch.bmm(per_example, per_example.transpose(1, 2)).sum(dim=0)
+        factor = term if factor is None else factor.add_(term)
+    if factor is None:
+        raise ValueError("output_factor needs at least one backpropagated tensor")
+    return factor.div_(positions)
 
 
 def parameter_matrix(module: nn.Module, weight: torch.Tensor,
@@ -232,11 +320,22 @@ class KroneckerFactorCollector:
     Inside ``with collector.capture():`` each forward pass records, for every layer with a
     block, its (detached) input and its output (still in the autograd graph, so vectors can be
     backpropagated to it); with ``activations=True`` it also records the inputs of the
-    elementwise modules (for KFRA). Outside ``capture`` the hooks do nothing.
+    elementwise modules (for KFRA), in call order, so a module used twice is recorded twice.
+    Outside ``capture`` the hooks do nothing.
+
+    When the model has a module that runs in place (``inplace=True``), a layer's output is
+    handed on as a copy while capturing, so the recorded pre-activation is not overwritten by
+    the activation after it. A layer that runs more than once in one captured forward pass
+    (a reused module) is refused with :class:`UnsupportedModelError` when the factors are
+    read, before they are used.
 
     Args:
         model: the network.
         layers: the modules to collect factors for (default: :func:`kronecker_layers`).
+
+    Raises:
+        TypeError: a module of ``layers`` without a Kronecker block.
+        UnsupportedModelError: two layers share a weight or bias tensor (weight tying).
     """
 
     def __init__(self, model: nn.Module, *, layers: Sequence[nn.Module] | None = None) -> None:
@@ -247,25 +346,36 @@ class KroneckerFactorCollector:
         for layer in self.layers:
             if not has_kronecker_block(layer):
                 raise TypeError(f"no Kronecker block for {type(layer).__name__}")
+        _check_no_tied_parameters(self.layers)
         self._capturing = False
         self._activations = False
+        self._copy_outputs = any(_runs_in_place(m) for m in model.modules())
         self._inputs: dict[nn.Module, torch.Tensor] = {}
         self._outputs: dict[nn.Module, torch.Tensor] = {}
-        self._activation_inputs: dict[nn.Module, torch.Tensor] = {}
+        self._reused: list[nn.Module] = []
+        self._activation_inputs: list[torch.Tensor] = []
         self._handles = [layer.register_forward_hook(self._layer_hook) for layer in self.layers]
         self._chain = _leaves(model) if kfra_support(model) is None else None
         if self._chain is not None:
-            self._handles += [leaf.register_forward_hook(self._activation_hook)
-                              for leaf in self._chain if isinstance(leaf, KFRA_ELEMENTWISE)]
+            elementwise = {id(leaf): leaf for leaf in self._chain
+                           if isinstance(leaf, KFRA_ELEMENTWISE)}
+            self._handles += [leaf.register_forward_pre_hook(self._activation_hook)
+                              for leaf in elementwise.values()]
 
-    def _layer_hook(self, module, inputs, output) -> None:
-        if self._capturing:
-            self._inputs[module] = inputs[0].detach()
-            self._outputs[module] = output
+    def _layer_hook(self, module, inputs, output):
+        if not self._capturing:
+            return None
+        if module in self._outputs:
+            self._reused.append(module)
+        self._inputs[module] = inputs[0].detach()
+        self._outputs[module] = output
+        # an in-place module later in the network must not overwrite the recorded output
+        return output.clone() if self._copy_outputs else None
 
-    def _activation_hook(self, module, inputs, output) -> None:
+    def _activation_hook(self, module, inputs) -> None:
         if self._capturing and self._activations:
-            self._activation_inputs[module] = inputs[0].detach()
+            h = inputs[0].detach()
+            self._activation_inputs.append(h.clone() if _runs_in_place(module) else h)
 
     def remove(self) -> None:
         """Remove the hooks."""
@@ -275,7 +385,7 @@ class KroneckerFactorCollector:
 
     @contextmanager
     def capture(self, *, activations: bool = False) -> Iterator[None]:
-        """Record the next forward passes (the last one per layer wins)."""
+        """Record the next forward pass (one per capture)."""
         self.clear()
         self._capturing, self._activations = True, activations
         try:
@@ -287,6 +397,7 @@ class KroneckerFactorCollector:
         """Drop recorded tensors (frees the graph references)."""
         self._inputs.clear()
         self._outputs.clear()
+        self._reused.clear()
         self._activation_inputs.clear()
 
     def pre_activations(self) -> list[torch.Tensor]:
@@ -295,21 +406,19 @@ class KroneckerFactorCollector:
         return [self._outputs[layer] for layer in self.layers]
 
     def _check_recorded(self) -> None:
+        if self._reused:
+            raise UnsupportedModelError(
+                f"a {type(self._reused[0]).__name__} layer ran more than once in one forward "
+                "pass; Kronecker factors need each layer once (weight sharing is not supported)")
         missing = [layer for layer in self.layers if layer not in self._outputs]
         if missing:
             raise RuntimeError("no forward pass was recorded for "
                                f"{len(missing)} layer(s); run the model inside capture()")
 
     def input_factors(self) -> list[torch.Tensor]:
-        """``A`` of every layer from the recorded inputs."""
+        """``A`` of every layer from the recorded inputs (:func:`input_factor`)."""
         self._check_recorded()
-        factors = []
-        for layer in self.layers:
-            patches = _homogeneous(layer, layer_inputs(layer, self._inputs[layer]))
-            n = patches.shape[0]
-            flat = patches.reshape(-1, patches.shape[-1])
-            factors.append(flat.T @ flat / n)
-        return factors
+        return [input_factor(layer, self._inputs[layer]) for layer in self.layers]
 
     def output_factors(
         self,
@@ -336,7 +445,8 @@ class KroneckerFactorCollector:
             One ``(d_out, d_out)`` tensor per layer.
 
         Raises:
-            UnsupportedModelError: ``kfra`` on a model that is not a Linear/elementwise chain.
+            UnsupportedModelError: ``kfra`` on a model that is not a Linear/elementwise chain;
+                a layer that ran more than once in the recorded pass.
             ValueError: unknown curvature type, ``mc_samples < 1``, or ``empirical`` without
                 gradients.
         """
@@ -351,57 +461,70 @@ class KroneckerFactorCollector:
             vectors = torch.stack([
                 loss.sampled_output_gradient(output.detach(), generator=generator)
                 for _ in range(mc_samples)
-            ]) / mc_samples ** 0.5
+            ]).mul_(mc_samples ** -0.5)
         elif curvature == "empirical":
             if pre_activation_gradients is None:
                 raise ValueError("the empirical Fisher needs pre_activation_gradients (∂L/∂s)")
             n = output.shape[0]
-            return [self._outer(layer, g.unsqueeze(0)) * n
-                    for layer, g in zip(self.layers, pre_activation_gradients, strict=True)]
+            return [output_factor(layer, [g]).mul_(n) for layer, g in
+                    zip(self.layers, pre_activation_gradients, strict=True)]
         else:
             raise ValueError(f"unknown curvature type {curvature!r}; "
                              f"known: {', '.join(CURVATURE_TYPES)}")
-        backpropagated = torch.autograd.grad(
-            output, self.pre_activations(), grad_outputs=vectors.contiguous(),
-            retain_graph=True, is_grads_batched=True,
-        )
-        return [self._outer(layer, b) for layer, b in zip(self.layers, backpropagated, strict=True)]
-
-    @staticmethod
-    def _outer(layer: nn.Module, backpropagated: torch.Tensor) -> torch.Tensor:
-        """``(1/T) Σ_{k,n,t} B Bᵀ`` from ``(K, N, ...)`` backpropagated vectors."""
-        per_position = layer_pre_activations(layer, backpropagated.flatten(0, 1))
-        positions = per_position.shape[1]
-        flat = per_position.reshape(-1, per_position.shape[-1])
-        return flat.T @ flat / positions
+        # One backward per vector: PyTorch's batched (vmap) backward is slower than a loop
+        # for convolutions, and a loop lets each per-vector result be freed after its product.
+        pre_activations = self.pre_activations()
+        per_layer: list[list[torch.Tensor]] = [[] for _ in self.layers]
+        for vector in vectors:
+            grads = torch.autograd.grad(output, pre_activations, grad_outputs=vector,
+                                        retain_graph=True)
+            for collected, g in zip(per_layer, grads, strict=True):
+                collected.append(g)
+        return [output_factor(layer, b) for layer, b in zip(self.layers, per_layer, strict=True)]
 
     def _kfra_factors(self, *, loss: CurvatureLoss, output: torch.Tensor) -> list[torch.Tensor]:
         if self._chain is None:
             raise UnsupportedModelError(kfra_support(self.model))
-        if not self._activation_inputs and any(
-            isinstance(leaf, KFRA_ELEMENTWISE) and not isinstance(leaf, nn.Identity)
-            for leaf in self._chain
-        ):
-            raise RuntimeError("KFRA needs capture(activations=True)")
+        elementwise = [leaf for leaf in self._chain if isinstance(leaf, KFRA_ELEMENTWISE)]
+        if len(self._activation_inputs) != len(elementwise):
+            raise RuntimeError("KFRA needs one forward pass inside capture(activations=True)")
+        activation_inputs = iter(reversed(self._activation_inputs))
         curvature = loss.hessian_matrix(output.detach()).sum(dim=0)
         factors: dict[nn.Module, torch.Tensor] = {}
         for leaf in reversed(self._chain):
             if isinstance(leaf, nn.Linear):
                 factors[leaf] = curvature
                 curvature = leaf.weight.detach().T @ curvature @ leaf.weight.detach()
-            elif not isinstance(leaf, nn.Identity):
-                h = self._activation_inputs[leaf]
+            else:
+                h = next(activation_inputs)
+                if isinstance(leaf, nn.Identity):
+                    continue
                 h = h.reshape(h.shape[0], -1)
                 derivative = _elementwise_derivative(leaf, h)
                 curvature = curvature * (derivative.T @ derivative / h.shape[0])
         return [factors[layer] for layer in self.layers]
 
 
+def _check_no_tied_parameters(layers: Sequence[nn.Module]) -> None:
+    seen: set[int] = set()
+    for layer in layers:
+        for p in (layer.weight, layer.bias):
+            if p is None:
+                continue
+            if id(p) in seen:
+                raise UnsupportedModelError(
+                    "two layers share a weight or bias tensor (weight tying); Kronecker "
+                    "factors need each parameter in one layer")
+            seen.add(id(p))
+
+
 def _elementwise_derivative(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """``f′(h)`` of an elementwise module, by one backward pass of ``Σ f(h)``."""
     with torch.enable_grad():
         h = inputs.detach().requires_grad_(True)
-        (derivative,) = torch.autograd.grad(module(h).sum(), h)
+        # an in-place module may not overwrite a leaf: give it a copy
+        (derivative,) = torch.autograd.grad(
+            module(h.clone() if _runs_in_place(module) else h).sum(), h)
     return derivative
 
 

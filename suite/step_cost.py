@@ -1,10 +1,14 @@
 """Cost of one optimizer step: wall time, peak memory and optimizer-state size.
 
-Parametrised over every problem tagged :data:`~suite.workloads.STEP_TAGS` × every registered
-optimizer; combinations ruled out by capability flags are n/a.
+Parametrised over every problem tagged :data:`~suite.workloads.STEP_TAGS` (the CNNs
+``digits-cnn`` and ``mnist1d-cnn`` among them) × every registered optimizer; combinations ruled
+out by capability flags are n/a. :class:`UpdateCycle` times whole update cycles of optimizers
+whose curvature is refreshed periodically (the K-FAC family).
 """
 
 from __future__ import annotations
+
+import math
 
 from suite.workloads import (
     STEP_TAGS,
@@ -80,3 +84,38 @@ class OptimizerState:
         return sizes[problem][optimizer]
 
     track_state_bytes.unit = "bytes"
+
+
+def update_cycle(optimizer: object) -> int:
+    """Steps after which a periodic optimizer has done each kind of its work once:
+    ``lcm(T_cov, T_inv)`` for Kronecker-factored methods, 1 for every other optimizer."""
+    periods = [int(getattr(optimizer, name, 1))
+               for name in ("cov_update_period", "inv_update_period")]
+    return math.lcm(*periods)
+
+
+class UpdateCycle:
+    """One whole update cycle of each optimizer on each suite problem (K-FAC on a CNN included).
+
+    A step of a method that refreshes its curvature periodically (factors every ``T_cov``
+    steps, decompositions every ``T_inv``) costs very different amounts from step to step;
+    :class:`OptimizerStep`'s samples are single steps, so their statistics miss the expensive
+    ones. This times ``lcm(T_cov, T_inv)`` consecutive steps (one step for other optimizers);
+    divide by :func:`update_cycle` for the amortised step.
+    """
+
+    params = (problem_names(STEP_TAGS), optimizer_names())
+    param_names = ("problem", "optimizer")
+    warmup_time = 0.0
+    repeat = (2, 5, 20.0)
+    rounds = 1
+    timeout = 300
+
+    def setup(self, problem: str, optimizer: str) -> None:
+        self.workload = warm_step_workload(problem, optimizer, warmup_steps=WARMUP_STEPS)
+        self.steps = update_cycle(self.workload.optimizer)
+
+    def time_update_cycle(self, problem: str, optimizer: str) -> None:
+        """Seconds of :func:`update_cycle` consecutive steps."""
+        for _ in range(self.steps):
+            self.workload.step()

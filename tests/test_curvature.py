@@ -326,3 +326,31 @@ def test_layers_path_with_frozen_parameters():
     v = torch.randn(layers.num_parameters, dtype=torch.float64)
     assert _relative_error(layers.ggn_vector_product(v), generic.ggn_vector_product(v)) \
         <= TOLERANCE
+
+
+@pytest.mark.parametrize("jvp_method", ["layers", "double_vjp"])
+def test_in_place_activations_and_max_pool_give_the_out_of_place_products(jvp_method):
+    """``inplace=True`` activations after Conv/Linear, and max pooling whose indices the
+    linearising pass takes from the forward itself (the module is left as it was)."""
+    def cnn(inplace: bool) -> nn.Sequential:
+        torch.manual_seed(31)
+        return nn.Sequential(
+            nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(inplace=inplace), nn.MaxPool2d(2),
+            nn.Flatten(), nn.Linear(12, 5), nn.LeakyReLU(0.1, inplace=inplace),
+            nn.Linear(5, 3)).double()
+
+    generator = torch.Generator().manual_seed(31)
+    inputs = torch.randn(4, 2, 4, 4, generator=generator, dtype=torch.float64)
+    targets = torch.randint(0, 3, (4,), generator=generator)
+    products = []
+    for inplace in (True, False):
+        model = cnn(inplace)
+        lin = Linearization(model, loss=CrossEntropyLoss(), inputs=inputs, targets=targets,
+                            jvp_method=jvp_method)
+        vector = torch.randn(lin.num_parameters, generator=torch.Generator().manual_seed(32),
+                             dtype=torch.float64)
+        products.append((lin.gradient, lin.ggn_vector_product(vector)))
+        assert model[2].return_indices is False
+        assert model(inputs).shape == (4, 3)
+    for ours, expected in zip(products[0], products[1], strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)

@@ -257,3 +257,122 @@ def test_kflr_reaches_the_registered_target(problem):
     assert record.status == "reached", (record.status, record.error, record.final,
                                         spec.target)
     assert record.target["value"] == spec.target.value
+
+
+# -- architectures: in-place activations, reused modules, weight tying -----------------------
+
+def _first_step(model: nn.Module, inputs, targets, **options) -> list[torch.Tensor]:
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=0.5, damping=0.05,
+                     momentum=0.0, clipping="none", **options)
+    optimizer.step(inputs=inputs, targets=targets)
+    return [p.detach().clone() for p in model.parameters()]
+
+
+@pytest.mark.parametrize("inverse_method", ["eigh", "cholesky"])
+def test_in_place_relu_cnn_steps_like_the_out_of_place_one(inverse_method):
+    def cnn(inplace: bool) -> nn.Sequential:
+        torch.manual_seed(21)
+        return nn.Sequential(nn.Conv2d(1, 3, 3), nn.ReLU(inplace=inplace), nn.Flatten(),
+                             nn.Linear(12, 4), nn.LeakyReLU(inplace=inplace),
+                             nn.Linear(4, 3)).to(DTYPE)
+
+    generator = torch.Generator().manual_seed(21)
+    inputs = torch.randn(6, 1, 4, 4, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (6,), generator=generator)
+    after = _first_step(cnn(True), inputs, targets, inverse_method=inverse_method)
+    expected = _first_step(cnn(False), inputs, targets, inverse_method=inverse_method)
+    for a, e in zip(after, expected, strict=True):
+        torch.testing.assert_close(a, e, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", ["kfac", "kflr", "kfac-empirical"])
+def test_a_reused_layer_is_refused_before_the_first_update(preset):
+    torch.manual_seed(22)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), shared, nn.Tanh(), shared).to(DTYPE)
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = OPTIMIZERS.get(preset).build(model=model, loss=CrossEntropyLoss())
+    inputs, targets = _batch(23)
+    with pytest.raises(UnsupportedModelError, match="more than once") as error:
+        optimizer.step(inputs=inputs, targets=targets % 4)
+    assert "\n" not in str(error.value)
+    for p, b in zip(model.parameters(), before, strict=True):
+        assert p.requires_grad and torch.equal(p.detach(), b)
+
+
+def test_tied_weights_are_refused_at_construction():
+    first, second = nn.Linear(4, 4), nn.Linear(4, 4)
+    second.weight = first.weight
+    model = nn.Sequential(first, nn.Tanh(), second)
+    with pytest.raises(UnsupportedModelError, match="weight tying"):
+        KFAC(model, loss=CrossEntropyLoss(), curvature="kflr")
+
+
+def test_damping_adaptation_reuses_the_step_forward_pass():
+    """The quadratic model takes ``Jδ`` from the step's linearisation: per adaptation step one
+    linearising forward pass plus one function evaluation, no forward-mode re-run."""
+    model = _mlp()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", adapt_damping=True,
+                     damping_adaptation_period=2)
+    inputs, targets = _batch()
+    forward = []
+    for _ in range(4):
+        optimizer.counters.clear()
+        optimizer.step(inputs=inputs, targets=targets)
+        forward.append(optimizer.counters["forward_passes"])
+    assert forward == [1, 2, 1, 2]
+    assert "reduction_ratio" in optimizer.step_info
+
+
+# -- peer: ASDL (asdfghjkl) ------------------------------------------------------------------
+
+def _asdl_gradient_maker(model: nn.Module, fisher_type: str, damping: float, n: int):
+    asdl = pytest.importorskip("asdl")
+    from tests.peers import silence_asdl_profiling_markers
+
+    silence_asdl_profiling_markers()
+    config = asdl.PreconditioningConfig(data_size=n, damping=damping, ema_decay=1.0)
+    return asdl.KfacGradientMaker(model, config, fisher_type=fisher_type,
+                                  loss_type="cross_entropy")
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-full backward hook")
+@pytest.mark.parametrize(("curvature", "fisher_type"), [("kflr", "fisher_exact"),
+                                                        ("empirical", "fisher_emp")])
+def test_factors_and_direction_agree_with_asdl(curvature, fisher_type):
+    """ASDL's K-FAC ``A`` (no bias coordinate: ASDL preconditions a bias by ``B`` alone) and
+    ``B`` equal our ``A[:-1, :-1]`` and ``S``; on a bias-free model the damped, π-corrected
+    directions coincide too (``fisher_exact`` is KFLR for cross-entropy)."""
+    import torch.nn.functional as F
+
+    inputs, targets = _batch(24)
+    model = _mlp(seed=25)
+    maker = _asdl_gradient_maker(model, fisher_type, 0.05, len(inputs))
+    model_call = maker.setup_model_call(model, inputs)
+    maker.setup_loss_call(F.cross_entropy, model_call, targets)
+    maker.forward_and_backward()
+    ours = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature=curvature)
+    for name in ("0", "2"):
+        kron = model.get_submodule(name).fisher.kron
+        torch.testing.assert_close(kron.A, ours[name].A[:-1, :-1], rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(kron.B, ours[name].S, rtol=1e-10, atol=1e-12)
+
+    torch.manual_seed(26)
+    peer = nn.Sequential(nn.Linear(5, 4, bias=False), nn.Tanh(),
+                         nn.Linear(4, 3, bias=False)).to(DTYPE)
+    model = nn.Sequential(*[copy_module(m) for m in peer])
+    maker = _asdl_gradient_maker(peer, fisher_type, 0.05, len(inputs))
+    model_call = maker.setup_model_call(peer, inputs)
+    maker.setup_loss_call(F.cross_entropy, model_call, targets)
+    maker.forward_and_backward()  # curvature, inverses and preconditioned .grad
+    before = [p.detach().clone() for p in model.parameters()]
+    KFAC(model, loss=CrossEntropyLoss(), curvature=curvature, lr=1.0, damping=0.05,
+         clipping="none", inverse_method="cholesky").step(inputs=inputs, targets=targets)
+    for p, b, q in zip(model.parameters(), before, peer.parameters(), strict=True):
+        torch.testing.assert_close(b - p.detach(), q.grad, rtol=1e-8, atol=1e-12)
+
+
+def copy_module(module: nn.Module) -> nn.Module:
+    import copy
+
+    return copy.deepcopy(module)

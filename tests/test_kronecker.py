@@ -384,3 +384,133 @@ def test_conv_input_factor_agrees_with_backpack():
         value.backward()
     _, a = extended[0].weight.kflr
     torch.testing.assert_close(ours["0"].A[:-1, :-1], a, rtol=1e-10, atol=1e-12)
+
+
+# -- architectures beyond a plain chain of distinct out-of-place modules ----------------------
+
+def _same_factors(model: nn.Module, reference: nn.Module, curvature: str, inputs, targets):
+    """Factors of ``model`` equal those of ``reference`` (same weights, simpler architecture)."""
+    loss = CrossEntropyLoss()
+    ours = kronecker_factors(model, loss, inputs, targets, curvature=curvature,
+                             generator=torch.Generator().manual_seed(3))
+    expected = kronecker_factors(reference, loss, inputs, targets, curvature=curvature,
+                                 generator=torch.Generator().manual_seed(3))
+    assert ours.keys() == expected.keys()
+    for name in ours:
+        torch.testing.assert_close(ours[name].A, expected[name].A, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(ours[name].S, expected[name].S, rtol=1e-10, atol=1e-12)
+
+
+def _in_place_cnn(activation: type[nn.Module], inplace: bool) -> nn.Sequential:
+    torch.manual_seed(11)
+    return nn.Sequential(
+        nn.Conv2d(2, 3, 3, padding=1), activation(inplace=inplace), nn.MaxPool2d(2),
+        nn.Conv2d(3, 4, 2), activation(inplace=inplace), nn.Flatten(), nn.Linear(16, 3),
+    ).to(DTYPE)
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.LeakyReLU])
+@pytest.mark.parametrize("curvature", CURVATURE_TYPES)
+def test_in_place_activation_after_linear_gives_the_out_of_place_factors(activation, curvature):
+    """``nn.ReLU(inplace=True)`` right after a Linear layer must not overwrite its ``s``."""
+    generator = torch.Generator().manual_seed(12)
+    torch.manual_seed(12)
+    layers = [nn.Linear(5, 6), activation(inplace=True), nn.Linear(6, 4),
+              activation(inplace=True), nn.Linear(4, 3)]
+    model = nn.Sequential(*layers).to(DTYPE)
+    reference = copy.deepcopy(model)
+    for module in reference:
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    inputs = torch.randn(9, 5, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (9,), generator=generator)
+    _same_factors(model, reference, curvature, inputs, targets)
+
+
+@pytest.mark.parametrize("activation", [nn.ReLU, nn.LeakyReLU])
+@pytest.mark.parametrize("curvature", ["kflr", "kfac", "empirical"])
+def test_in_place_activation_after_conv_gives_the_out_of_place_factors(activation, curvature):
+    generator = torch.Generator().manual_seed(13)
+    inputs = torch.randn(4, 2, 6, 6, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (4,), generator=generator)
+    _same_factors(_in_place_cnn(activation, True), _in_place_cnn(activation, False), curvature,
+                  inputs, targets)
+
+
+@pytest.mark.parametrize("curvature", CURVATURE_TYPES)
+def test_one_activation_module_used_twice(curvature):
+    """A shared activation module is recorded once per call (KFRA keyed inputs by module)."""
+    torch.manual_seed(14)
+    generator = torch.Generator().manual_seed(14)
+    shared = nn.Tanh()
+    model = nn.Sequential(nn.Linear(5, 6), shared, nn.Linear(6, 4), shared,
+                          nn.Linear(4, 3)).to(DTYPE)
+    reference = nn.Sequential(*[nn.Tanh() if m is shared else m for m in model])
+    inputs = torch.randn(9, 5, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (9,), generator=generator)
+    _same_factors(model, reference, curvature, inputs, targets)
+
+
+class _CustomForward(nn.Module):
+    """Not an ``nn.Sequential``: a hand-written forward with a skip over the activation."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first = nn.Linear(5, 4)
+        self.second = nn.Linear(4, 3)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(torch.tanh(self.first(x)))
+
+
+@pytest.mark.parametrize("curvature", ["kflr", "kfac", "empirical"])
+def test_model_with_a_custom_forward(curvature):
+    torch.manual_seed(15)
+    generator = torch.Generator().manual_seed(15)
+    model = _CustomForward().to(DTYPE)
+    reference = nn.Sequential(model.first, nn.Tanh(), model.second)
+    inputs = torch.randn(9, 5, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (9,), generator=generator)
+    ours = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature=curvature,
+                             generator=torch.Generator().manual_seed(3))
+    expected = kronecker_factors(reference, CrossEntropyLoss(), inputs, targets,
+                                 curvature=curvature, generator=torch.Generator().manual_seed(3))
+    for ours_name, expected_name in (("first", "0"), ("second", "2")):
+        torch.testing.assert_close(ours[ours_name].S, expected[expected_name].S)
+        torch.testing.assert_close(ours[ours_name].A, expected[expected_name].A)
+
+
+def test_custom_forward_and_single_example_kflr_is_the_dense_block():
+    """One example through a Linear layer: ``A ⊗ S`` is the exact GGN block (dense reference)."""
+    torch.manual_seed(16)
+    generator = torch.Generator().manual_seed(16)
+    model = _CustomForward().to(DTYPE)
+    inputs = torch.randn(1, 5, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (1,), generator=generator)
+    factors = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kflr")
+    for name in ("first", "second"):
+        exact = dense_ggn_block(model, CrossEntropyLoss(), inputs, name)
+        torch.testing.assert_close(factors[name].kron(), exact, rtol=1e-9, atol=1e-12)
+
+
+def test_kfra_refuses_a_sequential_with_its_own_forward():
+    class Reordered(nn.Sequential):
+        def forward(self, x):  # runs the last Linear first: not the chain of its children
+            return self[0](torch.tanh(self[2](x)))
+
+    model = Reordered(nn.Linear(3, 3), nn.Tanh(), nn.Linear(3, 3))
+    assert kfra_support(model) is not None
+    with pytest.raises(UnsupportedModelError, match="KFRA"):
+        kronecker_factors(model, CrossEntropyLoss(), torch.randn(2, 3), torch.tensor([0, 1]),
+                          curvature="kfra")
+
+
+@pytest.mark.parametrize("curvature", CURVATURE_TYPES)
+def test_a_layer_used_twice_is_refused_in_one_line(curvature):
+    torch.manual_seed(17)
+    shared = nn.Linear(4, 4)
+    model = nn.Sequential(nn.Linear(3, 4), nn.Tanh(), shared, nn.Tanh(), shared)
+    with pytest.raises(UnsupportedModelError) as error:
+        kronecker_factors(model, CrossEntropyLoss(), torch.randn(2, 3), torch.tensor([0, 1]),
+                          curvature=curvature)
+    assert "\n" not in str(error.value)

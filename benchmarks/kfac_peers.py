@@ -1,0 +1,418 @@
+"""Our K-FAC family against public PyTorch implementations, side by side in one process.
+
+Rows: our presets ``kfac``, ``kflr``, ``kfra`` (MLPs only) and ``kfac-empirical`` (from the
+optimizer registry, their defaults except the update periods, a small timing-only learning
+rate and no Levenberg–Marquardt damping adaptation, which no peer has; the row
+``kfac +LM damping`` keeps it, as the presets do) against ASDL (``asdfghjkl``: K-FAC with
+Monte-Carlo, exact and empirical Fisher) and nngeometry (K-FAC with a Monte-Carlo Fisher,
+and EKFAC). Workloads: an MLP 784-256-256-10 at batch 512, a CNN conv32-pool-conv64-pool-fc
+on 1×28×28 at batch 128 (random data, ten classes) and the registered ``digits-cnn`` problem
+at its batch size. Settings: factors every 5 steps and inverses every 20 (our presets'
+defaults), and both every step.
+
+Every implementation runs whole update cycles (``lcm`` of the periods) on its own copy of the
+same model; the implementations and an SGD step are interleaved round by round, and each row
+reports the median over rounds of (process CPU time per step ÷ SGD step in the same round), so
+load from other processes hits all rows alike. Run it with one thread (the default).
+
+Printed per row: step ÷ SGD step, optimizer state ÷ parameter bytes, ours ÷ the fastest peer
+that computes the same curvature (``kfac``: ASDL MC and nngeometry MC; ``kflr`` and ``kfra``:
+ASDL exact; ``kfac-empirical``: ASDL empirical); then, for every row of ours slower than that
+peer, where our time goes (phases of our step ÷ SGD step) against the peer's total.
+
+A row is one entry of :data:`ENTRIES`: a name, the curvature it computes (so ours and peers
+are matched by it), and a builder that returns a step function and a state-size function.
+Adding a method's peers (e.g. EKFAC, Shampoo, PSGD) is adding entries with a new curvature.
+
+ASDL wraps its computations in CUDA NVTX profiling markers, which fail on a CPU-only torch;
+they are replaced by no-ops in this process (:func:`tests.peers.silence_asdl_profiling_markers`).
+
+    python benchmarks/kfac_peers.py [--repeats 5] [--threads 1] [--workloads mlp cnn digits-cnn]
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import os
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
+
+from curvebench.losses import CrossEntropyLoss, CurvatureLoss  # noqa: E402
+from curvebench.optimizers import OPTIMIZERS  # noqa: E402
+from curvebench.problems import get_problem, models  # noqa: E402
+from curvebench.timing import PhaseTimer  # noqa: E402
+from tests.peers import silence_asdl_profiling_markers  # noqa: E402
+
+#: Learning rate of every implementation while timing (small: the step's cost does not depend
+#: on it, and random-label data at lr 1 would only test stability).
+TIMING_LR = 1e-5
+DAMPING = 1e-3
+EMA_DECAY = 0.95  # ours: F ← εF + (1 − ε)F̂; ASDL's ema_decay is 1 − ε
+
+
+@dataclass(frozen=True)
+class Workload:
+    name: str
+    model: nn.Module
+    loss: CurvatureLoss
+    inputs: torch.Tensor
+    targets: torch.Tensor
+
+
+@dataclass(frozen=True)
+class Settings:
+    cov_period: int
+    inv_period: int
+
+    @property
+    def label(self) -> str:
+        return f"{self.cov_period}/{self.inv_period}"
+
+    @property
+    def cycle(self) -> int:
+        return self.cov_period * self.inv_period // math.gcd(self.cov_period, self.inv_period)
+
+
+@dataclass
+class Runner:
+    """One implementation set up on one workload: ``step()`` and what it keeps in memory."""
+
+    step: Callable[[], None]
+    state_bytes: Callable[[], int]
+    phases: Callable[[], dict[str, float]] | None = None
+
+
+@dataclass(frozen=True)
+class Entry:
+    """One row: ``build(workload, settings)`` returns a :class:`Runner` (or raises
+    ``NotImplementedError`` where the method does not apply, e.g. KFRA on a CNN)."""
+
+    name: str
+    curvature: str
+    ours: bool
+    build: Callable[[Workload, Settings], Runner]
+
+
+def tensor_bytes(value) -> int:
+    """Bytes of every tensor in ``value`` (nested dicts, lists and tuples)."""
+    if isinstance(value, torch.Tensor):
+        return value.numel() * value.element_size()
+    if isinstance(value, dict):
+        return sum(tensor_bytes(v) for v in value.values())
+    if isinstance(value, (list, tuple)):
+        return sum(tensor_bytes(v) for v in value)
+    return 0
+
+
+# -- ours ---------------------------------------------------------------------------------------
+
+def _ours(preset: str, *, adapt_damping: bool = False) -> Callable[[Workload, Settings], Runner]:
+    """Our preset at its defaults except the periods, the timing learning rate and, unless
+    ``adapt_damping``, without Levenberg–Marquardt damping adaptation (no peer adapts)."""
+    def build(workload: Workload, settings: Settings) -> Runner:
+        spec = OPTIMIZERS.get(preset)
+        has_conv = any(isinstance(m, nn.Conv2d) for m in workload.model.modules())
+        if has_conv and not spec.supports_conv:
+            raise NotImplementedError(f"{preset} does not support convolutions")
+        model = copy.deepcopy(workload.model)
+        optimizer = spec.build(model=model, loss=workload.loss, hyperparameters={
+            "lr": TIMING_LR, "cov_update_period": settings.cov_period,
+            "inv_update_period": settings.inv_period, "adapt_damping": adapt_damping})
+        optimizer.phase_timer = PhaseTimer("cpu")
+
+        def step() -> None:
+            optimizer.step(inputs=workload.inputs, targets=workload.targets)
+
+        def phases() -> dict[str, float]:
+            return optimizer.phase_timer.collect()
+
+        return Runner(step, lambda: sum(tensor_bytes(s) for s in optimizer.state.values()),
+                      phases)
+    return build
+
+
+# -- ASDL -------------------------------------------------------------------------------------
+
+def _asdl(fisher_type: str) -> Callable[[Workload, Settings], Runner]:
+    def build(workload: Workload, settings: Settings) -> Runner:
+        import asdl
+
+        silence_asdl_profiling_markers()
+        model = copy.deepcopy(workload.model)
+        config = asdl.PreconditioningConfig(
+            data_size=len(workload.inputs), damping=DAMPING, ema_decay=1 - EMA_DECAY,
+            curvature_upd_interval=settings.cov_period,
+            preconditioner_upd_interval=settings.inv_period)
+        maker = asdl.KfacGradientMaker(model, config, fisher_type=fisher_type,
+                                       loss_type="cross_entropy")
+        sgd = torch.optim.SGD(model.parameters(), lr=TIMING_LR)
+
+        def step() -> None:
+            sgd.zero_grad(set_to_none=True)
+            model_call = maker.setup_model_call(model, workload.inputs)
+            maker.setup_loss_call(F.cross_entropy, model_call, workload.targets)
+            maker.forward_and_backward()
+            sgd.step()
+
+        def state_bytes() -> int:
+            total = 0
+            for module in model.modules():
+                fisher = getattr(module, "fisher", None)
+                kron = getattr(fisher, "kron", None)
+                if kron is not None:
+                    total += tensor_bytes([kron.A, kron.B, kron.A_inv, kron.B_inv])
+            return total
+
+        return Runner(step, state_bytes)
+    return build
+
+
+# -- nngeometry ---------------------------------------------------------------------------------
+
+def _nngeometry(representation: str) -> Callable[[Workload, Settings], Runner]:
+    """K-FAC: Monte-Carlo Fisher blocks every ``T_cov`` steps (no moving average: nngeometry
+    has none), inverses every ``T_inv``. EKFAC: eigenbases every ``T_inv``, the diagonal in
+    that basis every ``T_cov``."""
+    def build(workload: Workload, settings: Settings) -> Runner:
+        from nngeometry.metrics import FIM_MonteCarlo
+        from nngeometry.object import PMatEKFAC, PMatKFAC, PVector
+
+        model = copy.deepcopy(workload.model)
+        loader = torch.utils.data.DataLoader(
+            torch.utils.data.TensorDataset(workload.inputs, workload.targets),
+            batch_size=len(workload.inputs))
+        sgd = torch.optim.SGD(model.parameters(), lr=TIMING_LR)
+        kind = PMatKFAC if representation == "kfac" else PMatEKFAC
+        held: dict[str, object] = {}
+        counter = [0]
+
+        def step() -> None:
+            t = counter[0]
+            counter[0] += 1
+            if kind is PMatKFAC:
+                if t % settings.cov_period == 0:
+                    held["matrix"] = FIM_MonteCarlo(model=model, loader=loader,
+                                                    representation=kind)
+                if t % settings.inv_period == 0:
+                    held["inverse"] = held["matrix"].inverse(regul=DAMPING)
+            else:
+                if t % settings.inv_period == 0:
+                    held["matrix"] = FIM_MonteCarlo(model=model, loader=loader,
+                                                    representation=kind)
+                elif t % settings.cov_period == 0:
+                    held["matrix"].update_diag(loader)
+                held["inverse"] = held["matrix"].inverse(regul=DAMPING)
+            sgd.zero_grad(set_to_none=True)
+            F.cross_entropy(model(workload.inputs), workload.targets).backward()
+            direction = held["inverse"].mv(PVector.from_model_grad(model))
+            for name, parts in direction.to_dict().items():
+                module = model.get_submodule(name)
+                module.weight.grad = parts[0]
+                if len(parts) > 1:
+                    module.bias.grad = parts[1]
+            sgd.step()
+
+        def state_bytes() -> int:
+            return sum(tensor_bytes(held[k].data) for k in ("matrix", "inverse") if k in held)
+
+        return Runner(step, state_bytes)
+    return build
+
+
+#: The rows, ours first. ``curvature`` matches ours with the peers that compute the same thing.
+ENTRIES: tuple[Entry, ...] = (
+    Entry("kfac", "fisher-mc", True, _ours("kfac")),
+    Entry("kflr", "fisher-exact", True, _ours("kflr")),
+    Entry("kfra", "fisher-exact", True, _ours("kfra")),
+    Entry("kfac-empirical", "fisher-empirical", True, _ours("kfac-empirical")),
+    Entry("kfac +LM damping", "fisher-mc", True, _ours("kfac", adapt_damping=True)),
+    Entry("asdl kfac mc", "fisher-mc", False, _asdl("fisher_mc")),
+    Entry("asdl kfac exact", "fisher-exact", False, _asdl("fisher_exact")),
+    Entry("asdl kfac empirical", "fisher-empirical", False, _asdl("fisher_emp")),
+    Entry("nngeometry kfac mc", "fisher-mc", False, _nngeometry("kfac")),
+    Entry("nngeometry ekfac mc", "ekfac-mc", False, _nngeometry("ekfac")),
+)
+
+
+# -- workloads ----------------------------------------------------------------------------------
+
+def _cnn() -> nn.Sequential:
+    return nn.Sequential(
+        nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+        nn.Flatten(), nn.Linear(64 * 7 * 7, 10))
+
+
+def workloads(names: list[str]) -> list[Workload]:
+    generator = torch.Generator().manual_seed(0)
+    torch.manual_seed(0)
+    result = []
+    for name in names:
+        if name == "mlp":
+            result.append(Workload("mlp 784-256-256-10 b512", models.mlp([784, 256, 256, 10]),
+                                   CrossEntropyLoss(), torch.randn(512, 784, generator=generator),
+                                   torch.randint(0, 10, (512,), generator=generator)))
+        elif name == "cnn":
+            result.append(Workload("cnn c32-p-c64-p-fc 28x28 b128", _cnn(), CrossEntropyLoss(),
+                                   torch.randn(128, 1, 28, 28, generator=generator),
+                                   torch.randint(0, 10, (128,), generator=generator)))
+        else:
+            problem = get_problem(name)
+            data = problem.dataset()
+            batch = problem.batch_size
+            result.append(Workload(f"{name} b{batch}", problem.build_model(seed=0),
+                                   problem.make_loss(), data.x_train[:batch].float(),
+                                   data.y_train[:batch].long()))
+    return result
+
+
+# -- measurement --------------------------------------------------------------------------------
+
+def _cpu_seconds(fn: Callable[[], None], steps: int) -> float:
+    start = time.process_time()
+    for _ in range(steps):
+        fn()
+    return (time.process_time() - start) / steps
+
+
+def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dict]:
+    sgd_model = copy.deepcopy(workload.model)
+    sgd = torch.optim.SGD(sgd_model.parameters(), lr=TIMING_LR)
+
+    def sgd_step() -> None:
+        sgd.zero_grad(set_to_none=True)
+        workload.loss(sgd_model(workload.inputs), workload.targets).backward()
+        sgd.step()
+
+    runners: dict[str, Runner] = {}
+    for entry in ENTRIES:
+        try:
+            runners[entry.name] = entry.build(workload, settings)
+        except NotImplementedError:
+            continue
+    steps = max(settings.cycle, 5)
+    for runner in runners.values():  # warm-up: first factors, inverses, allocations
+        _cpu_seconds(runner.step, steps)
+        if runner.phases is not None:
+            runner.phases()
+    _cpu_seconds(sgd_step, 5)
+
+    ratios: dict[str, list[float]] = {name: [] for name in runners}
+    phase_ratios: dict[str, dict[str, list[float]]] = {name: {} for name in runners}
+    sgd_ms = []
+    for _ in range(repeats):
+        for name, runner in runners.items():  # SGD next to every row: paired ratios
+            sgd_time = _cpu_seconds(sgd_step, 10)
+            elapsed = _cpu_seconds(runner.step, steps)
+            sgd_ms.append(1e3 * sgd_time)
+            ratios[name].append(elapsed / sgd_time)
+            if runner.phases is not None:  # phases are wall time: report their shares
+                phases = runner.phases()
+                total = sum(phases.values()) or 1.0
+                for phase, seconds in phases.items():
+                    phase_ratios[name].setdefault(phase, []).append(
+                        seconds / total * elapsed / sgd_time)
+    parameter_bytes = sum(tensor_bytes(p) for p in workload.model.parameters())
+    rows = []
+    for entry in ENTRIES:
+        if entry.name not in runners:
+            continue
+        rows.append({
+            "workload": workload.name, "periods": settings.label, "row": entry.name,
+            "curvature": entry.curvature, "ours": entry.ours,
+            "step/sgd": statistics.median(ratios[entry.name]),
+            "state/params": runners[entry.name].state_bytes() / parameter_bytes,
+            "phases": {phase: statistics.median(values)
+                       for phase, values in phase_ratios[entry.name].items()},
+            "sgd ms": statistics.median(sgd_ms),
+        })
+    return rows
+
+
+def compare(rows: list[dict]) -> list[dict]:
+    """Add ``ours/peer`` (÷ fastest same-curvature peer) and ``state/peer`` to our rows."""
+    for row in rows:
+        if not row["ours"]:
+            continue
+        peers = [r for r in rows if not r["ours"] and r["curvature"] == row["curvature"]
+                 and r["workload"] == row["workload"] and r["periods"] == row["periods"]]
+        if peers:
+            fastest = min(peers, key=lambda r: r["step/sgd"])
+            row["peer"] = fastest["row"]
+            row["ours/peer"] = row["step/sgd"] / fastest["step/sgd"]
+            row["state/peer"] = row["state/params"] / fastest["state/params"]
+    return rows
+
+
+def _goals(row: dict) -> str:
+    """The issue's goals for a row of ours, as a short verdict."""
+    misses = []
+    if row.get("ours/peer", 0) > 1.0:
+        misses.append(f"{row['ours/peer']:.2f}x the fastest peer")
+    if row["periods"] == "1/1" and row["step/sgd"] > 4.0:
+        misses.append(f"every-step {row['step/sgd']:.2f} > 4x SGD")
+    if row["periods"] == "5/20":
+        limit = 1.5 if row["workload"].startswith("mlp") else 2.0
+        if row["step/sgd"] > limit:
+            misses.append(f"{row['step/sgd']:.2f} > {limit}x SGD")
+    if row.get("state/peer", 0) > 1.1:
+        misses.append(f"state {row['state/peer']:.2f}x peer")
+    return "; ".join(misses) or "met"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn", "digits-cnn"])
+    parser.add_argument("--every-step", choices=("yes", "no", "only"), default="yes",
+                        help="also (or only) time factors and inverses every step")
+    args = parser.parse_args()
+    from tabulate import tabulate
+
+    torch.set_num_threads(args.threads)
+    warnings.filterwarnings("ignore", message="Using a non-full backward hook")
+    settings = [] if args.every_step == "only" else [Settings(5, 20)]
+    settings += [] if args.every_step == "no" else [Settings(1, 1)]
+    rows = []
+    for workload in workloads(args.workloads):
+        for setting in settings:
+            rows += compare(measure(workload, setting, repeats=args.repeats))
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), process CPU time, "
+          f"median of {args.repeats} interleaved rounds, load average {load:.1f}, "
+          f"damping {DAMPING}, timing lr {TIMING_LR}")
+    table = [{
+        "workload": r["workload"], "T_cov/T_inv": r["periods"], "row": r["row"],
+        "step/sgd": r["step/sgd"], "state/params": r["state/params"],
+        "ours/peer": r.get("ours/peer", ""), "vs": r.get("peer", ""),
+        "goals": _goals(r) if r["ours"] else "", "sgd ms": r["sgd ms"],
+    } for r in rows]
+    print(tabulate(table, headers="keys", floatfmt=".2f"))
+    slower = [r for r in rows if r.get("ours/peer", 0) > 1.0]
+    if slower:
+        print("\nWhere our time goes where we are slower than the peer (our step's phases, "
+              "as shares of its CPU time, ÷ SGD step; the peer's whole step ÷ SGD step):")
+        for r in slower:
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+                r["phases"].items(), key=lambda kv: -kv[1]))
+            peer = next(p for p in rows if p["row"] == r["peer"]
+                        and p["workload"] == r["workload"] and p["periods"] == r["periods"])
+            print(f"- {r['workload']} {r['periods']} {r['row']}: {r['ours/peer']:.2f}x "
+                  f"{r['peer']} ({r['step/sgd']:.2f} vs {peer['step/sgd']:.2f}); {phases}")
+
+
+if __name__ == "__main__":
+    main()
