@@ -13,6 +13,7 @@ problem × batch size × optimizer × hyperparameter point × seed::
     dtype = "float32"                # optional
     eval_every = 10                  # optional: each problem's default
     stop_at_target = true            # optional
+    threads = 1                      # optional: torch threads per run (default 1)
 
     [budget]                         # optional: each problem's default budget
     max_steps = 300
@@ -66,7 +67,7 @@ from curvebench.optimizers.spec import (
     Uniform,
 )
 from curvebench.problems.spec import Budget
-from curvebench.records import RunConfig
+from curvebench.records import DEFAULT_THREADS, RunConfig
 
 __all__ = ["StudyError", "Study", "OptimizerSweep", "load_study", "parse_study", "DESIGNS"]
 
@@ -75,7 +76,7 @@ Design = Literal["default", "points", "grid", "sobol", "halton"]
 DESIGNS: tuple[Design, ...] = ("default", "points", "grid", "sobol", "halton")
 
 _TOP_KEYS = ("name", "description", "problems", "seeds", "batch_sizes", "device", "dtype",
-             "eval_every", "stop_at_target", "budget", "optimizers")
+             "eval_every", "stop_at_target", "budget", "optimizers", "threads")
 _OPTIMIZER_KEYS = ("fixed", "points", "grid", "sample", "include_default")
 _RANGE_KEYS = ("low", "high", "n", "scale", "integer")
 _SAMPLE_KEYS = ("method", "n", "seed", "ranges")
@@ -125,6 +126,7 @@ class Study:
         dtype: ``"float32"`` or ``"float64"``.
         eval_every: evaluation period, or ``None`` for each problem's default.
         stop_at_target: stop a run when it reaches the target.
+        threads: torch threads per run (part of each run's identity).
     """
 
     name: str
@@ -139,6 +141,7 @@ class Study:
     dtype: str = "float32"
     eval_every: int | None = None
     stop_at_target: bool = True
+    threads: int = DEFAULT_THREADS
 
     def incompatible(self) -> list[tuple[str, str, str]]:
         """``(problem, optimizer, reason)`` pairs the study skips (capability flags)."""
@@ -181,7 +184,8 @@ class Study:
                                     hyperparameters=point, seed=seed, device=self.device,
                                     budget=self.budget, batch_size=batch_size, dtype=self.dtype,
                                     eval_every=self.eval_every,
-                                    stop_at_target=self.stop_at_target)
+                                    stop_at_target=self.stop_at_target,
+                                    threads=self.threads)
                             except (UnknownNameError, HyperparameterError, DeviceError,
                                     ValueError) as error:
                                 raise StudyError(_message(
@@ -344,6 +348,7 @@ class _Parser:
         eval_every = (self.integer(data["eval_every"], "eval_every", minimum=1)
                       if "eval_every" in data else None)
         stop_at_target = self.boolean(data.get("stop_at_target", True), "stop_at_target")
+        threads = self.integer(data.get("threads", DEFAULT_THREADS), "threads", minimum=1)
         budget = self.budget(data["budget"]) if "budget" in data else None
         if "optimizers" not in data:
             raise self.fail("optimizers", "missing (a table [optimizers.NAME] per optimizer)")
@@ -361,7 +366,7 @@ class _Parser:
         return Study(name=name, source=self.source, description=description,
                      problems=tuple(problems), sweeps=tuple(sweeps), seeds=tuple(seeds),
                      batch_sizes=batch_sizes, budget=budget, device=device, dtype=dtype,
-                     eval_every=eval_every, stop_at_target=stop_at_target)
+                     eval_every=eval_every, stop_at_target=stop_at_target, threads=threads)
 
     def budget(self, value: Any) -> Budget:
         table = self.table(value, "budget", ("max_steps", "max_seconds"))
