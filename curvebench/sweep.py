@@ -585,6 +585,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
     print(f"study {study.name!r}: {len(configs)} run(s), {len(configs) - len(todo)} already "
           f"stored, {len(todo)} to run ({args.executor}, "
           f"{execution_label(configs[0]) if configs else ''})", file=sys.stderr)
+    print(f"study {study.name!r}: {study.tuning_summary()}", file=sys.stderr)
     if args.dry_run:
         print(tabulate(_plan_rows(configs, set(todo)),
                        headers=["problem", "optimizer", "hyperparameters", "seeds", "batch",
