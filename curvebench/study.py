@@ -14,6 +14,7 @@ problem × batch size × optimizer × hyperparameter point × seed::
     eval_every = 10                  # optional: each problem's default
     stop_at_target = true            # optional
     threads = 1                      # optional: torch threads per run (default 1)
+    executor = "serial"              # optional: sweep's default executor (serial, process, dask)
 
     [budget]                         # optional: each problem's default budget
     max_steps = 300
@@ -95,7 +96,8 @@ Design = Literal["default", "points", "grid", "sobol", "halton"]
 DESIGNS: tuple[Design, ...] = ("default", "points", "grid", "sobol", "halton")
 
 _TOP_KEYS = ("name", "description", "problems", "seeds", "batch_sizes", "device", "dtype",
-             "eval_every", "stop_at_target", "budget", "optimizers", "threads", "tuning")
+             "eval_every", "stop_at_target", "budget", "optimizers", "threads", "tuning",
+             "executor")
 _TUNING_KEYS = ("configurations", "method", "seed")
 _TUNED_OPTIMIZER_KEYS = ("fixed", "ranges")
 _OPTIMIZER_KEYS = ("fixed", "points", "grid", "sample", "include_default")
@@ -166,6 +168,7 @@ class Study:
         threads: torch threads per run (part of each run's identity).
         tuning: the study's tuning protocol, or ``None`` when each optimizer's points are
             chosen by hand.
+        executor: how ``curvebench sweep`` runs it unless ``--executor`` says otherwise.
     """
 
     name: str
@@ -183,6 +186,7 @@ class Study:
     threads: int = DEFAULT_THREADS
     tuning: TuningProtocol | None = None
     budget_fraction: float | None = None
+    executor: str = "serial"
 
     def problem_budget(self, problem: str) -> Budget | None:
         """The budget of ``problem``'s runs (``None``: the problem's own)."""
@@ -416,6 +420,9 @@ class _Parser:
         stop_at_target = self.boolean(data.get("stop_at_target", True), "stop_at_target")
         threads = self.integer(data.get("threads", DEFAULT_THREADS), "threads", minimum=1)
         tuning = self.tuning(data["tuning"]) if "tuning" in data else None
+        from curvebench.sweep import EXECUTORS
+
+        executor = self.string(data.get("executor", "serial"), "executor", choices=EXECUTORS)
         budget, fraction = self.budget(data["budget"]) if "budget" in data else (None, None)
         if "optimizers" not in data:
             raise self.fail("optimizers", "missing (a table [optimizers.NAME] per optimizer)")
@@ -436,7 +443,7 @@ class _Parser:
                      problems=tuple(problems), sweeps=tuple(sweeps), seeds=tuple(seeds),
                      batch_sizes=batch_sizes, budget=budget, device=device, dtype=dtype,
                      eval_every=eval_every, stop_at_target=stop_at_target, threads=threads,
-                     tuning=tuning, budget_fraction=fraction)
+                     tuning=tuning, budget_fraction=fraction, executor=executor)
 
     def tuning(self, value: Any) -> TuningProtocol:
         table = self.table(value, "tuning", _TUNING_KEYS)

@@ -518,8 +518,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 
     parser.add_argument("study", type=Path, help="study file (TOML)")
     parser.add_argument("--out", type=Path, required=True, help="results directory")
-    parser.add_argument("--executor", choices=EXECUTORS, default="serial",
-                        help="serial, process (local process pool) or dask")
+    parser.add_argument("--executor", choices=EXECUTORS,
+                        help="serial, process (local process pool) or dask (default: the "
+                             "study's executor key, else serial)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="Dask scheduler address (default: start a LocalCluster)")
     parser.add_argument("--workers", type=_positive_int,
@@ -553,6 +554,7 @@ def _sweep_command(args: argparse.Namespace) -> int:
         study = load_study(args.study)
         if args.threads is not None:
             study = dataclasses.replace(study, threads=args.threads)
+        args.executor = args.executor or study.executor
         configs = study.run_configs()
         study.check_buildable()
     except StudyError as error:

@@ -85,3 +85,21 @@ def test_sgn_defaults_keep_a_damping_floor_and_the_paper_preset_keeps_the_paper(
     assert sgn.defaults["damping_min"] == 0.1 and sgn.defaults["damping"] >= 0.1
     assert (paper.defaults["damping"], paper.defaults["damping_min"]) == (1e-4, 1e-6)
     assert "damping_min" in sgn.search_space
+
+
+def test_study_executor_key_is_the_sweeps_default(tmp_path, capsys):
+    from curvebench.cli import main
+
+    study = tmp_path / "study.toml"
+    study.write_text('problems = ["synthetic-linreg"]\nexecutor = "process"\n'
+                     '[optimizers.sgd]\n', encoding="utf-8")
+    assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--dry-run",
+                 "--workers", "2"]) == 0
+    assert "(process, threads=1 workers/machine=2)" in capsys.readouterr().err
+    assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--dry-run",
+                 "--executor", "serial"]) == 0
+    assert "(serial, threads=1 workers/machine=1)" in capsys.readouterr().err
+    study.write_text('problems = ["synthetic-linreg"]\nexecutor = "mpi"\n[optimizers.sgd]\n',
+                     encoding="utf-8")
+    assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--dry-run"]) == 2
+    assert "executor" in capsys.readouterr().err
