@@ -146,5 +146,5 @@ def test_help_shows_defaults_and_the_commands(capsys):
             main(argv)
     text = " ".join(capsys.readouterr().out.split())
     assert "(default: 1)" in text and "(default: results)" in text  # run --threads, --out
-    assert "(default: serial)" in text  # sweep --executor
+    assert "(default: the study's executor key, else serial)" in text  # sweep --executor
     assert "sweep" in text and "report" in text and "``" not in text
