@@ -1,12 +1,18 @@
 """Set the offline problems' targets from a tuned Adam baseline (as AlgoPerf does).
 
-For each offline problem, Adam runs over a learning-rate grid and several seeds with the
+For each offline problem, Adam runs over a set of learning rates and several seeds with the
 problem's full budget (training does not stop at the target; evaluations every
 max(eval_every, 50) steps). For each learning rate we take, per seed, the best value of the
 target's metric over the evaluations in the first half of the budget; the tuned learning rate is
 the one with the best worst-seed value over the whole budget. The target is the tuned rate's
 worst-seed value within half the budget, rounded to the loose side: the tuned baseline reaches
 it in every seed with half the budget to spare.
+
+The learning rates are Adam's configurations in a study file (``--study``, default
+``studies/quick.toml``: the quick study's tuning protocol draws them from Adam's search space),
+so the baseline that sets a target is one the study runs, and a study that runs each problem for
+half its budget (``[budget] fraction = 0.5``) gives every method the horizon on which the target
+was set. ``--lrs`` gives learning rates by hand instead.
 
     python benchmarks/tune_targets.py [--problems a,b] [--seeds 0,1] > targets.txt
 """
@@ -15,13 +21,21 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import numpy as np
 
 from curvebench.harness import run
 from curvebench.problems import PROBLEMS
+from curvebench.study import load_study
 
-LEARNING_RATES = (1e-3, 3e-3, 1e-2, 3e-2)
+QUICK_STUDY = Path(__file__).resolve().parent.parent / "studies" / "quick.toml"
+
+
+def study_learning_rates(path: Path) -> list[float]:
+    """Adam's learning rates in the study at ``path`` (its tuned configurations)."""
+    sweep = next(s for s in load_study(path).sweeps if s.optimizer == "adam")
+    return [point.get("lr", 1e-3) for point in sweep.hyperparameter_points()]
 
 
 def best_value(record, metric: str, direction: str, *, max_step: float = math.inf) -> float:
@@ -37,8 +51,12 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--problems", default="")
     parser.add_argument("--seeds", default="0,1")
-    parser.add_argument("--lrs", default=",".join(map(str, LEARNING_RATES)))
+    parser.add_argument("--study", type=Path, default=QUICK_STUDY,
+                        help="take Adam's learning rates from this study file")
+    parser.add_argument("--lrs", help="comma-separated learning rates (instead of --study)")
     args = parser.parse_args()
+    lrs = ([float(v) for v in args.lrs.split(",")] if args.lrs
+           else study_learning_rates(args.study))
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.problems.split(",") if args.problems else [
         p.name for p in PROBLEMS if p.offline and p.name != "synthetic-linreg"]
@@ -47,7 +65,7 @@ def main() -> None:
         metric, direction = problem.target.metric, problem.target.direction
         results, halves = {}, {}
         half = problem.budget.max_steps / 2
-        for lr in [float(v) for v in args.lrs.split(",")]:
+        for lr in lrs:
             records = [run(problem=name, optimizer="adam", hyperparameters={"lr": lr}, seed=seed,
                            stop_at_target=False, eval_every=max(problem.eval_every, 50))
                        for seed in seeds]

@@ -1,4 +1,4 @@
-"""The ``curvebench`` command line: list, run and show.
+"""The ``curvebench`` command line: list, run, show (and sweep, report from their modules).
 
 User errors (unknown names, bad values, missing data, missing CUDA, unwritable results
 directory) exit with status 2 and one line on stderr; nothing is written before all inputs of a
@@ -17,16 +17,39 @@ from typing import Any, NoReturn
 
 from tabulate import tabulate
 
+from curvebench.records import (
+    DEFAULT_THREADS,
+    MAX_THREADS,
+    execution_groups,
+    mixed_execution_note,
+)
+
 __all__ = ["main", "UsageError", "summary_rows", "register_command"]
 
 EXIT_USAGE = 2
+#: ``curvebench show --format``: terminal tables, Markdown, or one row per run.
+SHOW_FORMATS = ("text", "md", "csv", "parquet")
 
 
 class UsageError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class _HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows ``(default: X)`` after an option's help, except for flags and unset defaults."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default in (None, False, [], argparse.SUPPRESS) or "default" in (
+                action.help or ""):
+            return action.help
+        return super()._get_help_string(action)
+
+
 class _Parser(argparse.ArgumentParser):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        kwargs.setdefault("formatter_class", _HelpFormatter)
+        super().__init__(*args, **kwargs)
+
     def error(self, message: str) -> NoReturn:  # one line, not usage + message
         raise UsageError(f"{self.prog}: {message}")
 
@@ -60,10 +83,6 @@ def _seeds(text: str) -> list[int]:
     if any(not 0 <= seed <= MAX_SEED for seed in seeds):
         raise argparse.ArgumentTypeError(f"seeds must be between 0 and {MAX_SEED}")
     return seeds
-
-
-#: Most torch threads ``--threads`` accepts (more only oversubscribes; a million crashes torch).
-MAX_THREADS = 512
 
 
 def _thread_count(text: str) -> int:
@@ -108,7 +127,13 @@ def _hyperparameter(text: str) -> tuple[str, str]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="curvebench", description=__doc__.splitlines()[0])
+    parser = _Parser(
+        prog="curvebench",
+        description="Benchmarks of second-order against first-order optimizers: list the "
+                    "problems and optimizers, run them, sweep a study file, show stored runs "
+                    "and build a report. `curvebench COMMAND --help` describes each command.",
+        epilog="example: curvebench sweep studies/quick.toml --out results/quick && "
+               "curvebench report results/quick --out site")
     from curvebench import __version__
 
     parser.add_argument("--version", action="version", version=f"curvebench {__version__}")
@@ -121,15 +146,21 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--optimizer", type=_csv, required=True, help="comma-separated names")
     run.add_argument("--hp", type=_hyperparameter, action="append", default=[],
                      metavar="NAME=VALUE", help="hyperparameter override (repeatable)")
-    run.add_argument("--seed", type=_seeds, default=[0], help="comma-separated seeds")
-    run.add_argument("--steps", type=_positive_int, help="max optimizer steps")
-    run.add_argument("--max-seconds", type=_positive_float, help="max measured training time")
-    run.add_argument("--batch-size", type=_positive_int)
-    run.add_argument("--eval-every", type=_positive_int)
+    run.add_argument("--seed", type=_seeds, default=[0],
+                     help="comma-separated seeds (default: 0)")
+    run.add_argument("--steps", type=_positive_int,
+                     help="max optimizer steps (default: the problem's budget)")
+    run.add_argument("--max-seconds", type=_positive_float,
+                     help="max measured training seconds (default: the problem's budget)")
+    run.add_argument("--batch-size", type=_positive_int,
+                     help="mini-batch size (default: the problem's)")
+    run.add_argument("--eval-every", type=_positive_int,
+                     help="steps between evaluations (default: the problem's)")
     run.add_argument("--device", default="cpu", help="cpu or cuda[:index]")
-    run.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    run.add_argument("--threads", type=_thread_count,
-                     help="torch CPU threads (default: torch's choice; recorded in every run)")
+    run.add_argument("--dtype", default="float32", choices=["float32", "float64"],
+                     help="floating-point precision of model and data")
+    run.add_argument("--threads", type=_thread_count, default=DEFAULT_THREADS,
+                     help="torch CPU threads per run (part of the run's identity)")
     run.add_argument("--out", type=output_path, default=Path("results"),
                      help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
@@ -140,8 +171,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--no-stop-at-target", action="store_true",
                      help="keep training after the target is reached")
 
-    show = commands.add_parser("show", help="summary table of stored runs")
-    show.add_argument("directory", type=Path)
+    show = commands.add_parser("show", help="summary tables of stored runs (or export them)")
+    show.add_argument("directory", type=Path, help="results directory (run-*.json files)")
+    show.add_argument("--format", choices=SHOW_FORMATS, default="text",
+                      help="text and md print tables; csv and parquet write one row per run "
+                           "to --out")
+    show.add_argument("--out", type=Path, help="output file (needed by csv and parquet; md "
+                                               "prints to the terminal without it)")
 
     for name, (help_text, add_arguments, _) in _COMMANDS.items():
         add_arguments(commands.add_parser(name, help=help_text))
@@ -217,10 +253,6 @@ def _run_command(args: argparse.Namespace) -> int:
     from curvebench.store import RunStore, StoreError
 
     overrides = dict(args.hp)
-    if args.threads is not None:
-        import torch
-
-        torch.set_num_threads(args.threads)
     if args.offline:
         import os
 
@@ -239,7 +271,7 @@ def _run_command(args: argparse.Namespace) -> int:
                 problem=problem, optimizer=optimizer, hyperparameters=overrides, seed=seed,
                 device=args.device, budget=budget, batch_size=args.batch_size,
                 dtype=args.dtype, eval_every=args.eval_every,
-                stop_at_target=not args.no_stop_at_target))
+                stop_at_target=not args.no_stop_at_target, threads=args.threads))
         if args.data_dir is not None and not args.data_dir.is_dir():
             raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not "
                              "a directory")
@@ -266,6 +298,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
     records = []
     skipped = 0
+    lines = _ProgressLines(len(configs)) if not sys.stderr.isatty() else None
     with tqdm(total=len(configs), desc="runs", unit="run", disable=None) as runs_bar:
         for config in configs:
             existing = None if args.force else store.load(config)
@@ -277,12 +310,17 @@ def _run_command(args: argparse.Namespace) -> int:
             label = f"{config.problem} {config.optimizer} seed={config.seed}"
             with tqdm(total=config.max_steps, desc=label, unit="step", leave=False,
                       disable=None, mininterval=0.5) as steps_bar:
-                def progress(step: int, loss: float, bar=steps_bar) -> None:
+                def progress(step: int, loss: float, bar=steps_bar, label=label,
+                             max_steps=config.max_steps) -> None:
                     bar.update()
                     if step % 50 == 0:
                         bar.set_postfix(loss=f"{loss:.4g}", refresh=False)
+                    if lines is not None:
+                        lines.step(label, step, max_steps, loss)
 
                 record = execute(config, data_dir=args.data_dir, progress=progress)
+            if lines is not None:
+                lines.done(label, record)
             store.write(record, overwrite=args.force)
             records.append(record)
             runs_bar.update()
@@ -293,11 +331,50 @@ def _run_command(args: argparse.Namespace) -> int:
     return 0
 
 
+class _ProgressLines:
+    """Progress of ``run`` on stderr when it is not a terminal (a log file, a batch job): a
+    line per finished run, and one every :attr:`PERIOD` seconds during a long run."""
+
+    PERIOD = 30.0
+
+    def __init__(self, total: int) -> None:
+        import time
+
+        self.clock = time.monotonic
+        self.total = total
+        self.finished = 0
+        self.last = self.clock()
+
+    def step(self, label: str, step: int, max_steps: int | None, loss: float) -> None:
+        if self.clock() - self.last >= self.PERIOD:
+            self.last = self.clock()
+            print(f"curvebench run: {label}: step {step}/{max_steps or '?'} loss={loss:.4g}",
+                  file=sys.stderr, flush=True)
+
+    def done(self, label: str, record: Any) -> None:
+        self.finished += 1
+        self.last = self.clock()
+        print(f"curvebench run: {self.finished}/{self.total} {label}: {record.status} after "
+              f"{record.steps_run} steps ({record.seconds:.3g} s)", file=sys.stderr, flush=True)
+
+
 def _show_command(args: argparse.Namespace) -> int:
     from curvebench.store import RunStore, StoreError
 
     if not args.directory.is_dir():
         raise UsageError(f"results directory {str(args.directory)!r} does not exist")
+    if args.format != "text":  # the same output as `curvebench report --format md|csv|parquet`
+        from curvebench.reports.cli import report_command
+
+        try:
+            records, _ = RunStore(args.directory).scan()
+        except StoreError as error:
+            raise UsageError(str(error)) from None
+        if args.format == "md" and (note := mixed_execution_note(records)):
+            print(note, file=sys.stderr)
+        return report_command(argparse.Namespace(directory=args.directory, out=args.out,
+                                                 format=args.format, asv_html=None,
+                                                 force=False))
     try:
         records, unreadable = RunStore(args.directory).scan()
     except StoreError as error:
@@ -309,7 +386,15 @@ def _show_command(args: argparse.Namespace) -> int:
         return 0
     from curvebench.reports.tables import tables_text
 
-    print(tables_text(records, fmt="text"), end="")
+    groups = execution_groups(records)
+    if len(groups) > 1:  # never one leaderboard over different thread counts
+        print(mixed_execution_note(records), end="\n\n")
+    for label, group in groups.items():
+        if len(groups) > 1:
+            print(f"== runs with {label} ==\n")
+        print(tables_text(group, fmt="text"), end="")
+    if len(groups) == 1:
+        print(f"\nevery run: {next(iter(groups))}")
     return 0
 
 

@@ -24,7 +24,7 @@ from curvebench.environment import environment_info, resolve_device
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers import CurvatureOptimizer, OptimizerSpec, get_optimizer
 from curvebench.problems import Budget, ProblemSpec, Target, get_problem
-from curvebench.records import RunConfig, RunRecord, Status
+from curvebench.records import DEFAULT_THREADS, RunConfig, RunRecord, Status
 from curvebench.timing import PhaseTimer, synchronized_clock
 
 __all__ = [
@@ -38,6 +38,7 @@ __all__ = [
     "DTYPES",
     "EVAL_TRAIN_EXAMPLES",
     "DIVERGENCE_FACTOR",
+    "DEFAULT_THREADS",
 ]
 
 DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
@@ -69,8 +70,14 @@ def plan_run(
     dtype: str = "float32",
     eval_every: int | None = None,
     stop_at_target: bool = True,
+    threads: int | None = DEFAULT_THREADS,
+    workers_per_machine: int | None = 1,
 ) -> RunConfig:
     """Validate the inputs of a run and return its :class:`RunConfig` (nothing is run).
+
+    ``threads`` is the torch thread count :func:`execute` sets for the run (default
+    :data:`DEFAULT_THREADS`); ``workers_per_machine`` the number of runs executed at once on the
+    machine (1 for a lone run; sweeps stamp their executor's). Both are part of the identity.
 
     Raises:
         UnknownNameError: unknown problem or optimizer.
@@ -92,6 +99,8 @@ def plan_run(
         raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if threads is not None and threads < 1:
+        raise ValueError(f"threads must be positive, got {threads}")
     return RunConfig.create(
         problem=problem_spec.name,
         optimizer=optimizer_spec.name,
@@ -104,6 +113,8 @@ def plan_run(
         dtype=dtype,
         eval_every=eval_every,
         stop_at_target=stop_at_target,
+        threads=threads,
+        workers_per_machine=workers_per_machine,
     )
 
 
@@ -258,9 +269,12 @@ def execute(
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
 
     previous_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
+    previous_threads = torch.get_num_threads()
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
     try:
+        if config.threads is not None:  # the record's thread count is the one that ran
+            torch.set_num_threads(config.threads)
         torch.manual_seed(config.seed)
         model = problem.build_model(seed=config.seed, device=device, dtype=dtype)
         model.train()
@@ -274,6 +288,8 @@ def execute(
                       environment, started_at, progress)
     finally:
         torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous_tf32
+        if torch.get_num_threads() != previous_threads:
+            torch.set_num_threads(previous_threads)
 
 
 def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, device,
@@ -416,11 +432,13 @@ def run(
     dtype: str = "float32",
     eval_every: int | None = None,
     stop_at_target: bool = True,
+    threads: int | None = DEFAULT_THREADS,
     data_dir: Path | str | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunRecord:
     """Plan and execute one run (see :func:`plan_run` and :func:`execute`)."""
     config = plan_run(problem=problem, optimizer=optimizer, hyperparameters=hyperparameters,
                       seed=seed, device=device, budget=budget, batch_size=batch_size,
-                      dtype=dtype, eval_every=eval_every, stop_at_target=stop_at_target)
+                      dtype=dtype, eval_every=eval_every, stop_at_target=stop_at_target,
+                      threads=threads)
     return execute(config, data_dir=data_dir, progress=progress)

@@ -6,17 +6,57 @@ import dataclasses
 import hashlib
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["SCHEMA_VERSION", "RunConfig", "RunRecord", "Status", "STATUSES"]
+__all__ = ["SCHEMA_VERSION", "RunConfig", "RunRecord", "Status", "STATUSES",
+           "execution_label", "execution_groups", "mixed_execution_note", "DEFAULT_THREADS",
+           "MAX_THREADS"]
 
 #: Version of the stored JSON layout; bump on incompatible changes.
 SCHEMA_VERSION = 1
 
 Status = Literal["reached", "budget", "diverged", "error"]
 STATUSES: tuple[Status, ...] = ("reached", "budget", "diverged", "error")
+
+
+#: Torch threads of a run unless told otherwise. One: on a shared machine a multi-threaded
+#: step waits on OpenMP barriers whenever another process holds a core (issue report: a
+#: digits-logreg SGD run took 0.5 s with one thread and 18 s with two on a busy 2-core
+#: machine), and one thread per run lets a process pool use the cores without oversubscribing.
+DEFAULT_THREADS = 1
+#: Most torch threads a run accepts (more only oversubscribes; a million crashes torch).
+MAX_THREADS = 512
+
+#: Identity fields added after the first records were written; ``None`` = not recorded.
+_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine")
+
+
+def execution_label(config: RunConfig) -> str:
+    """``threads=1 workers/machine=2`` (``?`` for a setting a legacy record does not know)."""
+    def show(value: int | None) -> str:
+        return "?" if value is None or value == 0 else str(value)
+
+    return f"threads={show(config.threads)} workers/machine={show(config.workers_per_machine)}"
+
+
+def execution_groups(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
+    """Records by :func:`execution_label`, largest group first (one group: nothing mixed)."""
+    groups: dict[str, list[RunRecord]] = {}
+    for record in records:
+        groups.setdefault(execution_label(record.config), []).append(record)
+    return dict(sorted(groups.items(), key=lambda item: -len(item[1])))
+
+
+def mixed_execution_note(records: Sequence[RunRecord]) -> str | None:
+    """One line when ``records`` mix thread counts or workers per machine, else ``None``."""
+    groups = execution_groups(records)
+    if len(groups) < 2:
+        return None
+    parts = "; ".join(f"{label}: {len(items)} run(s)" for label, items in groups.items())
+    return (f"note: these runs were made with different execution settings ({parts}; "
+            "? = not recorded); their seconds are not comparable across settings")
 
 
 def _freeze(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -29,6 +69,14 @@ class RunConfig:
 
     ``hyperparameters`` holds the *resolved* values (defaults merged in), so a run given
     ``lr=0.1`` explicitly and one relying on a default of 0.1 are the same run.
+
+    ``threads`` (torch intra-op threads of the run) and ``workers_per_machine`` (how many runs
+    the executor runs at once on one machine: 1 for ``run`` and serial sweeps; 0 when not known,
+    e.g. on a remote Dask cluster) are part of the identity: the thread count changes the
+    floating-point reduction order, hence the loss curve, and both change the measured seconds
+    (and with them seconds-to-target and a ``max_seconds`` budget). ``None`` marks a legacy
+    record written before these fields existed (settings unknown); ``None`` fields are left out
+    of :meth:`key`, so such records keep the hash their file is named by.
     """
 
     problem: str
@@ -42,6 +90,8 @@ class RunConfig:
     dtype: str = "float32"
     eval_every: int = 0
     stop_at_target: bool = True
+    threads: int | None = None
+    workers_per_machine: int | None = None
 
     @classmethod
     def create(cls, *, hyperparameters: Mapping[str, Any], **fields: Any) -> RunConfig:
@@ -63,8 +113,12 @@ class RunConfig:
         return cls.create(hyperparameters=data.pop("hyperparameters"), **data)
 
     def key(self) -> str:
-        """Stable 16-hex-digit hash of the configuration."""
-        canonical = json.dumps(self.to_dict(), sort_keys=True, separators=(",", ":"))
+        """Stable 16-hex-digit hash of the configuration (legacy ``None`` fields left out)."""
+        data = self.to_dict()
+        for name in _IDENTITY_SINCE_V1:
+            if data[name] is None:
+                del data[name]
+        canonical = json.dumps(data, sort_keys=True, separators=(",", ":"))
         return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 

@@ -561,7 +561,8 @@ def _one_line(error: BaseException) -> str:
 def runs_dataframe(records: list[RunRecord]) -> pd.DataFrame:
     """Flatten records into a DataFrame, one row per run.
 
-    Columns: the config fields, ``hp.<name>`` per hyperparameter, ``status``,
+    Columns: the config fields (``threads`` and ``workers_per_machine`` NaN for legacy
+    records), ``hp.<name>`` per hyperparameter, ``status``,
     ``steps_to_target``, ``seconds_to_target``, ``steps_run``, ``seconds``, ``final_<metric>``,
     ``counter.<name>``, ``phase.<name>`` (seconds), ``peak_memory_bytes``, ``key``.
     """
@@ -578,6 +579,8 @@ def runs_dataframe(records: list[RunRecord]) -> pd.DataFrame:
             "max_seconds": config.max_seconds,
             "device": config.device,
             "dtype": config.dtype,
+            "threads": _nan(config.threads),
+            "workers_per_machine": _nan(config.workers_per_machine),
             "status": record.status,
             "steps_to_target": _nan(record.steps_to_target),
             "seconds_to_target": _nan(record.seconds_to_target),

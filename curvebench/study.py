@@ -13,10 +13,13 @@ problem × batch size × optimizer × hyperparameter point × seed::
     dtype = "float32"                # optional
     eval_every = 10                  # optional: each problem's default
     stop_at_target = true            # optional
+    threads = 1                      # optional: torch threads per run (default 1)
+    executor = "serial"              # optional: sweep's default executor (serial, process, dask)
 
     [budget]                         # optional: each problem's default budget
     max_steps = 300
     max_seconds = 60.0
+    # or: fraction = 0.5             # this share of each problem's own step budget
 
     [optimizers.sgd]                 # explicit grid (values), or a range with n points
     fixed = { momentum = 0.9 }
@@ -28,6 +31,23 @@ problem × batch size × optimizer × hyperparameter point × seed::
 
     [optimizers.sgn]                 # an explicit list of points
     points = [{ cg_iterations = 1 }, { cg_iterations = 2 }, { cg_iterations = 5 }]
+
+A study may state its tuning protocol instead of choosing points per optimizer (the way
+Crowded Valley and AlgoPerf give every method the same tuning budget)::
+
+    [tuning]
+    configurations = 4               # the same number for every optimizer
+    method = "sobol"                 # seeded scrambled Sobol or Halton points
+    seed = 0
+
+    [optimizers.sgd]                 # drawn from sgd's own search space ...
+    fixed = { momentum = 0.9 }
+    ranges = { lr = {} }             # ... on these axes (default: the whole search space)
+
+With ``[tuning]`` an optimizer table takes only ``fixed`` and ``ranges``, and every optimizer
+gets exactly ``configurations`` distinct points drawn from its search space (a range table may
+narrow it with ``low``/``high``, visible in the file). Without it,
+:meth:`Study.tuning_summary` says how many configurations each optimizer got.
 
 Per optimizer at most one of ``points``, ``grid`` and ``sample`` is given; with none the study
 runs the optimizer's defaults (with ``fixed`` applied). A grid axis is a list of values or a
@@ -66,10 +86,10 @@ from curvebench.optimizers.spec import (
     Uniform,
 )
 from curvebench.problems.spec import Budget
-from curvebench.records import RunConfig
+from curvebench.records import DEFAULT_THREADS, MAX_THREADS, RunConfig
 
-__all__ = ["StudyError", "Study", "OptimizerSweep", "load_study", "parse_study", "DESIGNS",
-           "MAX_RUNS"]
+__all__ = ["StudyError", "Study", "OptimizerSweep", "TuningProtocol", "load_study",
+           "parse_study", "DESIGNS", "MAX_RUNS"]
 
 #: The most runs a study may expand into; counted before anything is expanded, so a typo such
 #: as ``n = 100000000`` is a one-line error instead of a hang or a MemoryError.
@@ -80,7 +100,10 @@ Design = Literal["default", "points", "grid", "sobol", "halton"]
 DESIGNS: tuple[Design, ...] = ("default", "points", "grid", "sobol", "halton")
 
 _TOP_KEYS = ("name", "description", "problems", "seeds", "batch_sizes", "device", "dtype",
-             "eval_every", "stop_at_target", "budget", "optimizers")
+             "eval_every", "stop_at_target", "budget", "optimizers", "threads", "tuning",
+             "executor")
+_TUNING_KEYS = ("configurations", "method", "seed")
+_TUNED_OPTIMIZER_KEYS = ("fixed", "ranges")
 _OPTIMIZER_KEYS = ("fixed", "points", "grid", "sample", "include_default")
 _RANGE_KEYS = ("low", "high", "n", "scale", "integer")
 _SAMPLE_KEYS = ("method", "n", "seed", "ranges")
@@ -114,6 +137,20 @@ class OptimizerSweep:
 
 
 @dataclass(frozen=True)
+class TuningProtocol:
+    """Every optimizer gets ``configurations`` points drawn by ``method`` (seeded with ``seed``)
+    from its own search space."""
+
+    configurations: int
+    method: Literal["sobol", "halton"] = "sobol"
+    seed: int = 0
+
+    def describe(self) -> str:
+        return (f"{self.configurations} configuration(s) per optimizer, {self.method} points "
+                f"(seed {self.seed}) from each optimizer's search space")
+
+
+@dataclass(frozen=True)
 class Study:
     """A parsed study: what to run, not yet run.
 
@@ -126,10 +163,16 @@ class Study:
         seeds: run seeds.
         batch_sizes: batch sizes, or ``None`` for each problem's default.
         budget: budget of every run, or ``None`` for each problem's default.
+        budget_fraction: with ``budget`` ``None``, run each problem for this share of its own
+            step budget (0.5 is the horizon on which the offline targets were calibrated).
         device: ``"cpu"`` or ``"cuda[:index]"``.
         dtype: ``"float32"`` or ``"float64"``.
         eval_every: evaluation period, or ``None`` for each problem's default.
         stop_at_target: stop a run when it reaches the target.
+        threads: torch threads per run (part of each run's identity).
+        tuning: the study's tuning protocol, or ``None`` when each optimizer's points are
+            chosen by hand.
+        executor: how ``curvebench sweep`` runs it unless ``--executor`` says otherwise.
     """
 
     name: str
@@ -144,6 +187,34 @@ class Study:
     dtype: str = "float32"
     eval_every: int | None = None
     stop_at_target: bool = True
+    threads: int = DEFAULT_THREADS
+    tuning: TuningProtocol | None = None
+    budget_fraction: float | None = None
+    executor: str = "serial"
+
+    def problem_budget(self, problem: str) -> Budget | None:
+        """The budget of ``problem``'s runs (``None``: the problem's own)."""
+        if self.budget is not None or self.budget_fraction is None:
+            return self.budget
+        from curvebench.problems import get_problem
+
+        own = get_problem(problem).budget
+        if own.max_steps is None:
+            return own
+        return Budget(max_steps=max(1, round(own.max_steps * self.budget_fraction)))
+
+    def tuning_summary(self) -> str:
+        """One line: the tuning protocol, or the configurations per optimizer (flagged when
+        they differ, since then the robustness and best-configuration columns compare methods
+        tuned with different budgets)."""
+        if self.tuning is not None:
+            return f"tuning: {self.tuning.describe()}"
+        counts = {sweep.optimizer: len(sweep.points) for sweep in self.sweeps}
+        listed = ", ".join(f"{name} {n}" for name, n in counts.items())
+        if len(set(counts.values())) > 1:
+            return (f"tuning: UNEQUAL budgets ({listed} configuration(s)); best and robustness "
+                    "compare methods tuned with different budgets")
+        return f"tuning: {listed} configuration(s), chosen by hand"
 
     def incompatible(self) -> list[tuple[str, str, str]]:
         """``(problem, optimizer, reason)`` pairs the study skips (capability flags)."""
@@ -185,9 +256,11 @@ class Study:
                                 config = plan_run(
                                     problem=problem, optimizer=sweep.optimizer,
                                     hyperparameters=point, seed=seed, device=self.device,
-                                    budget=self.budget, batch_size=batch_size, dtype=self.dtype,
+                                    budget=self.problem_budget(problem),
+                                    batch_size=batch_size, dtype=self.dtype,
                                     eval_every=self.eval_every,
-                                    stop_at_target=self.stop_at_target)
+                                    stop_at_target=self.stop_at_target,
+                                    threads=self.threads)
                             except (UnknownNameError, HyperparameterError, DeviceError,
                                     ValueError) as error:
                                 raise StudyError(_message(
@@ -351,7 +424,14 @@ class _Parser:
         eval_every = (self.integer(data["eval_every"], "eval_every", minimum=1)
                       if "eval_every" in data else None)
         stop_at_target = self.boolean(data.get("stop_at_target", True), "stop_at_target")
-        budget = self.budget(data["budget"]) if "budget" in data else None
+        threads = self.integer(data.get("threads", DEFAULT_THREADS), "threads", minimum=1)
+        if threads > MAX_THREADS:
+            raise self.fail("threads", f"must be at most {MAX_THREADS}, got {threads}")
+        tuning = self.tuning(data["tuning"]) if "tuning" in data else None
+        from curvebench.sweep import EXECUTORS
+
+        executor = self.string(data.get("executor", "serial"), "executor", choices=EXECUTORS)
+        budget, fraction = self.budget(data["budget"]) if "budget" in data else (None, None)
         if "optimizers" not in data:
             raise self.fail("optimizers", "missing (a table [optimizers.NAME] per optimizer)")
         optimizers = data["optimizers"]
@@ -364,14 +444,17 @@ class _Parser:
             key = f"optimizers.{optimizer}"
             if optimizer not in OPTIMIZERS:
                 raise self.fail(key, str(_unknown(OPTIMIZERS, optimizer)))
-            sweeps.append(self.sweep(OPTIMIZERS.get(optimizer), table, key))
+            sweeps.append(self.tuned(OPTIMIZERS.get(optimizer), table, key, tuning)
+                          if tuning is not None
+                          else self.sweep(OPTIMIZERS.get(optimizer), table, key))
         points = sum(len(sweep.points) for sweep in sweeps)
         self.check_size(len(problems) * len(batch_sizes or (None,)) * points * len(seeds),
                         None, "runs (problems × batch sizes × hyperparameter points × seeds)")
         return Study(name=name, source=self.source, description=description,
                      problems=tuple(problems), sweeps=tuple(sweeps), seeds=tuple(seeds),
                      batch_sizes=batch_sizes, budget=budget, device=device, dtype=dtype,
-                     eval_every=eval_every, stop_at_target=stop_at_target)
+                     eval_every=eval_every, stop_at_target=stop_at_target, threads=threads,
+                     tuning=tuning, budget_fraction=fraction, executor=executor)
 
     def check_seeds(self, seeds: Sequence[int]) -> None:
         from curvebench.harness import MAX_SEED
@@ -386,10 +469,49 @@ class _Parser:
             raise self.fail(key, f"{count:,} {what}: more than the limit of {MAX_RUNS:,} runs "
                                  "per study; split it into several studies")
 
-    def budget(self, value: Any) -> Budget:
-        table = self.table(value, "budget", ("max_steps", "max_seconds"))
+    def tuning(self, value: Any) -> TuningProtocol:
+        table = self.table(value, "tuning", _TUNING_KEYS)
+        if "configurations" not in table:
+            raise self.fail("tuning.configurations", "missing (configurations per optimizer)")
+        return TuningProtocol(
+            configurations=self.integer(table["configurations"], "tuning.configurations",
+                                        minimum=1),
+            method=self.string(table.get("method", "sobol"), "tuning.method",
+                               choices=("sobol", "halton")),  # type: ignore[arg-type]
+            seed=self.integer(table.get("seed", 0), "tuning.seed", minimum=0))
+
+    def tuned(self, spec: OptimizerSpec, value: Any, key: str,
+              tuning: TuningProtocol) -> OptimizerSweep:
+        """An optimizer under the study's tuning protocol: exactly ``configurations`` points."""
+        if isinstance(value, dict):
+            for name in ("points", "grid", "sample", "include_default"):
+                if name in value:
+                    raise self.fail(f"{key}.{name}", "the study's [tuning] protocol draws the "
+                                                     "configurations; give only fixed and ranges")
+        table = self.table(value, key, _TUNED_OPTIMIZER_KEYS)
+        sample = {"method": tuning.method, "n": tuning.configurations, "seed": tuning.seed}
+        if "ranges" in table:
+            sample["ranges"] = table["ranges"]
+        sweep = self.sweep(spec, {**({"fixed": table["fixed"]} if "fixed" in table else {}),
+                                  "sample": sample}, key)
+        if len(sweep.points) != tuning.configurations:
+            raise self.fail(f"{key}.ranges", f"draws only {len(sweep.points)} distinct "
+                                             f"configuration(s) of {tuning.configurations}; tune "
+                                             "a continuous hyperparameter too")
+        return sweep
+
+    def budget(self, value: Any) -> tuple[Budget | None, float | None]:
+        table = self.table(value, "budget", ("max_steps", "max_seconds", "fraction"))
         if not table:
-            raise self.fail("budget", "needs max_steps or max_seconds")
+            raise self.fail("budget", "needs max_steps, max_seconds or fraction")
+        if "fraction" in table:
+            if len(table) > 1:
+                raise self.fail("budget.fraction", "give fraction alone (a share of each "
+                                                   "problem's own budget)")
+            fraction = self.number(table["fraction"], "budget.fraction")
+            if not 0 < fraction <= 10:
+                raise self.fail("budget.fraction", f"must be in (0, 10], got {fraction:g}")
+            return None, fraction
         max_steps = (self.integer(table["max_steps"], "budget.max_steps", minimum=1)
                      if "max_steps" in table else None)
         max_seconds = None
@@ -397,7 +519,7 @@ class _Parser:
             max_seconds = self.number(table["max_seconds"], "budget.max_seconds")
             if max_seconds <= 0:
                 raise self.fail("budget.max_seconds", f"must be positive, got {max_seconds}")
-        return Budget(max_steps=max_steps, max_seconds=max_seconds)
+        return Budget(max_steps=max_steps, max_seconds=max_seconds), None
 
     def hyperparameter(self, spec: OptimizerSpec, name: str, value: Any, key: str) -> Any:
         """Check one hyperparameter name and value against the optimizer's defaults."""

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import dataclasses
 import datetime as dt
 import math
 import os
@@ -30,7 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from curvebench.records import RunConfig, RunRecord
+from curvebench.records import RunConfig, RunRecord, execution_label, mixed_execution_note
 from curvebench.store import RunStore
 
 __all__ = [
@@ -40,6 +41,8 @@ __all__ = [
     "SweepError",
     "execute_config",
     "failure_record",
+    "for_executor",
+    "workers_per_machine",
     "pending_configs",
     "run_sweep",
     "study_summary",
@@ -95,6 +98,41 @@ def _cores() -> int:
         return len(os.sched_getaffinity(0))
     except AttributeError:  # not on Linux
         return os.cpu_count() or 1
+
+
+def workers_per_machine(executor: Executor, *, workers: int | None = None,
+                        scheduler: Any = None) -> int:
+    """How many runs ``executor`` runs at once on one machine (recorded in every config).
+
+    Serial: 1. Process pool and Dask ``LocalCluster``: ``workers`` (default: the cores). A
+    Dask ``Client`` object: the most workers on one host. A remote scheduler address or a
+    cluster object: ``workers`` when given (read as workers per machine), else 0 (unknown).
+    """
+    if executor == "serial":
+        return 1
+    if executor == "process" or scheduler is None:
+        return workers or _cores()
+    info = getattr(scheduler, "scheduler_info", None)
+    if callable(info):
+        try:
+            hosts = collections.Counter(w.get("host") for w in info()["workers"].values())
+            return max(hosts.values(), default=0)
+        except Exception:  # noqa: BLE001 — an unexpected scheduler answer: unknown
+            return workers or 0
+    return workers or 0
+
+
+def for_executor(configs: Sequence[RunConfig], *, executor: Executor,
+                 workers: int | None = None, scheduler: Any = None) -> list[RunConfig]:
+    """``configs`` with ``workers_per_machine`` set to what ``executor`` will run them with.
+
+    It is part of a run's identity: runs sharing the cores measure other seconds than runs
+    alone, so a sweep resumed with another executor runs its configurations again instead of
+    mixing timings under one hash.
+    """
+    count = workers_per_machine(executor, workers=workers, scheduler=scheduler)
+    return [c if c.workers_per_machine == count else
+            dataclasses.replace(c, workers_per_machine=count) for c in configs]
 
 
 def execute_config(config: dict[str, Any], data_dir: str | None = None) -> dict[str, Any]:
@@ -218,7 +256,9 @@ def run_sweep(
     """Run the configurations not yet stored and write each record as it arrives.
 
     Args:
-        configs: the runs (e.g. :meth:`curvebench.study.Study.run_configs`).
+        configs: the runs (e.g. :meth:`curvebench.study.Study.run_configs`); their
+            ``workers_per_machine`` is set to the executor's (:func:`for_executor`), so the
+            records returned and stored carry it.
         store: the results directory.
         executor: ``serial`` (in this process), ``process`` (a local process pool, each worker
             with ``threads_per_worker(workers)`` torch threads) or ``dask``
@@ -247,6 +287,7 @@ def run_sweep(
     if workers is not None and workers < 1:
         raise SweepError(f"workers must be positive, got {workers}")
     store.check_writable()
+    configs = for_executor(configs, executor=executor, workers=workers, scheduler=scheduler)
     todo, stored = pending_configs(configs, store, force=force, retry_errors=retry_errors)
     overwrite = set(todo) if (force or retry_errors) else set()
     data = None if data_dir is None else str(data_dir)
@@ -568,16 +609,21 @@ def _interval(best: float, low: float, high: float) -> str:
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
-    from curvebench.cli import _positive_int, output_path
+    from curvebench.cli import _positive_int, _thread_count, output_path
 
     parser.add_argument("study", type=Path, help="study file (TOML)")
     parser.add_argument("--out", type=output_path, required=True, help="results directory")
-    parser.add_argument("--executor", choices=EXECUTORS, default="serial",
-                        help="serial (default), process (local process pool) or dask")
+    parser.add_argument("--executor", choices=EXECUTORS,
+                        help="serial, process (local process pool) or dask (default: the "
+                             "study's executor key, else serial)")
     parser.add_argument("--scheduler", metavar="ADDRESS",
                         help="Dask scheduler address (default: start a LocalCluster)")
     parser.add_argument("--workers", type=_positive_int,
-                        help="parallel workers (default: the number of cores)")
+                        help="parallel workers (default: the number of cores); with "
+                             "--scheduler, the workers per machine to record")
+    parser.add_argument("--threads", type=_thread_count,
+                        help="torch threads per run (default: the study's threads key, else "
+                             "1); part of each run's identity")
     parser.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
                                                       "a user cache directory)")
     parser.add_argument("--force", action="store_true", help="re-run configurations already "
@@ -601,6 +647,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
 
     try:
         study = load_study(args.study)
+        if args.threads is not None:
+            study = dataclasses.replace(study, threads=args.threads)
+        args.executor = args.executor or study.executor
         configs = study.run_configs()
         study.check_buildable()
     except StudyError as error:
@@ -639,10 +688,17 @@ def _sweep_command(args: argparse.Namespace) -> int:
                              "pip install 'dask[distributed]'") from None
     for problem, optimizer, reason in study.incompatible():
         print(f"curvebench sweep: skipping {optimizer} on {problem}: {reason}", file=sys.stderr)
+    configs = for_executor(configs, executor=args.executor, workers=args.workers,
+                           scheduler=args.scheduler)
     todo, _ = pending_configs(configs, store, force=args.force, retry_errors=args.retry_errors)
     print(f"study {study.name!r}: {len(configs)} run(s), {len(configs) - len(todo)} already "
-          f"stored, {len(todo)} to run ({args.executor})", file=sys.stderr)
+          f"stored, {len(todo)} to run ({args.executor}, "
+          f"{execution_label(configs[0]) if configs else ''})", file=sys.stderr)
+    print(f"study {study.name!r}: {study.tuning_summary()}", file=sys.stderr)
     if args.dry_run:
+        print(tabulate(_plan_rows(configs, set(todo)),
+                       headers=["problem", "optimizer", "hyperparameters", "seeds", "batch",
+                                "max steps", "max s", "to run"]))
         return 0
     try:
         result = run_sweep(configs, store=store, executor=args.executor, workers=args.workers,
@@ -654,6 +710,9 @@ def _sweep_command(args: argparse.Namespace) -> int:
         raise UsageError(str(error)) from None
     headers, rows = study_summary(result.records)
     print(tabulate(rows, headers=headers))
+    if result.records:
+        print(mixed_execution_note(result.records)
+              or f"every run: {execution_label(result.records[0].config)}")
     failures = f", {result.worker_failures} worker failure(s)" if result.worker_failures else ""
     if result.claimed_elsewhere:
         failures += f", {result.claimed_elsewhere} run by another sweep"
@@ -680,6 +739,19 @@ def _say_skipped_files(store: RunStore) -> None:
     for item in store.scan()[1]:
         print(f"curvebench sweep: {item.describe()} (left untouched; not counted)",
               file=sys.stderr)
+
+
+def _plan_rows(configs: Sequence[RunConfig], todo: set[RunConfig]) -> list[list[Any]]:
+    """``--dry-run``: one row per configuration (its seeds together) and how many still run."""
+    rows: dict[tuple[Any, ...], list[Any]] = {}
+    for config in configs:
+        key = (config.problem, config.optimizer, _hyperparameters(config), config.batch_size,
+               config.max_steps, config.max_seconds)
+        row = rows.setdefault(key, [*key[:3], [], *key[3:], 0])
+        row[3].append(str(config.seed))
+        row[-1] += config in todo
+    return [[*row[:3], ",".join(row[3]), *row[4:6], _number(row[6] or math.nan, ".3g"),
+             row[7]] for row in rows.values()]
 
 
 def _register() -> None:

@@ -347,7 +347,8 @@ def _factory(**fixed: Any):
     return factory
 
 
-_SGN_DEFAULTS = {
+#: The authors' defaults (gmatilde/SGN, SGN/optimizers/solvers.py), the ``sgn-paper`` preset.
+_SGN_PAPER_DEFAULTS = {
     "cg_iterations": 3,
     "cg_tolerance": 1e-6,
     "damping": 1e-4,
@@ -360,27 +361,47 @@ _SGN_DEFAULTS = {
     "warmup_steps": 10,
     "warmup_cg_iterations": 10,
 }
+#: ``sgn``'s defaults: the paper's, with a damping floor of 0.1 (starting from 1). The reduction
+#: ratio is computed on the mini-batch the step was fitted to, so at the suite's batch size (128)
+#: the damping falls to its floor and, at the paper's 1e-6, steps overfit the batch. Measured by
+#: ``benchmarks/sgn_damping_floor.py`` (batch 128, seeds 0-2, half of each problem's budget,
+#: 1 thread): on mnist1d-mlp the paper's defaults reach the target in 0 of 3 seeds (final
+#: damping 5e-4); floor 0.1 reaches it in 3 of 3, in 350-450 steps from λ0 = 1 (400 from
+#: λ0 = 0.1). Neither reaches synthetic-linreg's or digits-autoencoder's target at 3 CG
+#: iterations, which is why the quick study tunes ``cg_iterations`` with the floor.
+_SGN_DEFAULTS = {**_SGN_PAPER_DEFAULTS, "damping": 1.0, "damping_min": 0.1}
+_SGN_FACTORY = _factory(cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
+                        backtrack_factor=0.5, max_backtracks=10)
+_SGN_REFERENCE = ("Gargiani, Zanelli, Diehl & Hutter 2020, 'On the promise of the stochastic "
+                  "generalized Gauss-Newton method for training DNNs' (arXiv 2006.02409)")
 
-register_optimizer(OptimizerSpec(
-    name="sgn",
+
+def _sgn_spec(name: str, *, description: str, defaults: dict[str, Any], damping_axis: str,
+              damping_space: LogUniform, reference: str) -> OptimizerSpec:
+    """An SGN preset: the same method, other defaults and damping search axis."""
+    return OptimizerSpec(
+        name=name, description=description, factory=_SGN_FACTORY, defaults=defaults,
+        search_space={"cg_iterations": Choice((1, 2, 3, 5, 10)), damping_axis: damping_space,
+                      "line_search": Choice((True, False)), "momentum": Uniform(0.0, 0.9)},
+        needs_curvature=True, supports_conv=True, deterministic=True,
+        reference=f"{_SGN_REFERENCE}; {reference}")
+
+
+register_optimizer(_sgn_spec(
+    "sgn",
     description="Stochastic generalized Gauss-Newton: truncated CG on exact GGN products, "
-                "trust-region damping, Armijo line search.",
-    factory=_factory(cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
-                     backtrack_factor=0.5, max_backtracks=10),
+                "trust-region damping (floor 0.1), Armijo line search.",
     defaults=_SGN_DEFAULTS,
-    search_space={
-        "cg_iterations": Choice((1, 2, 3, 5, 10)),
-        "damping": LogUniform(1e-6, 1.0),
-        "line_search": Choice((True, False)),
-        "momentum": Uniform(0.0, 0.9),
-    },
-    needs_curvature=True,
-    supports_conv=True,
-    deterministic=True,
-    reference="Gargiani, Zanelli, Diehl & Hutter 2020, 'On the promise of the stochastic "
-              "generalized Gauss-Newton method for training DNNs' (arXiv 2006.02409); defaults "
-              "from the authors' code (gmatilde/SGN, SGN/optimizers/solvers.py).",
-))
+    damping_axis="damping_min", damping_space=LogUniform(1e-2, 1.0),  # ≤ the damping (1)
+    reference="the authors' defaults except the damping floor (0.1, measured at batch 128 by "
+              "benchmarks/sgn_damping_floor.py; see sgn-paper)."))
+register_optimizer(_sgn_spec(
+    "sgn-paper",
+    description="SGN with the authors' defaults (damping from 1e-4, floor 1e-6), as published "
+                "for large batches.",
+    defaults=_SGN_PAPER_DEFAULTS,
+    damping_axis="damping", damping_space=LogUniform(1e-6, 1.0),
+    reference="defaults from the authors' code (gmatilde/SGN, SGN/optimizers/solvers.py)."))
 
 register_optimizer(OptimizerSpec(
     name="hf",

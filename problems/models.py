@@ -59,9 +59,13 @@ def autoencoder(widths: Sequence[int], *, activation: str = "sigmoid") -> nn.Seq
 
 
 def normal_init(model: nn.Module, *, std: float = 1.0) -> nn.Module:
-    """Draw every weight and bias from ``N(0, std²)`` (the SGN paper's initialisation)."""
-    for parameter in model.parameters():
-        nn.init.normal_(parameter, mean=0.0, std=std)
+    """Draw every Linear/Conv weight from ``N(0, std²)`` and zero every bias (the SGN paper's
+    initialisation, Gargiani et al. 2020)."""
+    for name, parameter in model.named_parameters():
+        if name.endswith("bias"):
+            nn.init.zeros_(parameter)
+        else:
+            nn.init.normal_(parameter, mean=0.0, std=std)
     return model
 
 

@@ -96,8 +96,11 @@ def test_sgn_paper_mlp_matches_the_paper():
     widths = [m.out_features for m in model.modules() if isinstance(m, torch.nn.Linear)]
     assert widths == [20, 20, 20, 10]
     assert sum(isinstance(m, torch.nn.Sigmoid) for m in model.modules()) == 3
-    weights = torch.cat([p.flatten() for p in model.parameters()])
-    assert 0.9 < weights.std() < 1.1  # N(0, 1) initialisation
+    weights = torch.cat([p.flatten() for n, p in model.named_parameters() if "weight" in n])
+    assert 0.9 < weights.std() < 1.1  # N(0, 1) initialisation of the weights
+    biases = [p for n, p in model.named_parameters() if n.endswith("bias")]
+    assert len(biases) == 4 and all(torch.count_nonzero(b) == 0 for b in biases)  # zero biases
+    assert PROBLEMS.get("mnist-mlp-sgn").batch_size == 1000
 
 
 def test_duplicate_and_unknown_names_raise():

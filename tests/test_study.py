@@ -179,6 +179,8 @@ MALFORMED = [
         400))) + ']\n[optimizers.sgd]\ngrid = { lr = { n = 300 } }\n', "runs (problems"),
     ("huge seed", 'problems = ["synthetic-linreg"]\nseeds = [0, 9223372036854775807]\n'
                   "[optimizers.sgd]\n", "seeds[1]"),
+    ("a million threads", 'problems = ["synthetic-linreg"]\nthreads = 1000000\n'
+                          "[optimizers.sgd]\n", "threads"),
     ("nan point", 'problems = ["synthetic-linreg"]\n[optimizers.sgd]\n'
                   "points = [{ lr = nan }]\n", "optimizers.sgd.points[0].lr"),
 ]
