@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from functools import cache
 
 import jax
 import numpy as np
@@ -24,10 +25,16 @@ def jax_float64() -> Iterator[None]:
         jax.config.update("jax_enable_x64", previous)
 
 
+@cache
+def _dataset(problem: str):
+    """The problem's data, loaded once per test session (mnist1d is generated on each load)."""
+    return get_problem(problem).dataset()
+
+
 def float64_batches(problem: str, *, batch_size: int, count: int, seed: int = 0
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` training batches of a problem, inputs (and float targets) as float64."""
-    data = get_problem(problem).dataset()
+    data = _dataset(problem)
     iterator = ShuffledBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed)
     batches = []
     for _ in range(count):
