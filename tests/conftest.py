@@ -5,6 +5,10 @@ folder's conftest). A plain ``python -m pytest`` collects those files, so an imp
 them still fails the run, but deselects their tests; ``--run-benchmarks`` keeps them::
 
     python -m pytest tests/benchmarks --run-benchmarks --benchmark-enable
+
+The JAX tests (``tests/test_jax_*.py``) run last: once XLA has run a computation its thread
+pools exist, and a process that forks after that (multiprocessing, Dask, a forked worker in a
+later test) may deadlock in the child. Importing jax at collection starts no threads.
 """
 
 from __future__ import annotations
@@ -22,7 +26,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 
 @pytest.hookimpl(trylast=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Deselect ``kernel_benchmark`` items unless ``--run-benchmarks`` was given."""
+    """Run the JAX tests last; deselect ``kernel_benchmark`` items unless
+    ``--run-benchmarks`` was given."""
+    items.sort(key=_runs_jax)  # stable: the order within each group is kept
     if config.getoption(RUN_BENCHMARKS):
         return
     kept = [item for item in items if item.get_closest_marker("kernel_benchmark") is None]
@@ -30,3 +36,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         config.hook.pytest_deselected(
             items=[item for item in items if item.get_closest_marker("kernel_benchmark")])
         items[:] = kept
+
+
+def _runs_jax(item: pytest.Item) -> bool:
+    return item.path.name.startswith("test_jax_")
