@@ -37,7 +37,13 @@ from torch import nn
 
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.spec import LogUniform, OptimizerSpec, Uniform, register_optimizer
+from curvebench.optimizers.spec import (
+    LogUniform,
+    OptimizerSpec,
+    Uniform,
+    curvature_optimizer_factory,
+    register_optimizer,
+)
 
 __all__ = ["AdaHessian", "HessianBatch", "draw_probes", "check_number"]
 
@@ -162,10 +168,9 @@ class AdaHessian(CurvatureOptimizer):
         with self.phase_timer.phase("curvature"):
             batch = HessianBatch(self.model, loss=self.loss, inputs=inputs, targets=targets,
                                  params=params)
-            generator = self.generator()
+            generator = self.generator
             diagonal = batch.hutchinson_diagonal(probes=h["num_probes"],
                                                  distribution="rademacher", generator=generator)
-            self.save_generator(generator)
         self.counters.update(forward_passes=1, backward_passes=1,
                              hessian_products=h["num_probes"])
         with self.phase_timer.phase("update"), torch.no_grad():
@@ -197,15 +202,12 @@ class AdaHessian(CurvatureOptimizer):
             p.addcdiv_(state["exp_avg"], denominator, value=-group["lr"] / (1 - beta1 ** t))
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> AdaHessian:
-    return AdaHessian(model, loss=loss, **hyperparameters)
-
 
 register_optimizer(OptimizerSpec(
     name="adahessian",
     description="AdaHessian: Adam with a Hutchinson (Rademacher) Hessian-diagonal estimate, "
                 "spatially averaged over convolution kernels.",
-    factory=_factory,
+    factory=curvature_optimizer_factory(AdaHessian),
     defaults={"lr": 0.15, "beta1": 0.9, "beta2": 0.999, "eps": 1e-4, "hessian_power": 1.0,
               "weight_decay": 0.0, "num_probes": 1},
     search_space={"lr": LogUniform(1e-3, 1.0), "hessian_power": Uniform(0.5, 1.0),

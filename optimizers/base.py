@@ -46,7 +46,7 @@ COUNTERS = (
     "jacobian_vector_products",
 )
 
-#: Key of the optimizer's own random-number generator state in ``Optimizer.state``.
+#: Key of the optimizer's own random-number generator state in ``state_dict``.
 _RANDOM_STATE = "random_generator"
 
 
@@ -110,32 +110,34 @@ class CurvatureOptimizer(torch.optim.Optimizer, abc.ABC):
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         """Do the work of :meth:`step`; return the (detached) batch loss at the old parameters."""
 
+    #: This optimizer's own random-number generator (see :meth:`seed_generator`), or ``None``.
+    generator: torch.Generator | None = None
+
     def seed_generator(self) -> None:
-        """Give this optimizer its own random-number generator, seeded from the global one.
+        """Give this optimizer its own random-number generator, :attr:`generator`.
 
         Optimizers that draw probes (Rademacher or Gaussian vectors) or Monte-Carlo labels call
-        this once in ``__init__`` and draw only from :meth:`generator`. The seed is one draw from
-        the global generator at construction (which the harness seeds), and the generator's
-        state lives in ``Optimizer.state``, so the same seed gives the same trajectory and
-        ``state_dict`` / ``load_state_dict`` resume the same draws.
+        this once in ``__init__`` and draw only from :attr:`generator`. Its seed is one draw
+        from the global generator at construction (which the harness seeds), it lives on the
+        parameters' device, and its state travels in ``state_dict``, so the same seed gives the
+        same trajectory and a restored optimizer draws what the original would have drawn.
         """
         seed = int(torch.randint(0, 2**62, (1,)).item())
-        device = self.parameters_list()[0].device
-        generator = torch.Generator(device=device)
-        generator.manual_seed(seed)
-        self.state[_RANDOM_STATE] = {"generator": generator.get_state()}
+        self.generator = torch.Generator(device=self.parameters_list()[0].device)
+        self.generator.manual_seed(seed)
 
-    def generator(self) -> torch.Generator:
-        """A generator holding this optimizer's random state; pass it to :meth:`save_generator`
-        after drawing (see :meth:`seed_generator`)."""
-        device = self.parameters_list()[0].device
-        generator = torch.Generator(device=device)
-        generator.set_state(self.state[_RANDOM_STATE]["generator"])
-        return generator
+    def state_dict(self) -> dict[str, Any]:
+        state = super().state_dict()
+        if self.generator is not None:
+            state[_RANDOM_STATE] = self.generator.get_state()
+        return state
 
-    def save_generator(self, generator: torch.Generator) -> None:
-        """Store ``generator``'s state as this optimizer's random state."""
-        self.state[_RANDOM_STATE] = {"generator": generator.get_state()}
+    def load_state_dict(self, state_dict: Mapping[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        generator_state = state_dict.pop(_RANDOM_STATE, None)
+        super().load_state_dict(state_dict)
+        if generator_state is not None and self.generator is not None:
+            self.generator.set_state(generator_state)
 
     def parameters_list(self) -> list[torch.Tensor]:
         """The optimised parameters, in parameter-group order."""

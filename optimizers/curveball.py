@@ -30,7 +30,6 @@ Newton solvers for deep learning" (ICCV; arXiv 1805.08095).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -39,7 +38,12 @@ from curvebench.curvature import Linearization, flatten, unflatten
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.adahessian import check_number
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.spec import LogUniform, OptimizerSpec, register_optimizer
+from curvebench.optimizers.spec import (
+    LogUniform,
+    OptimizerSpec,
+    curvature_optimizer_factory,
+    register_optimizer,
+)
 
 __all__ = ["CurveBall"]
 
@@ -139,15 +143,12 @@ class CurveBall(CurvatureOptimizer):
         return z if z is not None else flatten([None] * len(params), params)
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> CurveBall:
-    return CurveBall(model, loss=loss, **hyperparameters)
-
 
 register_optimizer(OptimizerSpec(
     name="curveball",
     description="CurveBall: one GGN product per step updates a persistent direction; step "
                 "size, momentum (closed-form 2x2 solve) and damping set automatically.",
-    factory=_factory,
+    factory=curvature_optimizer_factory(CurveBall),
     defaults={"damping": 10.0, "auto_damping": True, "damping_factor": 0.999,
               "ratio_low": 0.5, "ratio_high": 1.5, "damping_interval": 5},
     search_space={"damping": LogUniform(1e-3, 100.0)},

@@ -39,15 +39,14 @@ from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.layerwise import (
     LayerBatch,
     LayerwiseOptimizer,
-    OwnGenerator,
     check,
-    model_factory,
 )
 from curvebench.optimizers.spec import (
     Choice,
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -56,7 +55,7 @@ __all__ = ["EKFAC", "EKFAC_CURVATURES"]
 EKFAC_CURVATURES = ("kfac", "kflr")
 
 
-class EKFAC(OwnGenerator, LayerwiseOptimizer):
+class EKFAC(LayerwiseOptimizer):
     """EKFAC (see the module docstring).
 
     Args:
@@ -98,7 +97,7 @@ class EKFAC(OwnGenerator, LayerwiseOptimizer):
         self.eigen_update_period = eigen_update_period
         self.scale_update_period = scale_update_period
         self.mc_samples = mc_samples
-        self._init_generator()
+        self.seed_generator()
 
     def _average(self, state: dict, key: str, value: torch.Tensor) -> None:
         if key in state:
@@ -196,7 +195,7 @@ register_optimizer(
         name="ekfac",
         description="EKFAC: K-FAC eigenbasis with per-coordinate second moments re-estimated "
                     "in it.",
-        factory=model_factory(EKFAC),
+        factory=curvature_optimizer_factory(EKFAC),
         defaults={"curvature": "kfac", "lr": 0.1, "damping": 1e-3, "momentum": 0.0,
                   "weight_decay": 0.0, "ema_decay": 0.95, "cov_update_period": 1,
                   "eigen_update_period": 20, "scale_update_period": 1, "mc_samples": 1,

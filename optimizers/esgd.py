@@ -22,7 +22,6 @@ non-convex optimization" (NeurIPS; arXiv 1502.04390).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Any
 
 import torch
 from torch import nn
@@ -31,7 +30,12 @@ import curvebench.optimizers.adahessian as _probes
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.adahessian import HessianBatch, check_number
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.spec import LogUniform, OptimizerSpec, register_optimizer
+from curvebench.optimizers.spec import (
+    LogUniform,
+    OptimizerSpec,
+    curvature_optimizer_factory,
+    register_optimizer,
+)
 
 __all__ = ["EquilibratedSGD"]
 
@@ -71,10 +75,9 @@ class EquilibratedSGD(CurvatureOptimizer):
             if refresh:
                 batch = HessianBatch(self.model, loss=self.loss, inputs=inputs,
                                      targets=targets, params=params)
-                generator = self.generator()
+                generator = self.generator
                 probe = _probes.draw_probes(params, distribution="gaussian",
                                             generator=generator)
-                self.save_generator(generator)
                 squares = [hv * hv for hv in batch.hessian_vector_product(probe)]
                 gradient, value = batch.gradient, batch.loss_value
                 global_state["estimates"] += 1
@@ -102,15 +105,12 @@ class EquilibratedSGD(CurvatureOptimizer):
         return value
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
-    return EquilibratedSGD(model, loss=loss, **hyperparameters)
-
 
 register_optimizer(OptimizerSpec(
     name="esgd",
     description="Equilibrated SGD: gradient steps divided by running row-norm estimates "
                 "sqrt(mean (Hv)^2) from Gaussian Hessian-vector products.",
-    factory=_factory,
+    factory=curvature_optimizer_factory(EquilibratedSGD),
     defaults={"lr": 0.03, "damping": 0.01, "update_period": 20},
     search_space={"lr": LogUniform(1e-3, 10.0), "damping": LogUniform(1e-6, 1e-1)},
     needs_curvature=True,

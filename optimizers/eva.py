@@ -29,11 +29,12 @@ import torch
 from torch import nn
 
 from curvebench.losses import CurvatureLoss
-from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check, model_factory
+from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check
 from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -93,7 +94,7 @@ register_optimizer(
         name="eva",
         description="Eva: rank-one Kronecker-vector curvature per layer, Sherman-Morrison "
                     "inverse, KL clipping.",
-        factory=model_factory(Eva),
+        factory=curvature_optimizer_factory(Eva),
         defaults={"lr": 0.1, "damping": 0.03, "momentum": 0.9, "weight_decay": 0.0,
                   "kl_clip": 1e-3, "stat_decay": 0.05},
         search_space={"lr": LogUniform(1e-3, 10.0), "damping": LogUniform(1e-4, 1.0),

@@ -41,13 +41,13 @@ from curvebench.optimizers.layerwise import (
     LayerBatch,
     LayerwiseOptimizer,
     check,
-    model_factory,
 )
 from curvebench.optimizers.spec import (
     IntUniform,
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -197,7 +197,7 @@ register_optimizer(
         name="kbfgs",
         description="K-BFGS(L): per-layer Kronecker-factored BFGS inverses (Hessian-action BFGS "
                     "for the input side, damped L-BFGS pairs for the output side).",
-        factory=model_factory(KBFGS),
+        factory=curvature_optimizer_factory(KBFGS),
         defaults={"lr": 0.1, "damping": 0.3, "momentum": 0.9, "weight_decay": 0.0,
                   "stat_decay": 0.9, "mu1": 0.2, "memory": 100},
         search_space={"lr": LogUniform(1e-4, 1.0), "damping": LogUniform(1e-3, 10.0),

@@ -80,6 +80,7 @@ from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -650,14 +651,6 @@ _DESCRIPTIONS = {
 }
 
 
-def _factory(curvature: str):
-    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> KFAC:
-        return KFAC(model, loss=loss, curvature=curvature, **hyperparameters)
-
-    factory.__name__ = f"{curvature}_factory"
-    factory.__doc__ = f"Build :class:`KFAC` with ``curvature={curvature!r}``."
-    return factory
-
 
 for _name, _curvature in (("kfac", "kfac"), ("kflr", "kflr"), ("kfra", "kfra"),
                           ("kfac-empirical", "empirical")):
@@ -667,7 +660,7 @@ for _name, _curvature in (("kfac", "kfac"), ("kflr", "kflr"), ("kfra", "kfra"),
     register_optimizer(OptimizerSpec(
         name=_name,
         description=_DESCRIPTIONS[_curvature],
-        factory=_factory(_curvature),
+        factory=curvature_optimizer_factory(KFAC, curvature=_curvature),
         defaults=_defaults,
         search_space=_SEARCH_SPACE,
         needs_curvature=True,

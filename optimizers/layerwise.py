@@ -38,49 +38,13 @@ from curvebench.kronecker import (
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
 
-__all__ = ["LayerwiseOptimizer", "LayerBatch", "OwnGenerator", "check", "model_factory"]
+__all__ = ["LayerwiseOptimizer", "LayerBatch", "check"]
 
 
 def check(condition: bool, message: str) -> None:
     """Raise ``ValueError(message)`` unless ``condition`` (hyperparameter validation)."""
     if not condition:
         raise ValueError(message)
-
-
-def model_factory(cls: type[CurvatureOptimizer]):
-    """A spec factory: ``factory(model=..., loss=..., **h)`` is ``cls(model, loss=loss, **h)``."""
-
-    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
-        return cls(model, loss=loss, **hyperparameters)
-
-    factory.__name__ = f"{cls.__name__}_factory"
-    return factory
-
-
-class OwnGenerator:
-    """Mixin for a ``torch.optim.Optimizer`` that draws from its own generator.
-
-    The generator is seeded from the global one at construction (so the run's seed decides it)
-    and its state travels in ``state_dict``, so a restored optimizer draws what the original
-    would have drawn.
-    """
-
-    generator: torch.Generator
-
-    def _init_generator(self) -> None:
-        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, ())))
-
-    def state_dict(self):
-        state = super().state_dict()  # type: ignore[misc]
-        state["generator"] = self.generator.get_state()
-        return state
-
-    def load_state_dict(self, state_dict) -> None:
-        state_dict = dict(state_dict)
-        generator = state_dict.pop("generator", None)
-        super().load_state_dict(state_dict)  # type: ignore[misc]
-        if generator is not None:
-            self.generator.set_state(generator)
 
 
 class LayerBatch:

@@ -35,7 +35,13 @@ from torch import nn
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.adahessian import check_number
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.spec import Choice, LogUniform, OptimizerSpec, register_optimizer
+from curvebench.optimizers.spec import (
+    Choice,
+    LogUniform,
+    OptimizerSpec,
+    curvature_optimizer_factory,
+    register_optimizer,
+)
 
 __all__ = ["LBFGS"]
 
@@ -112,15 +118,12 @@ class LBFGS(CurvatureOptimizer):
         super().load_state_dict(state_dict)
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> LBFGS:
-    return LBFGS(model, loss=loss, **hyperparameters)
-
 
 register_optimizer(OptimizerSpec(
     name="lbfgs",
     description="L-BFGS with a strong-Wolfe line search (torch.optim.LBFGS driven by a "
                 "closure built from the batch); one iteration per step.",
-    factory=_factory,
+    factory=curvature_optimizer_factory(LBFGS),
     defaults={"lr": 1.0, "max_iter": 1, "history_size": 100, "tolerance_grad": 1e-7,
               "tolerance_change": 1e-9, "line_search": "strong_wolfe"},
     search_space={"lr": LogUniform(1e-2, 1.0), "history_size": Choice((5, 10, 20, 100))},

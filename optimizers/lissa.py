@@ -26,7 +26,7 @@ black-box predictions via influence functions" (ICML).
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 from torch import nn
@@ -35,7 +35,13 @@ from curvebench.curvature import Linearization, unflatten
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.adahessian import check_number
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.spec import Choice, LogUniform, OptimizerSpec, register_optimizer
+from curvebench.optimizers.spec import (
+    Choice,
+    LogUniform,
+    OptimizerSpec,
+    curvature_optimizer_factory,
+    register_optimizer,
+)
 
 __all__ = ["LiSSA", "neumann_inverse"]
 
@@ -111,15 +117,12 @@ class LiSSA(CurvatureOptimizer):
         return linearization.loss_value
 
 
-def _factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> LiSSA:
-    return LiSSA(model, loss=loss, **hyperparameters)
-
 
 register_optimizer(OptimizerSpec(
     name="lissa",
     description="LiSSA: truncated Neumann series for the damped inverse GGN (or Hessian) "
                 "times the gradient, one curvature product per term.",
-    factory=_factory,
+    factory=curvature_optimizer_factory(LiSSA),
     defaults={"lr": 1.0, "damping": 0.01, "scale": 25.0, "depth": 10, "curvature": "ggn"},
     search_space={"scale": LogUniform(1.0, 1000.0), "damping": LogUniform(1e-4, 1.0),
                   "depth": Choice((1, 5, 10, 20)), "curvature": Choice(("ggn", "hessian"))},

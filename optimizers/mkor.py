@@ -35,12 +35,13 @@ import torch
 from torch import nn
 
 from curvebench.losses import CurvatureLoss
-from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check, model_factory
+from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check
 from curvebench.optimizers.spec import (
     IntLogUniform,
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -138,7 +139,7 @@ register_optimizer(
         name="mkor",
         description="MKOR: Kronecker factors kept as inverses, updated by rank-one "
                     "Sherman-Morrison steps; gradient norm restored per layer.",
-        factory=model_factory(MKOR),
+        factory=curvature_optimizer_factory(MKOR),
         defaults={"lr": 0.1, "momentum": 0.9, "weight_decay": 0.0, "stat_decay": 0.95,
                   "inv_update_period": 10, "stabilization_factor": 0.1,
                   "clipping_value": 100.0},

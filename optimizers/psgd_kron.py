@@ -39,11 +39,11 @@ from torch import nn
 
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.layerwise import OwnGenerator, model_factory
 from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -87,7 +87,7 @@ def _solve_transposed(factor: torch.Tensor, x: torch.Tensor, dim: int) -> torch.
     return torch.linalg.solve_triangular(factor, x, upper=True, left=False)
 
 
-class PSGDKron(OwnGenerator, CurvatureOptimizer):
+class PSGDKron(CurvatureOptimizer):
     """PSGD, Kronecker-factored Newton-type preconditioner (see the module docstring).
 
     Args:
@@ -136,7 +136,7 @@ class PSGDKron(OwnGenerator, CurvatureOptimizer):
         self.max_size = max_size
         self.max_skew = max_skew
         self.update_probability = update_probability
-        self._init_generator()
+        self.seed_generator()
 
     def _factors(self, p: torch.Tensor, scale: float) -> list[torch.Tensor]:
         shape = (p.shape[0], p[0].numel()) if p.dim() >= 2 else tuple(p.shape)
@@ -153,7 +153,8 @@ class PSGDKron(OwnGenerator, CurvatureOptimizer):
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         params = self.parameters_list()
         fit = self.update_probability >= 1 or float(
-            torch.rand((), generator=self.generator)) < self.update_probability
+            torch.rand((), generator=self.generator,
+                       device=self.generator.device)) < self.update_probability
         with self.phase_timer.phase("forward"):
             loss = self.loss(self.model(inputs), targets)
         self.counters["forward_passes"] += 1
@@ -162,7 +163,8 @@ class PSGDKron(OwnGenerator, CurvatureOptimizer):
         self.counters["backward_passes"] += 1
         if fit:
             with self.phase_timer.phase("curvature"):
-                probes = [torch.randn(p.shape, generator=self.generator, dtype=p.dtype)
+                probes = [torch.randn(p.shape, generator=self.generator, dtype=p.dtype,
+                                      device=p.device)
                           for p in params]
                 hvps = torch.autograd.grad(grads, params, probes)
                 self._fit(params, probes, hvps)
@@ -235,7 +237,7 @@ register_optimizer(
         name="psgd-kron",
         description="PSGD: Kronecker-factored Newton-type preconditioner fitted on the Lie group "
                     "of triangular matrices from Hessian-vector products with random probes.",
-        factory=model_factory(PSGDKron),
+        factory=curvature_optimizer_factory(PSGDKron),
         defaults={"lr": 0.01, "lr_preconditioner": 0.1, "momentum": 0.0, "init_scale": 0.0,
                   "max_size": 4096, "max_skew": 10.0, "update_probability": 1.0},
         search_space={"lr": LogUniform(1e-4, 1.0), "lr_preconditioner": LogUniform(1e-3, 0.5),

@@ -55,6 +55,7 @@ from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
@@ -338,14 +339,6 @@ def _check_range(name: str, value: Any, *, low: float, high: float = math.inf,
         raise ValueError(f"{name} must be in {left}{low:g}, {high:g}{right}, got {value!r}")
 
 
-def _factory(**fixed: Any):
-    """A factory that builds :class:`GaussNewtonCG` with some hyperparameters fixed."""
-
-    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
-        return GaussNewtonCG(model, loss=loss, **fixed, **hyperparameters)
-
-    return factory
-
 
 #: The authors' defaults (gmatilde/SGN, SGN/optimizers/solvers.py), the ``sgn-paper`` preset.
 _SGN_PAPER_DEFAULTS = {
@@ -370,8 +363,9 @@ _SGN_PAPER_DEFAULTS = {
 #: λ0 = 0.1). Neither reaches synthetic-linreg's or digits-autoencoder's target at 3 CG
 #: iterations, which is why the quick study tunes ``cg_iterations`` with the floor.
 _SGN_DEFAULTS = {**_SGN_PAPER_DEFAULTS, "damping": 1.0, "damping_min": 0.1}
-_SGN_FACTORY = _factory(cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
-                        backtrack_factor=0.5, max_backtracks=10)
+_SGN_FACTORY = curvature_optimizer_factory(
+    GaussNewtonCG, cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
+    backtrack_factor=0.5, max_backtracks=10)
 _SGN_REFERENCE = ("Gargiani, Zanelli, Diehl & Hutter 2020, 'On the promise of the stochastic "
                   "generalized Gauss-Newton method for training DNNs' (arXiv 2006.02409)")
 
@@ -407,9 +401,10 @@ register_optimizer(OptimizerSpec(
     name="hf",
     description="Hessian-free (Martens 2010): warm-started CG with relative-progress stopping, "
                 "Levenberg-Marquardt damping, backtracking.",
-    factory=_factory(cg_relative_progress=True, armijo_c=1e-2, backtrack_factor=0.8,
-                     max_backtracks=20, adaptive_damping=True, line_search=True, momentum=0.0,
-                     warmup_steps=0, warmup_cg_iterations=1),
+    factory=curvature_optimizer_factory(
+        GaussNewtonCG, cg_relative_progress=True, armijo_c=1e-2, backtrack_factor=0.8,
+        max_backtracks=20, adaptive_damping=True, line_search=True, momentum=0.0,
+        warmup_steps=0, warmup_cg_iterations=1),
     defaults={
         "cg_iterations": 25,
         "cg_tolerance": 0.0,

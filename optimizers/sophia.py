@@ -43,7 +43,12 @@ from curvebench.curvature import Linearization, unflatten
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.adahessian import HessianBatch, check_number
 from curvebench.optimizers.base import CurvatureOptimizer
-from curvebench.optimizers.spec import LogUniform, OptimizerSpec, register_optimizer
+from curvebench.optimizers.spec import (
+    LogUniform,
+    OptimizerSpec,
+    curvature_optimizer_factory,
+    register_optimizer,
+)
 
 __all__ = ["Sophia"]
 
@@ -116,7 +121,7 @@ class Sophia(CurvatureOptimizer):
                 gradient = list(torch.autograd.grad(value, params))
             self.counters.update(forward_passes=1, backward_passes=1)
             return value.detach(), gradient, None
-        generator = self.generator()
+        generator = self.generator
         if self.estimator == "gnb":
             linearization = Linearization(self.model, loss=self.loss, inputs=inputs,
                                           targets=targets, params=params)
@@ -134,7 +139,6 @@ class Sophia(CurvatureOptimizer):
                                                  generator=generator)
             gradient, value = batch.gradient, batch.loss_value
             self.counters.update(forward_passes=1, backward_passes=1, hessian_products=1)
-        self.save_generator(generator)
         return value, gradient, estimate
 
     def _update(self, group: dict[str, Any], p: torch.Tensor, gradient: torch.Tensor,
@@ -153,11 +157,6 @@ class Sophia(CurvatureOptimizer):
         p.add_(ratio, alpha=-group["lr"])
 
 
-def _factory(estimator: Estimator):
-    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any) -> Sophia:
-        return Sophia(model, loss=loss, estimator=estimator, **hyperparameters)
-    return factory
-
 
 _REFERENCE = ("Liu, Li, Hall, Liang & Ma 2023, 'Sophia: A scalable stochastic second-order "
               "optimizer for language model pre-training' (arXiv 2305.14342), Algorithm 3; ")
@@ -166,7 +165,7 @@ register_optimizer(OptimizerSpec(
     name="sophia-g",
     description="Sophia-G: clipped steps preconditioned by a Gauss-Newton-Bartlett diagonal "
                 "(sampled labels) refreshed every k steps.",
-    factory=_factory("gnb"),
+    factory=curvature_optimizer_factory(Sophia, estimator="gnb"),
     defaults={"lr": 0.01, "beta1": 0.965, "beta2": 0.99, "rho": 0.04, "eps": 1e-15,
               "weight_decay": 0.1, "update_period": 10},
     search_space={"lr": LogUniform(1e-4, 1.0), "rho": LogUniform(1e-3, 1.0)},
@@ -181,7 +180,7 @@ register_optimizer(OptimizerSpec(
     name="sophia-h",
     description="Sophia-H: clipped steps preconditioned by a Hutchinson (Gaussian) Hessian "
                 "diagonal refreshed every k steps.",
-    factory=_factory("hutchinson"),
+    factory=curvature_optimizer_factory(Sophia, estimator="hutchinson"),
     defaults={"lr": 0.01, "beta1": 0.96, "beta2": 0.99, "rho": 0.01, "eps": 1e-15,
               "weight_decay": 0.0, "update_period": 10},
     search_space={"lr": LogUniform(1e-4, 1.0), "rho": LogUniform(1e-3, 1.0)},

@@ -27,6 +27,7 @@ __all__ = [
     "register_optimizer",
     "get_optimizer",
     "torch_optimizer_factory",
+    "curvature_optimizer_factory",
 ]
 
 HyperparameterValue = float | int | bool | str
@@ -149,6 +150,22 @@ def torch_optimizer_factory(
 
     factory.__name__ = f"{cls.__name__}_factory"
     factory.__doc__ = f"Build ``{cls.__module__}.{cls.__name__}`` on the model's parameters."
+    return factory
+
+
+def curvature_optimizer_factory(cls: type[torch.optim.Optimizer], **fixed: Any) -> OptimizerFactory:
+    """Adapt an optimizer built from the model and the loss (a ``CurvatureOptimizer``).
+
+    ``factory(model=..., loss=..., **hyperparameters)`` returns
+    ``cls(model, loss=loss, **fixed, **hyperparameters)``; ``fixed`` holds what tells apart two
+    registered variants of one class (e.g. Sophia's estimator).
+    """
+
+    def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
+        return cls(model, loss=loss, **fixed, **hyperparameters)
+
+    factory.__name__ = f"{cls.__name__}_factory"
+    factory.__doc__ = f"Build ``{cls.__module__}.{cls.__name__}`` for the model and loss."
     return factory
 
 

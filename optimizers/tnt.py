@@ -38,21 +38,20 @@ from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.layerwise import (
     LayerBatch,
     LayerwiseOptimizer,
-    OwnGenerator,
     check,
-    model_factory,
 )
 from curvebench.optimizers.spec import (
     LogUniform,
     OptimizerSpec,
     Uniform,
+    curvature_optimizer_factory,
     register_optimizer,
 )
 
 __all__ = ["TNT"]
 
 
-class TNT(OwnGenerator, LayerwiseOptimizer):
+class TNT(LayerwiseOptimizer):
     """Tensor Normal Training (see the module docstring).
 
     Args:
@@ -80,7 +79,7 @@ class TNT(OwnGenerator, LayerwiseOptimizer):
                                    "weight_decay": weight_decay})
         self.stat_decay = stat_decay
         self.inv_update_period = inv_update_period
-        self._init_generator()
+        self.seed_generator()
 
     def needs_graph(self, step: int) -> bool:
         return bool(self.layers)
@@ -126,7 +125,7 @@ register_optimizer(
         name="tnt",
         description="Tensor Normal Training: Kronecker-factored Fisher from the covariances of "
                     "the sampled gradient's matrix unfoldings.",
-        factory=model_factory(TNT),
+        factory=curvature_optimizer_factory(TNT),
         defaults={"lr": 0.01, "damping": 0.01, "momentum": 0.9, "weight_decay": 0.0,
                   "stat_decay": 0.9, "inv_update_period": 10, "kl_clip": 0.0},
         search_space={"lr": LogUniform(1e-4, 1.0), "damping": LogUniform(1e-5, 1.0),
