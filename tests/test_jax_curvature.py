@@ -122,7 +122,8 @@ def _torch_sgn(problem: str, batches, hyperparameters):
 
 @pytest.mark.parametrize(("problem", "hyperparameters", "steps"), [
     ("digits-mlp", {}, 12),  # the defaults, past the 10 warm-up steps
-    ("mnist1d-cnn", {"momentum": 0.5, "weight_decay": 1e-3, "damping": 1e-2}, 3),
+    ("mnist1d-cnn", {"momentum": 0.5, "weight_decay": 1e-3, "damping": 1e-2,
+                     "damping_min": 1e-4}, 3),
     ("digits-logreg", {"line_search": False, "adaptive_damping": False, "step_size": 0.5}, 2),
 ])
 def test_sgn_steps_match_torch(problem: str, hyperparameters, steps: int) -> None:
