@@ -221,10 +221,11 @@ class PSGDKron(CurvatureOptimizer):
                     outer = q.dim() == 2
                     term_a = torch.outer(a, a) if outer else a * a
                     term_b = torch.outer(b, b) if outer else b * b
+                elif q.dim() == 1:  # only the diagonal of a aᵀ (or aᵀa): no n × n product
+                    other = 1 - dim
+                    term_a, term_b = (a * a).sum(dim=other), (b * b).sum(dim=other)
                 else:
                     term_a, term_b = (a @ a.T, b @ b.T) if dim == 0 else (a.T @ a, b.T @ b)
-                    if q.dim() == 1:
-                        term_a, term_b = term_a.diagonal(), term_b.diagonal()
                 if q.dim() == 1:
                     q.sub_(mu / ((term_a + term_b).abs().max() + tiny) * (term_a - term_b) * q)
                 else:
