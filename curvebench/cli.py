@@ -185,12 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_command(args: argparse.Namespace) -> int:
+    from curvebench.formatting import target_label
     from curvebench.optimizers import OPTIMIZERS
     from curvebench.problems import PROBLEMS
 
     problem_rows = [
         [p.name, ",".join(sorted(p.tags)), p.loss, p.batch_size,
-         f"{p.target.metric} {'≤' if p.target.direction == 'min' else '≥'} {p.target.value:g}",
+         target_label(p.target.metric, p.target.direction, p.target.value),
          p.budget.max_steps or "", p.description]
         for p in PROBLEMS
     ]

@@ -12,7 +12,8 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["format_number", "format_interval", "format_value", "configuration_label"]
+__all__ = ["format_number", "format_interval", "format_value", "configuration_label",
+           "target_label"]
 
 #: What a missing value (``None`` or NaN) is written as.
 MISSING = "—"
@@ -73,3 +74,9 @@ def configuration_label(hyperparameters: Mapping[str, Any],
     changed = {str(k).removeprefix("hp."): v for k, v in hyperparameters.items()
                if defaults.get(str(k).removeprefix("hp.")) != v}
     return " ".join(f"{k}={format_value(v)}" for k, v in sorted(changed.items())) or empty
+
+
+def target_label(metric: str, direction: str, value: float, spec: str = "g") -> str:
+    """``"test_accuracy ≥ 0.9"``: a target as ``metric``, ``≤`` (``min``) or ``≥``, value."""
+    sign = "≤" if direction == "min" else "≥"
+    return f"{metric} {sign} {value:{spec}}"

@@ -191,9 +191,15 @@ class OptimizerSpec:
         return merged
 
     def build(self, *, model: nn.Module, loss: CurvatureLoss,
-              hyperparameters: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
-        """Build the optimizer for ``model`` with :attr:`settings` and the resolved
+              hyperparameters: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
+        """Build the optimizer for ``model`` with its settings and the resolved
         ``hyperparameters``.
+
+        Args:
+            settings: the fixed settings to build with (a run passes its
+                ``RunConfig.settings_dict``, so the record's settings are the ones that run);
+                ``None``: :attr:`settings`.
 
         Raises:
             HyperparameterError: unknown, ill-typed or out-of-range values (the optimizer's own
@@ -201,7 +207,8 @@ class OptimizerSpec:
         """
         resolved = self.resolve(hyperparameters)
         try:
-            return self.factory(model=model, loss=loss, **(self.settings or {}), **resolved)
+            fixed = self.settings if settings is None else settings
+            return self.factory(model=model, loss=loss, **(fixed or {}), **resolved)
         except (ValueError, TypeError) as error:
             message = " ".join(str(error).split())
             raise HyperparameterError(f"optimizer {self.name!r}: {message}") from error

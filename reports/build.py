@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from curvebench import metrics
+from curvebench.formatting import target_label
 from curvebench.reports import asv_offline, figures, tables
 from curvebench.reports import html as h
 from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study, timing_conditions
@@ -561,8 +562,8 @@ class _Target:
             return None
         if metric.endswith("accuracy"):
             return 1.0 - self.value, f"target: error ≤ {1.0 - self.value:.3g}"
-        sign = "≤" if self.direction == "min" else "≥"
-        return self.value, f"target: {metric.replace('_', ' ')} {sign} {self.value:.3g}"
+        label = target_label(metric.replace("_", " "), self.direction, self.value, ".3g")
+        return self.value, f"target: {label}"
 
 
 _SEEDS_CAPTION = ("Solid: the median over all seeds of the configuration; dotted: some seeds "

@@ -17,7 +17,7 @@ import pandas as pd
 from tabulate import tabulate
 
 from curvebench import metrics
-from curvebench.formatting import format_interval
+from curvebench.formatting import format_interval, target_label
 from curvebench.formatting import format_number as _fmt
 from curvebench.records import PHASES, RunRecord
 from curvebench.reports.study import Study
@@ -97,8 +97,8 @@ def leaderboard(study: Study, *, n_bootstrap: int = 1000) -> pd.DataFrame:
         else:
             per_arm = group.groupby("arm")[column].median()
             best = per_arm.min() if direction == "min" else per_arm.max()
-        sign = "≤" if direction == "min" else "≥"
-        finals.append((*keys, f"{metric} {sign} {group['target_value'].iloc[0]:g}", best))
+        target = target_label(metric, direction, group["target_value"].iloc[0])
+        finals.append((*keys, target, best))
     table = table.merge(pd.DataFrame(finals, columns=[*GROUP, "target", "best_final"]),
                         on=GROUP, how="left")
     return table.sort_values(GROUP, kind="stable").reset_index(drop=True)

@@ -37,3 +37,10 @@ def test_configuration_label_names_what_differs_from_the_defaults():
     assert configuration_label({"hp.lr": 1e-5, "hp.nesterov": True}) == "lr=1e-05 nesterov=True"
     assert configuration_label({}, empty="single config") == "single config"
     assert format_value(np.float64(0.25)) == "0.25" and format_value(np.int64(3)) == "3"
+
+
+def test_target_label():
+    from curvebench.formatting import target_label
+
+    assert target_label("test_accuracy", "max", 0.9) == "test_accuracy ≥ 0.9"
+    assert target_label("train loss", "min", 0.123456, ".3g") == "train loss ≤ 0.123"

@@ -41,6 +41,9 @@ def test_a_changed_setting_changes_the_key_and_is_what_runs(monkeypatch):
     problem = get_problem("synthetic-linreg")
     built = get_optimizer("sgn").build(model=problem.build_model(seed=0), loss=problem.make_loss())
     assert built.param_groups[0]["armijo_c"] == 1e-3
+    recorded = get_optimizer("sgn").build(model=problem.build_model(seed=0),
+                                          loss=problem.make_loss(), settings=before.settings_dict)
+    assert recorded.param_groups[0]["armijo_c"] == 1e-4  # a record's own settings
 
 
 def test_fixed_knobs_of_the_optimizers_are_declared():
