@@ -77,8 +77,9 @@ def leaderboard(study: Study, *, n_bootstrap: int = 1000) -> pd.DataFrame:
     Columns of :func:`curvebench.metrics.steps_to_target_summary`, plus ``robustness``
     (:func:`curvebench.metrics.robustness` from the records alone: each hyperparameter's scale
     from the search space the runs recorded, never from the live registry), ``target``
-    (``metric ≥ value``) and ``best_final`` (the best configuration's median over seeds of the
-    final value of the target metric, best in the target's direction).
+    (``metric ≥ value``) and ``best_final`` (the median over seeds of the final value of the
+    target metric of the best configuration, the one :func:`best_arms` names by
+    :func:`curvebench.metrics.best_configuration`, as ``best_hyperparameters`` does).
     """
     runs = study.runs
     if runs.empty:
@@ -88,15 +89,13 @@ def leaderboard(study: Study, *, n_bootstrap: int = 1000) -> pd.DataFrame:
         [*GROUP, "robustness", "swept"]]
     table = summary.merge(robust, on=GROUP, how="left")
     finals = []
+    best_arm = best_arms(runs).set_index(GROUP)["arm"]
     for keys, group in runs.groupby(GROUP, sort=False):
         metric = group["target_metric"].iloc[0]
         column = f"final_{metric}"
         direction = _direction(study, group)
-        if column not in group:
-            best = math.nan
-        else:
-            per_arm = group.groupby("arm")[column].median()
-            best = per_arm.min() if direction == "min" else per_arm.max()
+        arm = group["arm"] == best_arm.loc[keys]
+        best = float(group.loc[arm, column].median()) if column in group else math.nan
         target = target_label(metric, direction, group["target_value"].iloc[0])
         finals.append((*keys, target, best))
     table = table.merge(pd.DataFrame(finals, columns=[*GROUP, "target", "best_final"]),
@@ -131,7 +130,7 @@ def leaderboard_display(table: pd.DataFrame) -> pd.DataFrame:
                 row.best_seconds, row.best_seconds_low, row.best_seconds_high, ".3g"),
             "median steps over configs": _fmt(row.median_steps),
             "target": row.target,
-            "best final value": _fmt(row.best_final),
+            "final value (best config)": _fmt(row.best_final),
             "robustness": _fmt(row.robustness, ".0%") if np.isfinite(row.robustness) else "—",
             "best hyperparameters": row.best_hyperparameters or "defaults",
         })

@@ -249,3 +249,14 @@ def test_records_of_one_backend_look_as_before():
         assert set(study.runs["optimizer"]) == {"sgd-synth", "sgn-synth"}
         text = tables.tables_text(records, fmt="text")
         assert "Backends side by side" not in text and "[torch]" not in text
+
+
+def test_leaderboard_final_value_is_the_best_configurations():
+    records = synthetic_records(problems=("p",), seeds=(0,), batch_sizes=(128,),
+                                first_order_lrs=(0.05, 0.2), curvature_lrs=())
+    fast, slow = sorted(records, key=lambda r: r.config.hyperparameter_dict["lr"])
+    assert fast.status == "reached" and slow.status == "budget"
+    slow = dataclasses.replace(slow, final={**slow.final, "train_loss": 1e-4})
+    board = tables.leaderboard(Study.from_records([fast, slow]), n_bootstrap=20)
+    assert board["best_hyperparameters"].iloc[0] == "lr=0.05"
+    assert board["best_final"].iloc[0] == fast.final["train_loss"]
