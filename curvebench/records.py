@@ -291,20 +291,22 @@ def recorded_optimizers(
 
     Returns:
         ``(label → description, notes)``: the description of the latest record (by
-        ``started_at``) of each label; one note line for labels whose records predate stored
-        descriptions (fallback to the registry, or unknown) and for labels whose records store
-        different descriptions (the code changed between runs).
+        ``started_at``) of each label that has one; one note line for labels whose records all
+        predate stored descriptions (fallback to the registry, or unknown) and for labels whose
+        records store different descriptions (the code changed between runs).
     """
     labels = list(labels) if labels is not None else [r.config.optimizer for r in records]
-    latest: dict[str, tuple[str, RecordedOptimizer]] = {}
+    latest: dict[str, tuple[bool, str, RunRecord]] = {}
     seen: dict[str, set[str]] = {}
     for record, label in zip(records, labels, strict=True):
-        described = RecordedOptimizer.of(record)
-        fingerprint = json.dumps(record.optimizer_info, sort_keys=True, default=str)
-        seen.setdefault(label, set()).add(fingerprint)
-        if label not in latest or record.started_at >= latest[label][0]:
-            latest[label] = (record.started_at, described)
-    found = {label: described for label, (_, described) in sorted(latest.items())}
+        rank = (bool(record.optimizer_info), record.started_at)  # described records first
+        if label not in latest or rank >= latest[label][:2]:
+            latest[label] = (*rank, record)
+        if record.optimizer_info:
+            seen.setdefault(label, set()).add(
+                json.dumps(record.optimizer_info, sort_keys=True, default=str))
+    found = {label: RecordedOptimizer.of(record)
+             for label, (_, _, record) in sorted(latest.items())}
     notes = []
     from_registry = [k for k, v in found.items() if v.source == "registry"]
     unknown = [k for k, v in found.items() if v.source == "unknown"]

@@ -131,7 +131,7 @@ def leaderboard_display(table: pd.DataFrame) -> pd.DataFrame:
             "median steps over configs": _fmt(row.median_steps),
             "target": row.target,
             "final value (best config)": _fmt(row.best_final),
-            "robustness": _fmt(row.robustness, ".0%") if np.isfinite(row.robustness) else "—",
+            "robustness": _fmt(row.robustness, ".0%"),
             "best hyperparameters": row.best_hyperparameters or "defaults",
         })
     return pd.DataFrame(rows)
@@ -647,7 +647,7 @@ def methods_display(rows: pd.DataFrame, *, timing: bool = True) -> pd.DataFrame:
                                                  row.best_seconds_high, ".3g"),
             "runs reaching": f"{row.reached_fraction:.0%} of {int(row.n_runs)}",
             "configs": int(row.n_configs),
-            "robustness": _fmt(row.robustness, ".0%") if np.isfinite(row.robustness) else "—",
+            "robustness": _fmt(row.robustness, ".0%"),
             "ms/step": _fmt(row.seconds_per_step * 1e3, ".3g"),
             "× cheapest step": _fmt(row.cost_ratio, ".2g"),
             "gradient-equivalents/step": _fmt(row.gradient_equivalents_per_step, ".3g"),

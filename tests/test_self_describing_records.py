@@ -168,6 +168,9 @@ def test_changed_descriptions_between_runs_are_noted():
     assert described["sgd-synth"].defaults["lr"] == 0.2  # the latest record's
     assert any("the code changed between runs" in n for n in notes)
     assert RecordedOptimizer.of(old).defaults["lr"] == 0.05
+    legacy = dataclasses.replace(new, optimizer_info={}, started_at="2027-01-01T00:00:00+00:00")
+    described, notes = recorded_optimizers([old, legacy])  # the legacy one is later
+    assert described["sgd-synth"].source == "records" and not notes
 
 
 NEUTRAL_MODULES = ("curvebench.spaces", "curvebench.goals", "curvebench.records",
