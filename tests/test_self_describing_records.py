@@ -51,7 +51,8 @@ def test_fixed_knobs_of_the_optimizers_are_declared():
     assert get_optimizer("sophia-h").settings == {"estimator": "hutchinson"}
     assert get_optimizer("kflr").settings == {"curvature": "kflr"}
     assert get_optimizer("ngd-exact").settings == {"curvature": "empirical_fisher"}
-    assert get_optimizer("adam").settings == {}
+    assert get_optimizer("adam").settings == {"amsgrad": False}
+    assert get_optimizer("sgd").settings == {}
     for spec in OPTIMIZERS:  # a setting is never also a hyperparameter
         assert not set(spec.settings) & set(spec.defaults), spec.name
 
