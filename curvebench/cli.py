@@ -185,12 +185,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _list_command(args: argparse.Namespace) -> int:
+    from curvebench.formatting import target_label
     from curvebench.optimizers import OPTIMIZERS
     from curvebench.problems import PROBLEMS
 
     problem_rows = [
         [p.name, ",".join(sorted(p.tags)), p.loss, p.batch_size,
-         f"{p.target.metric} {'≤' if p.target.direction == 'min' else '≥'} {p.target.value:g}",
+         target_label(p.target.metric, p.target.direction, p.target.value),
          p.budget.max_steps or "", p.description]
         for p in PROBLEMS
     ]
@@ -207,38 +208,42 @@ def _list_command(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fmt(value: Any, spec: str = ".4g") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return format(value, spec) if isinstance(value, int | float) else str(value)
-
-
 def summary_rows(records: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
-    """Headers and rows of the one-line-per-run summary (shared by ``run`` and ``show``)."""
+    """Headers and rows of the one-line-per-run summary (shared by ``run`` and ``show``).
+
+    Read from the records alone (a legacy record's defaults and headline metric fall back to
+    the registry); the optimizer is labelled with its backend when the records mix backends.
+    """
+    from curvebench.formatting import configuration_label
+    from curvebench.formatting import format_number as fmt
+    from curvebench.records import RecordedOptimizer, method_label, several_backends
+
     headers = ["problem", "optimizer", "hyperparameters", "seed", "status", "steps→target",
                "s→target", "steps", "seconds", "final train loss", "final test metric"]
     rows = []
-    for r in sorted(records, key=lambda r: (r.config.problem, r.config.optimizer,
-                                            r.config.hyperparameters, r.config.seed)):
-        from curvebench.problems import PROBLEMS
-
-        metric = PROBLEMS.get(r.config.problem).eval_metric if r.config.problem in PROBLEMS \
-            else "test_loss"
-        overrides = _non_default(r.config.optimizer, r.config.hyperparameter_dict)
-        rows.append([r.config.problem, r.config.optimizer, overrides, r.config.seed, r.status,
-                     _fmt(r.steps_to_target), _fmt(r.seconds_to_target, ".3g"), r.steps_run,
-                     _fmt(r.seconds, ".3g"), _fmt(r.final.get("train_loss")),
-                     f"{metric}={_fmt(r.final.get(metric))}"])
+    with_backend = several_backends(records)
+    for r in sorted(records, key=lambda r: (r.config.problem, method_label(
+            r.config, with_backend=with_backend), r.config.hyperparameters, r.config.seed)):
+        metric = _eval_metric(r)
+        overrides = configuration_label(r.config.hyperparameter_dict,
+                                        RecordedOptimizer.of(r).defaults)
+        rows.append([r.config.problem, method_label(r.config, with_backend=with_backend),
+                     overrides, r.config.seed, r.status,
+                     fmt(r.steps_to_target), fmt(r.seconds_to_target, ".3g"), r.steps_run,
+                     fmt(r.seconds, ".3g"), fmt(r.final.get("train_loss")),
+                     f"{metric}={fmt(r.final.get(metric))}"])
     return headers, rows
 
 
-def _non_default(optimizer: str, hyperparameters: dict[str, Any]) -> str:
-    from curvebench.optimizers import OPTIMIZERS
+def _eval_metric(record: Any) -> str:
+    """The record's headline held-out metric (a legacy record: the registry's, else test loss)."""
+    metric = record.problem_info.get("eval_metric")
+    if metric:
+        return str(metric)
+    from curvebench.problems import PROBLEMS
 
-    defaults = OPTIMIZERS.get(optimizer).defaults if optimizer in OPTIMIZERS else {}
-    changed = {k: v for k, v in hyperparameters.items() if defaults.get(k) != v}
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in sorted(changed.items())) or "defaults"
+    problem = record.config.problem
+    return PROBLEMS.get(problem).eval_metric if problem in PROBLEMS else "test_loss"
 
 
 def _run_command(args: argparse.Namespace) -> int:

@@ -105,6 +105,7 @@ def plan_run(
         problem=problem_spec.name,
         optimizer=optimizer_spec.name,
         hyperparameters=resolved,
+        settings=optimizer_spec.settings,
         seed=seed,
         batch_size=batch_size,
         max_steps=budget.max_steps,
@@ -409,6 +410,8 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
         started_at=started_at,
         error=error,
         notes=dict(getattr(optimizer, "run_notes", {}) or {}),
+        optimizer_info=optimizer_spec.describe(),
+        problem_info=problem.describe(),
     )
 
 

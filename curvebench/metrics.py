@@ -27,6 +27,9 @@ from typing import Any, Literal
 import numpy as np
 import pandas as pd
 
+from curvebench.formatting import configuration_label
+from curvebench.spaces import Choice, LogUniform, Uniform
+
 __all__ = [
     "GROUP",
     "hyperparameter_columns",
@@ -179,8 +182,10 @@ def robustness(
 
     Args:
         df: runs DataFrame.
-        optimizer_specs: ``name -> OptimizerSpec`` giving each hyperparameter's scale; ``None``
-            uses the registry for registered names and the value rule above otherwise.
+        optimizer_specs: ``name -> OptimizerSpec`` (or the records' description of it,
+            :class:`curvebench.records.RecordedOptimizer`) giving each hyperparameter's scale;
+            names not in it, or ``None``, follow the value rule above. Metrics never read the
+            live registry: a report of old runs does not change when the code does.
 
     Returns:
         One row per group: ``problem, optimizer, batch_size, n_configs, swept`` (comma-separated
@@ -301,7 +306,9 @@ def default_vs_tuned(
 
     Args:
         df: runs DataFrame.
-        optimizer_specs: ``name -> OptimizerSpec`` for the defaults; ``None`` uses the registry.
+        optimizer_specs: ``name -> OptimizerSpec`` (or
+            :class:`curvebench.records.RecordedOptimizer`, from the records) for the defaults;
+            a group without one (or ``None``) has no default configuration (NaN gains).
 
     Returns:
         One row per group: ``problem, optimizer, batch_size, has_default, default_steps,
@@ -521,12 +528,6 @@ def _to_target(runs: pd.DataFrame, column: str) -> np.ndarray:
     return np.where(reached & ~np.isnan(values), values, np.inf)
 
 
-def _format_value(value: Any) -> str:
-    if isinstance(value, float | np.floating):
-        return f"{float(value):g}"
-    return str(value)
-
-
 def _config_table(df: pd.DataFrame) -> pd.DataFrame:
     """Per-configuration rows with the per-seed times kept in ``_steps``/``_seconds``."""
     hp_columns = hyperparameter_columns(df)
@@ -542,8 +543,8 @@ def _config_table(df: pd.DataFrame) -> pd.DataFrame:
                 hps = dict(zip(used, values, strict=True))
                 steps = _to_target(runs, "steps_to_target")
                 seconds = _to_target(runs, "seconds_to_target")
-                label = " ".join(f"{c.removeprefix('hp.')}={_format_value(hps[c])}"
-                                 for c in swept) or "single config"
+                label = configuration_label({c: hps[c] for c in swept},
+                                            empty="single config")
                 rows.append({**dict(zip(GROUP, key, strict=True)), **hps,
                              "n_seeds": len(runs),
                              "reached_fraction": float(np.isfinite(steps).mean()),
@@ -623,11 +624,7 @@ def _bootstrap_median(values: np.ndarray, *, rng: np.random.Generator, n_bootstr
 
 
 def _spec(name: str, specs: Mapping[str, Any] | None) -> Any | None:
-    if specs is not None:
-        return specs.get(name)
-    from curvebench.optimizers import OPTIMIZERS
-
-    return OPTIMIZERS.get(name) if name in OPTIMIZERS else None
+    return None if specs is None else specs.get(name)
 
 
 Scale = Literal["log", "linear", "categorical"]
@@ -635,8 +632,6 @@ Scale = Literal["log", "linear", "categorical"]
 
 def _scale(spec: Any | None, name: str, values: pd.Series) -> Scale:
     """The coordinate scale of one hyperparameter (see :func:`robustness`)."""
-    from curvebench.optimizers.spec import Choice, LogUniform, Uniform
-
     space = getattr(spec, "search_space", {}).get(name) if spec is not None else None
     if isinstance(space, LogUniform):  # includes IntLogUniform
         return "log"

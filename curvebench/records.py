@@ -10,9 +10,10 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-__all__ = ["SCHEMA_VERSION", "RunConfig", "RunRecord", "Status", "STATUSES",
+__all__ = ["SCHEMA_VERSION", "RunConfig", "RunRecord", "Status", "STATUSES", "RecordedOptimizer",
+           "recorded_optimizers", "record_backend", "several_backends", "method_label",
            "execution_label", "execution_groups", "mixed_execution_note", "DEFAULT_THREADS",
-           "MAX_THREADS"]
+           "MAX_THREADS", "PHASES"]
 
 #: Version of the stored JSON layout; bump on incompatible changes.
 SCHEMA_VERSION = 1
@@ -30,7 +31,11 @@ DEFAULT_THREADS = 1
 MAX_THREADS = 512
 
 #: Identity fields added after the first records were written; ``None`` = not recorded.
-_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine")
+_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine", "backend", "settings")
+
+#: Phase names the reports know (keys of ``RunRecord.phase_seconds``); optimizers may use
+#: others, which are kept as they are.
+PHASES = ("forward", "backward", "curvature", "solve", "update", "line_search")
 
 
 def execution_label(config: RunConfig) -> str:
@@ -77,6 +82,12 @@ class RunConfig:
     (and with them seconds-to-target and a ``max_seconds`` budget). ``None`` marks a legacy
     record written before these fields existed (settings unknown); ``None`` fields are left out
     of :meth:`key`, so such records keep the hash their file is named by.
+
+    ``backend`` (``"torch"`` or ``"jax"``) names the framework that ran it; ``settings`` holds
+    the optimizer's fixed, non-tunable constructor arguments (``OptimizerSpec.settings``, e.g.
+    SGN's Armijo constant), so changing one in code makes a new run instead of silently reusing
+    a stale one. Both are part of the identity and, like the fields above, left out of
+    :meth:`key` when ``None`` (a legacy record).
     """
 
     problem: str
@@ -92,25 +103,36 @@ class RunConfig:
     stop_at_target: bool = True
     threads: int | None = None
     workers_per_machine: int | None = None
+    backend: str | None = None
+    settings: tuple[tuple[str, Any], ...] | None = None
 
     @classmethod
-    def create(cls, *, hyperparameters: Mapping[str, Any], **fields: Any) -> RunConfig:
-        """Build a config from a hyperparameter mapping."""
-        return cls(hyperparameters=_freeze(hyperparameters), **fields)
+    def create(cls, *, hyperparameters: Mapping[str, Any],
+               settings: Mapping[str, Any] | None = None, **fields: Any) -> RunConfig:
+        """Build a config from a hyperparameter mapping (and a settings mapping)."""
+        return cls(hyperparameters=_freeze(hyperparameters),
+                   settings=None if settings is None else _freeze(settings), **fields)
 
     @property
     def hyperparameter_dict(self) -> dict[str, Any]:
         return dict(self.hyperparameters)
 
+    @property
+    def settings_dict(self) -> dict[str, Any] | None:
+        """The fixed settings as a mapping; ``None`` for a legacy record (not recorded)."""
+        return None if self.settings is None else dict(self.settings)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hyperparameters"] = self.hyperparameter_dict
+        data["settings"] = self.settings_dict
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         data = dict(data)
-        return cls.create(hyperparameters=data.pop("hyperparameters"), **data)
+        return cls.create(hyperparameters=data.pop("hyperparameters"),
+                          settings=data.pop("settings", None), **data)
 
     def key(self) -> str:
         """Stable 16-hex-digit hash of the configuration (legacy ``None`` fields left out)."""
@@ -130,6 +152,12 @@ class RunRecord:
     per-step diagnostics and counter increments); ``evaluations`` holds per-evaluation columns
     (``step``, ``seconds``, ``train_loss``, ``test_loss``, ``test_accuracy``). Missing values are
     ``None`` in JSON and NaN in memory.
+
+    ``optimizer_info`` (``OptimizerSpec.describe()``: defaults, search-space scales, settings,
+    ...) and ``problem_info`` (``ProblemSpec.describe()``: target with its direction, budget,
+    tags, number of parameters, ...) make the record self-describing: reports and metrics read
+    them instead of the live registries, so a report of old runs does not change when the code
+    does. Records written before they existed have them empty (readers fall back, with a note).
     """
 
     config: RunConfig
@@ -149,6 +177,8 @@ class RunRecord:
     started_at: str
     error: str | None = None
     notes: dict[str, Any] = field(default_factory=dict)
+    optimizer_info: dict[str, Any] = field(default_factory=dict)
+    problem_info: dict[str, Any] = field(default_factory=dict)
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,7 +198,8 @@ class RunRecord:
         if version != SCHEMA_VERSION:
             raise ValueError(f"schema version {version!r}, expected {SCHEMA_VERSION}")
         names = {f.name for f in dataclasses.fields(cls)}
-        missing = names - set(data) - {"error", "notes", "schema_version"}
+        missing = names - set(data) - {"error", "notes", "optimizer_info", "problem_info",
+                                       "schema_version"}
         if missing:
             raise ValueError(f"missing fields {sorted(missing)}")
         values = {k: v for k, v in data.items() if k in names}
@@ -189,3 +220,105 @@ def _json_safe(value: Any) -> Any:
     if isinstance(value, list | tuple):
         return [_json_safe(v) for v in value]
     return value
+
+
+#: The backend of a record that does not name one: every run before backends existed was torch.
+LEGACY_BACKEND = "torch"
+
+
+def record_backend(config: RunConfig) -> str:
+    """The framework that ran ``config`` (``torch`` for a legacy record without the field)."""
+    return config.backend or LEGACY_BACKEND
+
+
+def several_backends(records: Sequence[RunRecord]) -> bool:
+    """Whether ``records`` were run by more than one backend (then labels name the backend)."""
+    return len({record_backend(r.config) for r in records}) > 1
+
+
+def method_label(config: RunConfig, *, with_backend: bool) -> str:
+    """``"adam"``, or ``"adam [jax]"`` where runs of several backends would otherwise merge."""
+    return f"{config.optimizer} [{record_backend(config)}]" if with_backend else config.optimizer
+
+
+@dataclass(frozen=True)
+class RecordedOptimizer:
+    """What run records say about one optimizer: what metrics and labels need.
+
+    It has the ``defaults`` and ``search_space`` of an ``OptimizerSpec`` (so it can stand in
+    for one in :mod:`curvebench.metrics`), read from ``RunRecord.optimizer_info`` rather than
+    the live registry. ``source`` says where the values came from: ``records``; ``registry``
+    for a legacy record without ``optimizer_info`` (defaults from today's registry, no search
+    space: hyperparameter scales follow the values' rule); ``unknown`` when the legacy record's
+    optimizer is not registered either.
+    """
+
+    name: str
+    defaults: Mapping[str, Any]
+    search_space: Mapping[str, Any]
+    settings: Mapping[str, Any] | None
+    source: Literal["records", "registry", "unknown"]
+
+    @classmethod
+    def of(cls, record: RunRecord) -> RecordedOptimizer:
+        """The description stored in ``record`` (falling back to the registry, see above)."""
+        name = record.config.optimizer
+        info = record.optimizer_info
+        if info:
+            from curvebench.spaces import space_from_dict
+
+            return cls(name=name, defaults=dict(info.get("defaults", {})),
+                       search_space={k: space_from_dict(v)
+                                     for k, v in info.get("search_space", {}).items()},
+                       settings=dict(info.get("settings", {})), source="records")
+        from curvebench.optimizers import OPTIMIZERS  # a legacy record: the only place left
+
+        if name in OPTIMIZERS:
+            return cls(name=name, defaults=dict(OPTIMIZERS.get(name).defaults), search_space={},
+                       settings=None, source="registry")
+        return cls(name=name, defaults={}, search_space={}, settings=None, source="unknown")
+
+
+def recorded_optimizers(
+    records: Sequence[RunRecord], labels: Sequence[str] | None = None,
+) -> tuple[dict[str, RecordedOptimizer], list[str]]:
+    """Per optimizer label, the :class:`RecordedOptimizer` of its records, and notes.
+
+    Args:
+        records: the runs.
+        labels: per record, the name its group goes by (default: the optimizer's name; e.g.
+            :func:`method_label` when backends are compared).
+
+    Returns:
+        ``(label → description, notes)``: the description of the latest record (by
+        ``started_at``) of each label that has one; one note line for labels whose records all
+        predate stored descriptions (fallback to the registry, or unknown) and for labels whose
+        records store different descriptions (the code changed between runs).
+    """
+    labels = list(labels) if labels is not None else [r.config.optimizer for r in records]
+    latest: dict[str, tuple[bool, str, RunRecord]] = {}
+    seen: dict[str, set[str]] = {}
+    for record, label in zip(records, labels, strict=True):
+        rank = (bool(record.optimizer_info), record.started_at)  # described records first
+        if label not in latest or rank >= latest[label][:2]:
+            latest[label] = (*rank, record)
+        if record.optimizer_info:
+            seen.setdefault(label, set()).add(
+                json.dumps(record.optimizer_info, sort_keys=True, default=str))
+    found = {label: RecordedOptimizer.of(record)
+             for label, (_, _, record) in sorted(latest.items())}
+    notes = []
+    from_registry = [k for k, v in found.items() if v.source == "registry"]
+    unknown = [k for k, v in found.items() if v.source == "unknown"]
+    changed = [k for k, prints in sorted(seen.items()) if len(prints) > 1]
+    if from_registry:
+        notes.append(f"note: the records of {', '.join(from_registry)} predate stored optimizer "
+                     "descriptions; their defaults are today's registered ones and "
+                     "hyperparameter scales follow the values")
+    if unknown:
+        notes.append(f"note: the records of {', '.join(unknown)} predate stored optimizer "
+                     "descriptions and the optimizer is not registered: defaults unknown")
+    if changed:
+        notes.append(f"note: the records of {', '.join(changed)} store different optimizer "
+                     "descriptions (the code changed between runs); the latest is used")
+    return found, notes

@@ -420,6 +420,13 @@ def validate_record(data: Any) -> None:
     for name, value in hyperparameters.items():
         _check_value(name, str, "config.hyperparameters (a name)")
         _check_value(value, bool | int | float | str, f"config.hyperparameters.{name}")
+    settings = config.get("settings")
+    if settings is not None:
+        if not isinstance(settings, dict):
+            raise RecordError(f"config.settings: expected an object or null, got "
+                              f"{_json_type(settings)}")
+        for name, value in settings.items():
+            _check_value(value, bool | int | float | str, f"config.settings.{name}")
     for table in ("history", "evaluations"):
         lengths = {len(column) for column in data[table].values()}
         if len(lengths) > 1:
@@ -449,7 +456,7 @@ def _check_fields(data: dict[str, Any], cls: type, prefix: str) -> None:
             if not isinstance(value, dict):
                 raise RecordError(f"config: expected an object, got {_json_type(value)}")
             _check_fields(value, RunConfig, "config.")
-        elif name == "hyperparameters" and cls is RunConfig:
+        elif name in ("hyperparameters", "settings") and cls is RunConfig:
             continue  # a JSON object of scalars, checked by the caller
         else:
             _check_value(value, hint, where, nullable=name in _NULLABLE_VALUES)
@@ -561,8 +568,8 @@ def _one_line(error: BaseException) -> str:
 def runs_dataframe(records: list[RunRecord]) -> pd.DataFrame:
     """Flatten records into a DataFrame, one row per run.
 
-    Columns: the config fields (``threads`` and ``workers_per_machine`` NaN for legacy
-    records), ``hp.<name>`` per hyperparameter, ``status``,
+    Columns: the config fields (``threads`` and ``workers_per_machine`` NaN, ``backend``
+    ``None`` for legacy records), ``hp.<name>`` per hyperparameter, ``status``,
     ``steps_to_target``, ``seconds_to_target``, ``steps_run``, ``seconds``, ``final_<metric>``,
     ``counter.<name>``, ``phase.<name>`` (seconds), ``peak_memory_bytes``, ``key``.
     """
@@ -579,6 +586,7 @@ def runs_dataframe(records: list[RunRecord]) -> pd.DataFrame:
             "max_seconds": config.max_seconds,
             "device": config.device,
             "dtype": config.dtype,
+            "backend": config.backend,
             "threads": _nan(config.threads),
             "workers_per_machine": _nan(config.workers_per_machine),
             "status": record.status,

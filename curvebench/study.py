@@ -69,24 +69,27 @@ import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 try:
     import tomllib
 except ModuleNotFoundError:  # Python 3.10
     import tomli as tomllib  # type: ignore[no-redef]
 
-from curvebench.optimizers.spec import (
+from curvebench.formatting import configuration_label
+from curvebench.goals import Budget
+from curvebench.records import DEFAULT_THREADS, MAX_THREADS, RunConfig
+from curvebench.spaces import (
     HyperparameterError,
     IntLogUniform,
     IntUniform,
     LogUniform,
-    OptimizerSpec,
     Space,
     Uniform,
 )
-from curvebench.problems.spec import Budget
-from curvebench.records import DEFAULT_THREADS, MAX_THREADS, RunConfig
+
+if TYPE_CHECKING:  # the registries import the backends; parsing does not need them
+    from curvebench.optimizers.spec import OptimizerSpec
 
 __all__ = ["StudyError", "Study", "OptimizerSweep", "TuningProtocol", "load_study",
            "parse_study", "DESIGNS", "MAX_RUNS"]
@@ -297,7 +300,7 @@ class Study:
                 except HyperparameterError as error:
                     raise StudyError(_message(
                         self.source, f"optimizers.{sweep.optimizer} point {index} "
-                        f"({_describe(point)})", str(error))) from None
+                        f"({configuration_label(point)})", str(error))) from None
 
 
 def load_study(path: Path | str) -> Study:
@@ -333,11 +336,6 @@ def parse_study(data: Mapping[str, Any], *, source: str = "<study>",
 def _message(source: str, key: str | None, text: str) -> str:
     text = " ".join(str(text).split())
     return f"{source}: {key}: {text}" if key else f"{source}: {text}"
-
-
-def _describe(point: Mapping[str, Any]) -> str:
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in sorted(point.items())) or "defaults"
 
 
 def _type_name(value: Any) -> str:

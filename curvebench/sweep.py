@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from curvebench.formatting import format_interval, format_number
 from curvebench.records import RunConfig, RunRecord, execution_label, mixed_execution_note
 from curvebench.store import RunStore
 
@@ -545,12 +546,12 @@ def _clock(seconds: float) -> str:
 
 
 def _hyperparameters(config: RunConfig) -> str:
+    """The label of a configuration about to run (its defaults are the live registry's)."""
+    from curvebench.formatting import configuration_label
     from curvebench.optimizers import OPTIMIZERS
 
     defaults = OPTIMIZERS.get(config.optimizer).defaults if config.optimizer in OPTIMIZERS else {}
-    changed = {k: v for k, v in config.hyperparameters if defaults.get(k) != v}
-    return " ".join(f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-                    for k, v in sorted(changed.items())) or "defaults"
+    return configuration_label(config.hyperparameter_dict, defaults)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -564,9 +565,12 @@ def study_summary(records: Sequence[RunRecord], *,
 
     Columns: runs and their statuses, best steps-to-target with its bootstrap interval over
     seeds, the median over configurations, best seconds-to-target, robustness (see
-    :func:`curvebench.metrics.robustness`) and the best hyperparameters.
+    :func:`curvebench.metrics.robustness`) and the best hyperparameters. Hyperparameter scales
+    come from ``optimizer_specs`` when given, else from the records
+    (:func:`curvebench.records.recorded_optimizers`).
     """
     from curvebench import metrics
+    from curvebench.records import recorded_optimizers
     from curvebench.store import runs_dataframe
 
     headers = ["problem", "optimizer", "batch", "configs", "runs", "reached", "diverged",
@@ -576,6 +580,8 @@ def study_summary(records: Sequence[RunRecord], *,
         return headers, []
     frame = runs_dataframe(list(records))
     summary = metrics.steps_to_target_summary(frame)
+    if optimizer_specs is None:
+        optimizer_specs = recorded_optimizers(list(records))[0]
     robust = metrics.robustness(frame, optimizer_specs=optimizer_specs)
     merged = summary.merge(robust[[*metrics.GROUP, "robustness"]], on=list(metrics.GROUP))
     counts = (frame.groupby([*metrics.GROUP, "status"]).size().unstack("status", fill_value=0))
@@ -587,25 +593,13 @@ def study_summary(records: Sequence[RunRecord], *,
             row["problem"], row["optimizer"], int(row["batch_size"]), int(row["n_configs"]),
             int(row["n_runs"]), int(status.get("reached", 0)), int(status.get("diverged", 0)),
             int(status.get("error", 0)),
-            _interval(row["best_steps"], row["best_steps_low"], row["best_steps_high"]),
-            _number(row["median_steps"]), _number(row["best_seconds"], ".3g"),
+            format_interval(row["best_steps"], row["best_steps_low"], row["best_steps_high"],
+                            ".0f"),
+            format_number(row["median_steps"], ".0f"),
+            format_number(row["best_seconds"], ".3g"),
             f"{row['robustness']:.2f}", row["best_hyperparameters"],
         ])
     return headers, rows
-
-
-def _number(value: float, spec: str = ".0f") -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if math.isinf(value):
-        return "not reached"
-    return format(value, spec)
-
-
-def _interval(best: float, low: float, high: float) -> str:
-    if not math.isfinite(best):
-        return "not reached"
-    return f"{best:.0f} [{_number(low)}, {_number(high).replace('not reached', '∞')}]"
 
 
 def _add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -750,7 +744,7 @@ def _plan_rows(configs: Sequence[RunConfig], todo: set[RunConfig]) -> list[list[
         row = rows.setdefault(key, [*key[:3], [], *key[3:], 0])
         row[3].append(str(config.seed))
         row[-1] += config in todo
-    return [[*row[:3], ",".join(row[3]), *row[4:6], _number(row[6] or math.nan, ".3g"),
+    return [[*row[:3], ",".join(row[3]), *row[4:6], format_number(row[6] or math.nan, ".3g"),
              row[7]] for row in rows.values()]
 
 

@@ -14,11 +14,9 @@ from contextlib import AbstractContextManager
 
 import torch
 
+from curvebench.records import PHASES
+
 __all__ = ["PHASES", "PhaseTimer", "NullPhaseTimer", "synchronize", "synchronized_clock"]
-
-#: Phase names the reports know; optimizers may use others, which are kept as they are.
-PHASES = ("forward", "backward", "curvature", "solve", "update", "line_search")
-
 
 def synchronize(device: torch.device) -> None:
     """Wait for all queued work on ``device`` (no-op on CPU)."""

@@ -17,6 +17,8 @@ from curvebench.optimizers.spec import (
 )
 
 _BETAS = {"betas": ("beta1", "beta2")}
+#: Adam's and AdamW's fixed variant (``OptimizerSpec.settings``, part of a run's identity).
+_FIXED = {"amsgrad": False}
 
 register_optimizer(
     OptimizerSpec(
@@ -34,7 +36,7 @@ register_optimizer(
     OptimizerSpec(
         name="adam",
         description="Adam with bias correction.",
-        factory=torch_optimizer_factory(torch.optim.Adam, tuples=_BETAS),
+        factory=torch_optimizer_factory(torch.optim.Adam, tuples=_BETAS, settings=_FIXED),
         defaults={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         search_space={"lr": LogUniform(1e-5, 1.0)},
         reference="Kingma & Ba 2015, 'Adam: A method for stochastic optimization'.",
@@ -45,7 +47,7 @@ register_optimizer(
     OptimizerSpec(
         name="adamw",
         description="Adam with decoupled weight decay.",
-        factory=torch_optimizer_factory(torch.optim.AdamW, tuples=_BETAS),
+        factory=torch_optimizer_factory(torch.optim.AdamW, tuples=_BETAS, settings=_FIXED),
         defaults={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
         search_space={"lr": LogUniform(1e-5, 1.0), "weight_decay": LogUniform(1e-5, 1.0)},
         reference="Loshchilov & Hutter 2019, 'Decoupled weight decay regularization'.",

@@ -148,12 +148,13 @@ class ExactGaussNewton(CurvatureOptimizer):
 
 
 def exact_factory(cls: type[ExactGaussNewton], *, curvature: Curvature, max_parameters: int):
-    """A spec factory for ``cls`` with the curvature and size limit fixed."""
+    """A spec factory for ``cls`` with the size limit fixed and the curvature as its setting."""
 
     def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
-        return cls(model, loss=loss, curvature=curvature, max_parameters=max_parameters,
-                   **hyperparameters)
+        return cls(model, loss=loss, max_parameters=max_parameters,
+                   **{"curvature": curvature, **hyperparameters})
 
+    factory.settings = {"curvature": curvature}  # type: ignore[attr-defined]
     return factory
 
 

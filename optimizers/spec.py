@@ -2,17 +2,26 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
-import numpy as np
 import torch
 from torch import nn
 
 from curvebench.losses import CurvatureLoss
 from curvebench.registry import Registry
+from curvebench.spaces import (
+    Choice,
+    HyperparameterError,
+    HyperparameterValue,
+    IntLogUniform,
+    IntUniform,
+    LogUniform,
+    Space,
+    Uniform,
+    coerce_value,
+)
 
 __all__ = [
     "Choice",
@@ -30,108 +39,13 @@ __all__ = [
     "curvature_optimizer_factory",
 ]
 
-HyperparameterValue = float | int | bool | str
-
-
-class HyperparameterError(ValueError):
-    """An unknown, ill-typed or out-of-range hyperparameter (message is one line)."""
-
-
-@dataclass(frozen=True)
-class LogUniform:
-    """Log-uniform range ``[low, high]`` (learning rates, damping)."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not 0 < self.low < self.high:
-            raise ValueError(f"LogUniform needs 0 < low < high, got {self.low}, {self.high}")
-
-    def from_unit(self, u: float) -> float:
-        """Map ``u ∈ [0, 1]`` into the range."""
-        return float(math.exp(math.log(self.low) + u * (math.log(self.high) - math.log(self.low))))
-
-    def grid(self, n: int) -> list[float]:
-        """``n`` log-spaced points from ``low`` to ``high``."""
-        return [float(v) for v in np.geomspace(self.low, self.high, n)]
-
-    def log_volume(self) -> float:
-        """Length of the range in log space (for volume-weighted robustness)."""
-        return math.log(self.high) - math.log(self.low)
-
-
-@dataclass(frozen=True)
-class IntLogUniform(LogUniform):
-    """Integer-valued log-uniform range (CG iterations)."""
-
-    def from_unit(self, u: float) -> int:  # type: ignore[override]
-        return int(round(super().from_unit(u)))
-
-    def grid(self, n: int) -> list[int]:  # type: ignore[override]
-        return sorted({int(round(v)) for v in super().grid(n)})
-
-
-@dataclass(frozen=True)
-class Uniform:
-    """Uniform range ``[low, high]`` (momentum)."""
-
-    low: float
-    high: float
-
-    def __post_init__(self) -> None:
-        if not self.low < self.high:
-            raise ValueError(f"Uniform needs low < high, got {self.low}, {self.high}")
-
-    def from_unit(self, u: float) -> float:
-        return float(self.low + u * (self.high - self.low))
-
-    def grid(self, n: int) -> list[float]:
-        return [float(v) for v in np.linspace(self.low, self.high, n)]
-
-    def log_volume(self) -> float:
-        return self.high - self.low
-
-
-@dataclass(frozen=True)
-class IntUniform(Uniform):
-    """Integer-valued uniform range (batch sizes on a linear grid, layer counts)."""
-
-    def from_unit(self, u: float) -> int:  # type: ignore[override]
-        return int(round(super().from_unit(u)))
-
-    def grid(self, n: int) -> list[int]:  # type: ignore[override]
-        return sorted({int(round(v)) for v in super().grid(n)})
-
-
-@dataclass(frozen=True)
-class Choice:
-    """A finite set of values."""
-
-    values: tuple[HyperparameterValue, ...]
-
-    def __post_init__(self) -> None:
-        if not self.values:
-            raise ValueError("Choice needs at least one value")
-
-    def from_unit(self, u: float) -> HyperparameterValue:
-        return self.values[min(int(u * len(self.values)), len(self.values) - 1)]
-
-    def grid(self, n: int | None = None) -> list[HyperparameterValue]:
-        return list(self.values)
-
-    def log_volume(self) -> float:
-        return float(len(self.values))
-
-
-Space = LogUniform | IntLogUniform | Uniform | IntUniform | Choice
-
 #: ``factory(model=..., loss=..., **hyperparameters) -> torch.optim.Optimizer``
 OptimizerFactory = Callable[..., torch.optim.Optimizer]
 
 
 def torch_optimizer_factory(
-    cls: type[torch.optim.Optimizer], *, tuples: Mapping[str, tuple[str, ...]] | None = None
+    cls: type[torch.optim.Optimizer], *, tuples: Mapping[str, tuple[str, ...]] | None = None,
+    settings: Mapping[str, HyperparameterValue] | None = None,
 ) -> OptimizerFactory:
     """Adapt any ``torch.optim.Optimizer`` class: it gets ``model.parameters()`` only.
 
@@ -139,17 +53,22 @@ def torch_optimizer_factory(
         cls: the optimizer class.
         tuples: scalar hyperparameters to pack into one tuple argument, e.g.
             ``{"betas": ("beta1", "beta2")}`` for Adam (sweeps and the CLI see scalars only).
+        settings: fixed constructor arguments (e.g. Adam's ``amsgrad=False``); they become the
+            spec's :attr:`OptimizerSpec.settings` (part of a run's identity) and are the
+            factory's defaults when it is called directly.
     """
     packed = dict(tuples or {})
+    fixed = dict(settings or {})
 
     def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
         del loss  # first-order optimizers never see the loss
         for argument, names in packed.items():
             hyperparameters[argument] = tuple(hyperparameters.pop(name) for name in names)
-        return cls(model.parameters(), **hyperparameters)
+        return cls(model.parameters(), **{**fixed, **hyperparameters})
 
     factory.__name__ = f"{cls.__name__}_factory"
     factory.__doc__ = f"Build ``{cls.__module__}.{cls.__name__}`` on the model's parameters."
+    factory.settings = fixed  # type: ignore[attr-defined]
     return factory
 
 
@@ -157,15 +76,19 @@ def curvature_optimizer_factory(cls: type[torch.optim.Optimizer], **fixed: Any) 
     """Adapt an optimizer built from the model and the loss (a ``CurvatureOptimizer``).
 
     ``factory(model=..., loss=..., **hyperparameters)`` returns
-    ``cls(model, loss=loss, **fixed, **hyperparameters)``; ``fixed`` holds what tells apart two
-    registered variants of one class (e.g. Sophia's estimator).
+    ``cls(model, loss=loss, **fixed, **hyperparameters)``; ``fixed`` holds the constructor
+    arguments the spec fixes (what tells apart two registered variants of one class, e.g.
+    Sophia's estimator, and knobs that are not tuned, e.g. SGN's Armijo constant). They become
+    the spec's :attr:`OptimizerSpec.settings`, which :meth:`OptimizerSpec.build` passes
+    explicitly, so a run's hash covers them.
     """
 
     def factory(*, model: nn.Module, loss: CurvatureLoss, **hyperparameters: Any):
-        return cls(model, loss=loss, **fixed, **hyperparameters)
+        return cls(model, loss=loss, **{**fixed, **hyperparameters})
 
     factory.__name__ = f"{cls.__name__}_factory"
     factory.__doc__ = f"Build ``{cls.__module__}.{cls.__name__}`` for the model and loss."
+    factory.settings = dict(fixed)  # type: ignore[attr-defined]
     return factory
 
 
@@ -190,6 +113,12 @@ class OptimizerSpec:
             methods that build dense curvature matrices; ``None``: no limit. Larger models
             are refused by the factory with a one-line error, and studies and the suite skip
             them (:meth:`unsupported_reason`).
+        settings: the fixed, non-tunable constructor arguments (SGN's Armijo constant and
+            backtracking factor, Sophia's estimator, K-FAC's curvature, ...); ``None`` takes
+            the factory's own (``factory.settings``, set by :func:`curvature_optimizer_factory`
+            and :func:`torch_optimizer_factory`). They are part of a run's identity
+            (``RunConfig.settings``) and :meth:`build` passes them to the factory, so what is
+            hashed is what runs. A name may not be both a setting and a hyperparameter.
     """
 
     name: str
@@ -202,12 +131,38 @@ class OptimizerSpec:
     deterministic: bool = True
     reference: str = ""
     max_parameters: int | None = None
+    settings: Mapping[str, HyperparameterValue] | None = None
 
     def __post_init__(self) -> None:
         unknown = set(self.search_space) - set(self.defaults)
         if unknown:
             raise ValueError(f"optimizer {self.name!r}: search space keys {sorted(unknown)} "
                              "have no default")
+        settings = (dict(getattr(self.factory, "settings", {})) if self.settings is None
+                    else dict(self.settings))
+        both = set(settings) & set(self.defaults)
+        if both:
+            raise ValueError(f"optimizer {self.name!r}: {sorted(both)} are both settings and "
+                             "hyperparameters")
+        for key, value in settings.items():
+            if not isinstance(value, bool | int | float | str):
+                raise ValueError(f"optimizer {self.name!r}: setting {key!r} must be a bool, "
+                                 f"int, float or str, got {value!r}")
+        object.__setattr__(self, "settings", settings)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run record stores about the optimizer, so reports need not ask the registry.
+
+        Returns:
+            ``{"defaults", "search_space": {name: Space.to_dict()}, "settings",
+            "needs_curvature", "backends", "reference"}``.
+        """
+        return {"defaults": dict(self.defaults),
+                "search_space": {k: v.to_dict() for k, v in self.search_space.items()},
+                "settings": dict(self.settings or {}),
+                "needs_curvature": self.needs_curvature,
+                "backends": list(getattr(self, "backends", ("torch",))),
+                "reference": self.reference}
 
     def unsupported_reason(self, *, tags: frozenset[str] | set[str],
                            num_parameters: int) -> str | None:
@@ -232,12 +187,19 @@ class OptimizerSpec:
                     f"optimizer {self.name!r} has no hyperparameter {key!r}; "
                     f"known: {', '.join(sorted(self.defaults)) or 'none'}"
                 )
-            merged[key] = _coerce(self.name, key, value, self.defaults[key])
+            merged[key] = coerce_value(self.name, key, value, self.defaults[key])
         return merged
 
     def build(self, *, model: nn.Module, loss: CurvatureLoss,
-              hyperparameters: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
-        """Build the optimizer for ``model``.
+              hyperparameters: Mapping[str, Any] | None = None,
+              settings: Mapping[str, Any] | None = None) -> torch.optim.Optimizer:
+        """Build the optimizer for ``model`` with its settings and the resolved
+        ``hyperparameters``.
+
+        Args:
+            settings: the fixed settings to build with (a run passes its
+                ``RunConfig.settings_dict``, so the record's settings are the ones that run);
+                ``None``: :attr:`settings`.
 
         Raises:
             HyperparameterError: unknown, ill-typed or out-of-range values (the optimizer's own
@@ -245,51 +207,11 @@ class OptimizerSpec:
         """
         resolved = self.resolve(hyperparameters)
         try:
-            return self.factory(model=model, loss=loss, **resolved)
+            fixed = self.settings if settings is None else settings
+            return self.factory(model=model, loss=loss, **(fixed or {}), **resolved)
         except (ValueError, TypeError) as error:
             message = " ".join(str(error).split())
             raise HyperparameterError(f"optimizer {self.name!r}: {message}") from error
-
-
-def _coerce(optimizer: str, key: str, value: Any, default: Any) -> HyperparameterValue:
-    """Parse ``value`` into the type of ``default``."""
-    kind = type(default)
-    try:
-        if kind is bool:
-            if isinstance(value, bool):
-                return value
-            if isinstance(value, str) and value.lower() in {"true", "1", "yes", "on"}:
-                return True
-            if isinstance(value, str) and value.lower() in {"false", "0", "no", "off"}:
-                return False
-            raise ValueError
-        if kind is int:
-            if isinstance(value, bool):
-                raise ValueError
-            if isinstance(value, float) and not value.is_integer():
-                raise ValueError
-            return int(value) if not isinstance(value, str) else int(value, 10)
-        if kind is float:
-            if isinstance(value, bool):
-                raise ValueError
-            parsed = float(value)
-            if math.isnan(parsed):
-                raise ValueError
-            if math.isinf(parsed):  # also 1e400: stored as null, it would never match again
-                raise HyperparameterError(f"optimizer {optimizer!r}: hyperparameter {key!r} "
-                                          f"must be finite, got {value!r}")
-            return parsed
-        if kind is str:
-            if not isinstance(value, str):
-                raise ValueError
-            return value
-    except HyperparameterError:
-        raise
-    except ValueError:
-        pass
-    raise HyperparameterError(
-        f"optimizer {optimizer!r}: hyperparameter {key!r} expects {kind.__name__}, got {value!r}"
-    )
 
 
 OPTIMIZERS: Registry[OptimizerSpec] = Registry(

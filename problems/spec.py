@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import functools
-import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Literal
+from typing import Any
 
 import torch
 from torch import nn
 
+from curvebench.goals import METRICS, Budget, Metric, Target
 from curvebench.losses import CurvatureLoss, loss_by_name
 from curvebench.registry import Registry
 
@@ -28,57 +28,6 @@ __all__ = [
 
 #: Tags a problem may carry.
 TAGS = frozenset({"mlp", "cnn", "autoencoder", "convex", "offline", "paper", "suite", "regression"})
-#: Metrics a target may be set on; ``*_loss`` are evaluated on the whole split.
-METRICS = ("train_loss", "test_loss", "test_accuracy")
-
-Metric = Literal["train_loss", "test_loss", "test_accuracy"]
-
-
-@dataclass(frozen=True)
-class Target:
-    """The value a run must reach, and where that value comes from.
-
-    Args:
-        metric: one of :data:`METRICS`.
-        value: threshold.
-        direction: ``"min"`` (reach ``≤ value``) or ``"max"`` (reach ``≥ value``).
-        provenance: one sentence on how the value was obtained.
-    """
-
-    metric: Metric
-    value: float
-    direction: Literal["min", "max"]
-    provenance: str
-
-    def __post_init__(self) -> None:
-        if self.metric not in METRICS:
-            raise ValueError(f"target metric must be one of {METRICS}, got {self.metric!r}")
-        if self.direction not in ("min", "max"):
-            raise ValueError(f"target direction must be 'min' or 'max', got {self.direction!r}")
-        if not math.isfinite(self.value):
-            raise ValueError("target value must be finite")
-
-    def is_met(self, value: float) -> bool:
-        """Whether ``value`` of :attr:`metric` meets the target (NaN never does)."""
-        if not math.isfinite(value):
-            return False
-        return value <= self.value if self.direction == "min" else value >= self.value
-
-
-@dataclass(frozen=True)
-class Budget:
-    """Limits of one run: optimizer steps and/or measured training seconds."""
-
-    max_steps: int | None = None
-    max_seconds: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.max_steps is None and self.max_seconds is None:
-            raise ValueError("a budget needs max_steps or max_seconds")
-        if self.max_steps is not None and self.max_steps <= 0:
-            raise ValueError(f"max_steps must be positive, got {self.max_steps}")
-        if self.max_seconds is not None and not self.max_seconds > 0:
-            raise ValueError(f"max_seconds must be positive, got {self.max_seconds}")
 
 
 @dataclass(frozen=True)
@@ -142,6 +91,20 @@ class ProblemSpec:
     def make_loss(self) -> CurvatureLoss:
         """A fresh instance of the problem's loss."""
         return loss_by_name(self.loss)
+
+    def describe(self) -> dict[str, Any]:
+        """What a run record stores about the problem, so reports need not ask the registry.
+
+        Returns:
+            ``{"target": {metric, value, direction, provenance}, "budget": {max_steps,
+            max_seconds}, "tags": [...], "num_parameters", "batch_size", "eval_every",
+            "eval_metric", "loss", "classification"}``.
+        """
+        return {"target": self.target.to_dict(), "budget": self.budget.to_dict(),
+                "tags": sorted(self.tags), "num_parameters": self.num_parameters,
+                "batch_size": self.batch_size, "eval_every": self.eval_every,
+                "eval_metric": self.eval_metric, "loss": self.loss,
+                "classification": self.make_loss().classification}
 
     def dataset(self, *, data_dir: Path | str | None = None):
         """Load (or generate) the problem's data on the CPU."""

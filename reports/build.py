@@ -30,6 +30,7 @@ import numpy as np
 import pandas as pd
 
 from curvebench import metrics
+from curvebench.formatting import target_label
 from curvebench.reports import asv_offline, figures, tables
 from curvebench.reports import html as h
 from curvebench.reports.study import GRADIENT_EQUIVALENTS_DEFINITION, Study, timing_conditions
@@ -393,6 +394,7 @@ def _index_body(study: Study, board: pd.DataFrame, glance: _Glance, writer: _Wri
         overview.append(h.paragraph(_ASV_OFFLINE))
     overview.extend(h.missing(line.removeprefix("asv: ")) for line in writer.missing
                     if line.startswith("asv: "))
+    overview.extend(h.paragraph(note) for note in study.notes)
     parts.append(h.section("Study", *overview, anchor="study"))
 
     board_parts = [h.paragraph(_CI)]
@@ -408,14 +410,25 @@ def _index_body(study: Study, board: pd.DataFrame, glance: _Glance, writer: _Wri
     if len(board):
         board_parts.append(h.download("All leaderboards", writer.csv(board, "leaderboard")))
     parts.append(h.section("Leaderboards", *board_parts, anchor="leaderboards"))
+    compared = tables.backend_comparison(study, board)
+    if len(compared):
+        parts.append(h.section(
+            "Backends side by side",
+            h.paragraph("The same optimizer on the same problem and batch size, run by each "
+                        "backend: best steps and seconds to target (bootstrap intervals over "
+                        "seeds) and the measured cost of a step, divided by the reference "
+                        "backend's (torch where it ran)."),
+            h.table(tables.backend_comparison_display(compared),
+                    csv=writer.csv(compared, "backends")), anchor="backends"))
 
     parts.append(h.section("Performance profiles", *_profiles(study, writer),
                            anchor="profiles"))
     if len(runs):
-        tuned = metrics.default_vs_tuned(runs)
+        tuned = metrics.default_vs_tuned(runs, optimizer_specs=study.optimizers)
         parts.append(h.section(
             "Default versus tuned hyperparameters",
-            h.paragraph("Steps to target with the registered defaults against the best "
+            h.paragraph("Steps to target with the optimizers' defaults (as the runs recorded "
+                        "them) against the best "
                         "configuration of the study; gain = default / tuned (Schmidt et al. "
                         "2021)."),
             h.table(tables.default_vs_tuned_display(tuned),
@@ -509,7 +522,7 @@ def _problem_body(study: Study, problem: str, board: pd.DataFrame, glance: _Glan
     parts.append(h.section("Evaluation metrics", *_evaluation(evaluations, colours, writer,
                                                                slug, problem, target=target),
                            anchor="evaluation"))
-    parts.append(h.section("Robustness", *_robustness(runs, writer, slug, problem),
+    parts.append(h.section("Robustness", *_robustness(study, runs, writer, slug, problem),
                            anchor="robustness"))
     parts.append(h.section("Batch-size scaling", *_scaling(runs, writer, slug, problem),
                            anchor="scaling"))
@@ -549,8 +562,8 @@ class _Target:
             return None
         if metric.endswith("accuracy"):
             return 1.0 - self.value, f"target: error ≤ {1.0 - self.value:.3g}"
-        sign = "≤" if self.direction == "min" else "≥"
-        return self.value, f"target: {metric.replace('_', ' ')} {sign} {self.value:.3g}"
+        label = target_label(metric.replace("_", " "), self.direction, self.value, ".3g")
+        return self.value, f"target: {label}"
 
 
 _SEEDS_CAPTION = ("Solid: the median over all seeds of the configuration; dotted: some seeds "
@@ -613,7 +626,8 @@ def _evaluation(evaluations: pd.DataFrame, colours, writer: _Writer, slug: str,
         "readable): median over seeds and interquartile range. " + _SEEDS_CAPTION))]
 
 
-def _robustness(runs: pd.DataFrame, writer: _Writer, slug: str, problem: str) -> list[str]:
+def _robustness(study: Study, runs: pd.DataFrame, writer: _Writer, slug: str,
+                problem: str) -> list[str]:
     parts = []
     for rows, columns in HEATMAP_AXES:
         row_name, column_name = rows.removeprefix("hp."), columns.removeprefix("hp.")
@@ -665,7 +679,7 @@ def _robustness(runs: pd.DataFrame, writer: _Writer, slug: str, problem: str) ->
         widths = sensitivity.groupby(["optimizer", "batch_size"])["width_decades"].first()
         parts.append(h.table(widths.reset_index().rename(
             columns={"width_decades": "decades within 2× of best"})))
-    robust = metrics.robustness(runs, optimizer_specs=tables.RECORDS_ONLY)
+    robust = metrics.robustness(runs, optimizer_specs=study.optimizers)
     parts.append(h.paragraph("Robustness (fraction of the swept space reaching the target):"))
     parts.append(h.table(robust, csv=writer.csv(robust, f"{slug}-robustness")))
     return parts

@@ -9,12 +9,13 @@ offline and can be published as it is.
 from __future__ import annotations
 
 import html
-import math
 import re
 from collections.abc import Sequence
 from string import Template
 
 import pandas as pd
+
+from curvebench.formatting import format_number
 
 __all__ = ["escape", "page", "table", "figure", "missing", "section", "link", "paragraph",
            "download", "contents", "notes"]
@@ -94,16 +95,6 @@ def page(*, title: str, heading: str, nav: Sequence[tuple[str, str]], body: str,
         footer=escape(footer))
 
 
-def _cell(value: object) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    if isinstance(value, float):
-        if math.isinf(value):
-            return "not reached" if value > 0 else "-∞"
-        return f"{value:.4g}"
-    return str(value)
-
-
 def table(frame: pd.DataFrame, *, links: dict[int, str] | None = None, max_rows: int = 500,
           csv: str | None = None) -> str:
     """An HTML table of ``frame`` (all cells escaped); ``links`` maps a row position to an
@@ -113,7 +104,7 @@ def table(frame: pd.DataFrame, *, links: dict[int, str] | None = None, max_rows:
     for position, values in enumerate(frame.itertuples(index=False)):
         if position >= max_rows:
             break
-        cells = [escape(_cell(v)) for v in values]
+        cells = [escape(format_number(v)) for v in values]
         if links and position in links and cells:
             cells[0] = f'<a href="{escape(links[position])}">{cells[0]}</a>'
         rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")

@@ -10,12 +10,19 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
 
-from curvebench.records import RunRecord
+from curvebench.formatting import configuration_label
+from curvebench.records import (
+    RecordedOptimizer,
+    RunRecord,
+    method_label,
+    record_backend,
+    recorded_optimizers,
+    several_backends,
+)
 from curvebench.store import RunStore, UnreadableRun, runs_dataframe
 
 __all__ = [
@@ -23,7 +30,6 @@ __all__ = [
     "PASS_WEIGHTS",
     "GRADIENT_EQUIVALENTS_DEFINITION",
     "gradient_equivalents",
-    "configuration_label",
     "run_threads",
     "run_load",
     "timing_conditions",
@@ -71,15 +77,6 @@ def gradient_equivalents(history: Mapping[str, Sequence[float]]) -> np.ndarray:
     return np.cumsum(total)
 
 
-def configuration_label(optimizer: str, hyperparameters: Mapping[str, Any],
-                        defaults: Mapping[str, Any]) -> str:
-    """``"lr=0.3 momentum=0"``: the hyperparameters that differ from the defaults."""
-    changed = {k: v for k, v in hyperparameters.items() if defaults.get(k) != v}
-    parts = [f"{k}={v:g}" if isinstance(v, float) else f"{k}={v}"
-             for k, v in sorted(changed.items())]
-    return " ".join(parts) or "defaults"
-
-
 def run_threads(record: RunRecord) -> int | None:
     """The thread count a run was timed with: the configured ``threads`` when the record's
     configuration has one, else the count its environment recorded; ``None`` when neither."""
@@ -116,12 +113,6 @@ def timing_conditions(runs: pd.DataFrame) -> str:
     return f"{text}; load {low:.2g}" + (f"–{high:.2g}" if high > low else "")
 
 
-def _optimizer_defaults(name: str) -> Mapping[str, Any]:
-    from curvebench.optimizers import OPTIMIZERS
-
-    return OPTIMIZERS.get(name).defaults if name in OPTIMIZERS else {}
-
-
 @dataclass(frozen=True)
 class Study:
     """The stored runs of one results directory.
@@ -132,13 +123,27 @@ class Study:
         runs: one row per run (:func:`curvebench.store.runs_dataframe` columns plus
             ``configuration`` (hyperparameter label), ``arm`` (optimizer and label, with the
             batch size when it varies within the problem) and ``gradient_equivalents``).
+            When the records come from several backends, ``optimizer`` names the backend too
+            (``"adam [jax]"``), so no table merges runs of two frameworks; ``method`` keeps
+            the optimizer's name and ``backend`` the framework.
         directory: where the runs came from, when loaded from a directory.
+        optimizers: per ``optimizer`` label, what the records say about it (defaults and
+            search-space scales; see :func:`curvebench.records.recorded_optimizers`): the
+            reports read these, never the live registry.
+        notes: one line per caveat on those descriptions (legacy records, changed code).
     """
 
     records: tuple[RunRecord, ...]
     unreadable: tuple[UnreadableRun, ...] = ()
     runs: pd.DataFrame = field(default_factory=pd.DataFrame, compare=False)
     directory: Path | None = None
+    optimizers: Mapping[str, RecordedOptimizer] = field(default_factory=dict, compare=False)
+    notes: tuple[str, ...] = ()
+
+    @property
+    def several_backends(self) -> bool:
+        """Whether the runs come from more than one backend (compared side by side)."""
+        return several_backends(self.records)
 
     @classmethod
     def load(cls, directory: Path | str) -> Study:
@@ -153,10 +158,15 @@ class Study:
         """Build a study from records (synthetic or loaded)."""
         records = tuple(records)
         runs = runs_dataframe(list(records))
+        with_backend = several_backends(records)
+        methods = [method_label(r.config, with_backend=with_backend) for r in records]
+        optimizers, notes = recorded_optimizers(records, methods)
         if records:
-            labels = [configuration_label(r.config.optimizer, r.config.hyperparameter_dict,
-                                          _optimizer_defaults(r.config.optimizer))
-                      for r in records]
+            runs["method"] = runs["optimizer"]
+            runs["backend"] = [record_backend(r.config) for r in records]
+            runs["optimizer"] = methods
+            labels = [configuration_label(r.config.hyperparameter_dict,
+                                          RecordedOptimizer.of(r).defaults) for r in records]
             runs["configuration"] = labels
             batch_sizes = runs.groupby("problem")["batch_size"].transform("nunique")
             runs["arm"] = [
@@ -171,7 +181,8 @@ class Study:
             runs["started_at"] = [r.started_at for r in records]
             runs["threads"] = pd.array([run_threads(r) for r in records], dtype="Int64")
             runs["load"] = [np.nan if (v := run_load(r)) is None else v for r in records]
-        return cls(records=records, unreadable=tuple(unreadable), runs=runs, directory=directory)
+        return cls(records=records, unreadable=tuple(unreadable), runs=runs, directory=directory,
+                   optimizers=optimizers, notes=tuple(notes))
 
     def problems(self) -> list[str]:
         """Problem names present, sorted."""

@@ -17,13 +17,13 @@ import pandas as pd
 from tabulate import tabulate
 
 from curvebench import metrics
-from curvebench.records import RunRecord
+from curvebench.formatting import format_interval, target_label
+from curvebench.formatting import format_number as _fmt
+from curvebench.records import PHASES, RunRecord
 from curvebench.reports.study import Study
-from curvebench.timing import PHASES
 
 __all__ = [
     "GROUP",
-    "RECORDS_ONLY",
     "run_summary",
     "leaderboard",
     "leaderboard_display",
@@ -53,11 +53,9 @@ __all__ = [
     "STALL_KINDS",
     "profile_table",
     "PROFILE_FACTORS",
+    "backend_comparison",
+    "backend_comparison_display",
 ]
-
-#: ``optimizer_specs`` for :mod:`curvebench.metrics`: no live registry, so a report of stored
-#: runs does not change when the code does (hyperparameter scales follow the values' rule).
-RECORDS_ONLY: dict = {}
 
 #: One leaderboard row: an optimizer at one batch size on one problem.
 GROUP = list(metrics.GROUP)
@@ -78,29 +76,28 @@ def leaderboard(study: Study, *, n_bootstrap: int = 1000) -> pd.DataFrame:
 
     Columns of :func:`curvebench.metrics.steps_to_target_summary`, plus ``robustness``
     (:func:`curvebench.metrics.robustness` from the records alone: each hyperparameter's scale
-    by the rule for values, not from the live registry), ``target`` (``metric ≥ value``) and
-    ``best_final`` (the best configuration's median over seeds of the final value of the target
-    metric, best in the target's direction).
+    from the search space the runs recorded, never from the live registry), ``target``
+    (``metric ≥ value``) and ``best_final`` (the median over seeds of the final value of the
+    target metric of the best configuration, the one :func:`best_arms` names by
+    :func:`curvebench.metrics.best_configuration`, as ``best_hyperparameters`` does).
     """
     runs = study.runs
     if runs.empty:
         return pd.DataFrame(columns=[*GROUP, "n_runs"])
     summary = metrics.steps_to_target_summary(runs, n_bootstrap=n_bootstrap)
-    robust = metrics.robustness(runs, optimizer_specs=RECORDS_ONLY)[
+    robust = metrics.robustness(runs, optimizer_specs=study.optimizers)[
         [*GROUP, "robustness", "swept"]]
     table = summary.merge(robust, on=GROUP, how="left")
     finals = []
+    best_arm = best_arms(runs).set_index(GROUP)["arm"]
     for keys, group in runs.groupby(GROUP, sort=False):
         metric = group["target_metric"].iloc[0]
         column = f"final_{metric}"
         direction = _direction(study, group)
-        if column not in group:
-            best = math.nan
-        else:
-            per_arm = group.groupby("arm")[column].median()
-            best = per_arm.min() if direction == "min" else per_arm.max()
-        sign = "≤" if direction == "min" else "≥"
-        finals.append((*keys, f"{metric} {sign} {group['target_value'].iloc[0]:g}", best))
+        arm = group["arm"] == best_arm.loc[keys]
+        best = float(group.loc[arm, column].median()) if column in group else math.nan
+        target = target_label(metric, direction, group["target_value"].iloc[0])
+        finals.append((*keys, target, best))
     table = table.merge(pd.DataFrame(finals, columns=[*GROUP, "target", "best_final"]),
                         on=GROUP, how="left")
     return table.sort_values(GROUP, kind="stable").reset_index(drop=True)
@@ -112,27 +109,6 @@ def _direction(study: Study, group: pd.DataFrame) -> str:
         if record.config.key() == key:
             return str(record.target.get("direction", "min"))
     return "min"
-
-
-def format_interval(value: float, low: float, high: float, spec: str = ".4g") -> str:
-    """``"120 [95, 160]"``; ``"not reached"`` for ``+∞``; open ends as ``∞``."""
-    if not np.isfinite(value):
-        return "not reached" if value == np.inf else "—"
-    ends = [format(v, spec) if np.isfinite(v) else ("∞" if v == np.inf else "?")
-            for v in (low, high)]
-    return f"{value:{spec}} [{ends[0]}, {ends[1]}]"
-
-
-def _fmt(value: object, spec: str = ".4g") -> str:
-    if value is None:
-        return "—"
-    if isinstance(value, float | np.floating):
-        if math.isnan(value):
-            return "—"
-        if math.isinf(value):
-            return "not reached" if value > 0 else "-∞"
-        return format(float(value), spec)
-    return str(value)
 
 
 def leaderboard_display(table: pd.DataFrame) -> pd.DataFrame:
@@ -154,8 +130,8 @@ def leaderboard_display(table: pd.DataFrame) -> pd.DataFrame:
                 row.best_seconds, row.best_seconds_low, row.best_seconds_high, ".3g"),
             "median steps over configs": _fmt(row.median_steps),
             "target": row.target,
-            "best final value": _fmt(row.best_final),
-            "robustness": _fmt(row.robustness, ".0%") if np.isfinite(row.robustness) else "—",
+            "final value (best config)": _fmt(row.best_final),
+            "robustness": _fmt(row.robustness, ".0%"),
             "best hyperparameters": row.best_hyperparameters or "defaults",
         })
     return pd.DataFrame(rows)
@@ -383,13 +359,82 @@ def provenance(study: Study) -> pd.DataFrame:
 
 def study_tables(study: Study) -> list[tuple[str, pd.DataFrame]]:
     """The tables shown by ``curvebench show`` and ``curvebench report --format md``:
-    the per-run summary and the leaderboard of every problem, as formatted strings."""
+    the per-run summary, the leaderboard of every problem and, when the runs come from several
+    backends, the backends side by side (:func:`backend_comparison`), as formatted strings;
+    then the notes on what the records do not say (:attr:`Study.notes`), if any."""
     tables: list[tuple[str, pd.DataFrame]] = [("Runs", run_summary(study))]
-    board = leaderboard_display(leaderboard(study))
+    raw = leaderboard(study)
+    board = leaderboard_display(raw)
+    compared = backend_comparison_display(backend_comparison(study, raw))
     for problem in study.problems():
         part = board[board["problem"] == problem].drop(columns="problem")
         tables.append((f"Leaderboard: {problem}", part))
+        if len(compared) and (compared["problem"] == problem).any():
+            tables.append((f"Backends side by side: {problem}",
+                           compared[compared["problem"] == problem].drop(columns="problem")))
+    if study.notes:
+        tables.append(("Notes", pd.DataFrame({"note": list(study.notes)})))
     return tables
+
+
+def backend_comparison(study: Study, board: pd.DataFrame | None = None) -> pd.DataFrame:
+    """The same optimizer run by several backends, side by side.
+
+    For each problem × optimizer × batch size that more than one backend ran: one row per
+    backend with the :func:`leaderboard` times to target (best configuration, bootstrap
+    intervals over seeds), the measured cost of a step ``seconds_per_step = Σ seconds /
+    Σ steps_run`` over the group's runs, and ``step_ratio``, that cost divided by the
+    reference backend's (``torch`` when it ran, else the first by name).
+
+    Args:
+        study: the runs (``runs`` has ``method`` and ``backend`` columns).
+        board: :func:`leaderboard` of ``study``, if already computed.
+
+    Returns:
+        Columns ``problem, method, batch_size, backend, optimizer`` (the label, e.g.
+        ``"adam [jax]"``), the leaderboard's ``best_*`` columns, ``seconds_per_step``,
+        ``step_ratio``; empty when one backend ran everything.
+    """
+    columns = ["problem", "method", "batch_size", "backend", "optimizer", "best_steps",
+               "best_steps_low", "best_steps_high", "best_seconds", "best_seconds_low",
+               "best_seconds_high", "seconds_per_step", "step_ratio"]
+    if not study.several_backends or study.runs.empty:
+        return pd.DataFrame(columns=columns)
+    board = leaderboard(study) if board is None else board
+    methods = method_table(board, study.runs)
+    labels = study.runs[[*GROUP, "method", "backend"]].drop_duplicates(GROUP)
+    table = methods.merge(labels, on=GROUP, how="left")
+    several = table.groupby(["problem", "method", "batch_size"])["backend"].transform("nunique")
+    table = table[several > 1].copy()
+
+    def reference(group: pd.DataFrame) -> float:
+        backends = sorted(group["backend"])
+        chosen = "torch" if "torch" in backends else backends[0]
+        return float(group.loc[group["backend"] == chosen, "seconds_per_step"].iloc[0])
+
+    ratios = []
+    for _, group in table.groupby(["problem", "method", "batch_size"], sort=False):
+        base = reference(group)
+        ratios.append(group["seconds_per_step"] / base)
+    table["step_ratio"] = pd.concat(ratios) if ratios else []
+    return (table[columns].sort_values(["problem", "method", "batch_size", "backend"])
+            .reset_index(drop=True))
+
+
+def backend_comparison_display(table: pd.DataFrame) -> pd.DataFrame:
+    """:func:`backend_comparison` with formatted strings."""
+    shown = [{"problem": row.problem, "optimizer": row.method, "batch": int(row.batch_size),
+              "backend": row.backend,
+              "best steps→target [95% CI]": format_interval(
+                  row.best_steps, row.best_steps_low, row.best_steps_high),
+              "best s→target [95% CI]": format_interval(
+                  row.best_seconds, row.best_seconds_low, row.best_seconds_high, ".3g"),
+              "ms/step": _fmt(row.seconds_per_step * 1e3, ".3g"),
+              "step ÷ reference step": _fmt(row.step_ratio, ".3g")}
+             for row in table.itertuples()]
+    return pd.DataFrame(shown, columns=["problem", "optimizer", "batch", "backend",
+                                        "best steps→target [95% CI]", "best s→target [95% CI]",
+                                        "ms/step", "step ÷ reference step"])
 
 
 def render_tables(tables: Sequence[tuple[str, pd.DataFrame]], *, fmt: TableFormat) -> str:
@@ -602,7 +647,7 @@ def methods_display(rows: pd.DataFrame, *, timing: bool = True) -> pd.DataFrame:
                                                  row.best_seconds_high, ".3g"),
             "runs reaching": f"{row.reached_fraction:.0%} of {int(row.n_runs)}",
             "configs": int(row.n_configs),
-            "robustness": _fmt(row.robustness, ".0%") if np.isfinite(row.robustness) else "—",
+            "robustness": _fmt(row.robustness, ".0%"),
             "ms/step": _fmt(row.seconds_per_step * 1e3, ".3g"),
             "× cheapest step": _fmt(row.cost_ratio, ".2g"),
             "gradient-equivalents/step": _fmt(row.gradient_equivalents_per_step, ".3g"),

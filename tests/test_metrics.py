@@ -151,7 +151,8 @@ def test_default_vs_tuned_gain():
     rows = [_sgd(0.1, 200, problem="a"), _sgd(1.0, 50, problem="a"),
             _sgd(0.1, None, problem="b"), _sgd(1.0, 80, problem="b"),
             _sgd(0.5, 60, problem="c"), _sgd(1.0, 30, problem="c")]
-    table = metrics.default_vs_tuned(runs(rows)).set_index("problem")
+    table = metrics.default_vs_tuned(runs(rows), optimizer_specs={"sgd": get_optimizer("sgd")})
+    table = table.set_index("problem")
     assert table.loc["a", "has_default"]
     assert (table.loc["a", "default_steps"], table.loc["a", "tuned_steps"]) == (200, 50)
     assert table.loc["a", "steps_gain"] == 4.0
