@@ -20,6 +20,7 @@ os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " intra_op_parallelism_threads=1").strip()
 
 import argparse  # noqa: E402
+import functools  # noqa: E402
 import statistics  # noqa: E402
 import time  # noqa: E402
 
@@ -31,6 +32,7 @@ from curvebench.jax_backend.optimizers import build_jax_optimizer  # noqa: E402
 from curvebench.losses import loss_by_name  # noqa: E402
 from curvebench.optimizers import get_optimizer  # noqa: E402
 from curvebench.problems import get_problem, models  # noqa: E402
+from curvebench.problems.torch_models import build_torch_model, torch_dataset  # noqa: E402
 
 PAIRS = (("sgd", "sgd", {}), ("adam", "adam", {}), ("sgn", "sgn", {"cg_iterations": 3}),
          ("kfac", "kfac-jax", {}))
@@ -40,13 +42,15 @@ def _workloads(batch: int):
     """(name, model factory, loss name, batches) for each workload."""
     for name in ("digits-mlp", "mnist1d-cnn"):
         spec = get_problem(name)
-        data = spec.dataset()
-        yield name, spec.model_factory, spec.loss, ShuffledBatches(
+        data = torch_dataset(spec.dataset())
+        factory = functools.partial(build_torch_model, spec.architecture, seed=None)
+        yield name, factory, spec.loss, ShuffledBatches(
             data.x_train, data.y_train, batch_size=batch, seed=0)
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(batch * 4, 784, generator=generator)
     y = torch.randint(0, 10, (batch * 4,), generator=generator)
-    yield ("mlp-784-256-256-10", lambda: models.mlp([784, 256, 256, 10]), "cross_entropy",
+    mlp = models.mlp([784, 256, 256, 10])
+    yield ("mlp-784-256-256-10", lambda: build_torch_model(mlp, seed=None), "cross_entropy",
            ShuffledBatches(x, y, batch_size=batch, seed=0))
 
 

@@ -41,6 +41,7 @@ from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import OPTIMIZERS
 from curvebench.optimizers.kfac import KFAC, damped_decomposition
 from curvebench.problems import get_problem, models
+from curvebench.problems.torch_models import build_torch_model, torch_dataset
 from curvebench.timing import PhaseTimer
 
 
@@ -48,13 +49,14 @@ def workloads() -> list[Workload]:
     result = []
     for name in ("digits-mlp", "digits-cnn", "mnist1d-cnn"):
         problem = get_problem(name)
-        data = problem.dataset()
+        data = torch_dataset(problem.dataset())
         batch = problem.batch_size
         result.append(Workload(name, problem.build_model(seed=0), problem.make_loss(),
                                data.x_train[:batch], data.y_train[:batch].long()))
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
-    result.append(Workload("mlp-784-256-256-10@512", models.mlp([784, 256, 256, 10]),
+    result.append(Workload("mlp-784-256-256-10@512",
+                           build_torch_model(models.mlp([784, 256, 256, 10]), seed=None),
                            CrossEntropyLoss(), torch.randn(512, 784, generator=generator),
                            torch.randint(0, 10, (512,), generator=generator)))
     return result

@@ -52,6 +52,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.p
 from curvebench.losses import CrossEntropyLoss, CurvatureLoss  # noqa: E402
 from curvebench.optimizers import OPTIMIZERS  # noqa: E402
 from curvebench.problems import get_problem, models  # noqa: E402
+from curvebench.problems.torch_models import build_torch_model, torch_dataset  # noqa: E402
 from curvebench.timing import PhaseTimer  # noqa: E402
 from tests.peers import silence_asdl_profiling_markers  # noqa: E402
 
@@ -261,7 +262,8 @@ def workloads(names: list[str]) -> list[Workload]:
     result = []
     for name in names:
         if name == "mlp":
-            result.append(Workload("mlp 784-256-256-10 b512", models.mlp([784, 256, 256, 10]),
+            result.append(Workload("mlp 784-256-256-10 b512",
+                                   build_torch_model(models.mlp([784, 256, 256, 10]), seed=None),
                                    CrossEntropyLoss(), torch.randn(512, 784, generator=generator),
                                    torch.randint(0, 10, (512,), generator=generator)))
         elif name == "cnn":
@@ -270,7 +272,7 @@ def workloads(names: list[str]) -> list[Workload]:
                                    torch.randint(0, 10, (128,), generator=generator)))
         else:
             problem = get_problem(name)
-            data = problem.dataset()
+            data = torch_dataset(problem.dataset())
             batch = problem.batch_size
             result.append(Workload(f"{name} b{batch}", problem.build_model(seed=0),
                                    problem.make_loss(), data.x_train[:batch].float(),

@@ -41,19 +41,20 @@ from curvebench.curvature import Linearization, flatten, unflatten
 from curvebench.losses import CrossEntropyLoss, CurvatureLoss
 from curvebench.optimizers.sgn import GaussNewtonCG
 from curvebench.problems import get_problem, models
+from curvebench.problems.torch_models import build_torch_model, torch_dataset
 
 
 def _cases(batch: int) -> dict[str, tuple[nn.Module, CurvatureLoss, torch.Tensor, torch.Tensor]]:
     cases = {}
     for name in ("digits-mlp", "mnist1d-cnn"):
         problem = get_problem(name)
-        data = problem.dataset()
+        data = torch_dataset(problem.dataset())
         generator = torch.Generator().manual_seed(0)
         index = torch.randint(0, len(data.x_train), (batch,), generator=generator)
         cases[name] = (problem.build_model(seed=0), problem.make_loss(),
                        data.x_train[index].float(), data.y_train[index].long())
     torch.manual_seed(0)
-    cases["mlp-784-256-256-10"] = (models.mlp([784, 256, 256, 10], activation="relu"),
+    cases["mlp-784-256-256-10"] = (build_torch_model(models.mlp([784, 256, 256, 10]), seed=None),
                                    CrossEntropyLoss(), torch.randn(batch, 784),
                                    torch.randint(0, 10, (batch,)))
     return cases

@@ -149,10 +149,9 @@ def device_data(problem: ProblemSpec, *, device: torch.device, dtype: torch.dtyp
         data = problem.dataset(data_dir=data_dir)
     classification = problem.make_loss().classification
 
-    def move(tensor: torch.Tensor, *, labels: bool) -> torch.Tensor:
-        if labels and classification:
-            return tensor.to(device=device, dtype=torch.long)
-        return tensor.to(device=device, dtype=dtype)
+    def move(array, *, labels: bool) -> torch.Tensor:
+        return torch.as_tensor(array, device=device,
+                               dtype=torch.long if labels and classification else dtype)
 
     return DeviceData(
         x_train=move(data.x_train, labels=False),

@@ -1,6 +1,7 @@
 """Data sources of the benchmark: synthetic teachers, bundled sets and the classic image sets.
 
-Every loader returns a :class:`Dataset` of CPU tensors. Synthetic data, ``digits`` and
+Every loader returns a :class:`Dataset` of NumPy arrays (each backend converts them to its own
+arrays). Synthetic data, ``digits`` and
 ``mnist1d`` are generated or read offline; MNIST, Fashion-MNIST and CIFAR-10 are read from a
 data directory (see :func:`resolve_data_dir`) and, when allowed, downloaded into it first with
 SHA-256 verification.
@@ -29,7 +30,6 @@ from pathlib import Path, PurePosixPath
 from typing import Any, BinaryIO, Literal
 
 import numpy as np
-import torch
 
 __all__ = [
     "DOWNLOAD_TIMEOUT_S",
@@ -73,7 +73,7 @@ def _one_line(text: object) -> str:
 
 @dataclass(frozen=True)
 class Dataset:
-    """A train/test split of one data source, as CPU tensors.
+    """A train/test split of one data source, as C-contiguous NumPy arrays.
 
     Inputs are float32: images ``(N, C, H, W)`` in [0, 1], ``digits`` flat ``(N, 64)`` in
     [0, 1], ``mnist1d`` ``(N, 40)``, synthetic sets ``(N, d_in)``. Targets are int64 class
@@ -89,10 +89,10 @@ class Dataset:
     """
 
     name: str
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
+    x_train: np.ndarray
+    y_train: np.ndarray
+    x_test: np.ndarray
+    y_test: np.ndarray
     num_classes: int | None
 
     def __post_init__(self) -> None:
@@ -121,12 +121,22 @@ _BALANCE_SAMPLES = 8192
 _BALANCE_STEPS = 200
 
 
-def _generator(seed: int, stream: int) -> torch.Generator:
-    """Return a fresh generator for one independent stream derived from ``seed``."""
+def _generator(seed: int, stream: int) -> Any:
+    """Return a fresh torch generator for one independent stream derived from ``seed``.
+
+    The synthetic sets keep drawing with torch's generator (imported here only), so their
+    values, and the targets calibrated on them, are those of earlier releases.
+    """
+    import torch
+
     if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
         raise ValueError(f"seed must be a non-negative int, got {seed!r}")
     state = np.random.SeedSequence([seed, stream]).generate_state(1, dtype=np.uint64)[0]
     return torch.Generator().manual_seed(int(state) & ((1 << 63) - 1))
+
+
+def _numpy(tensor: Any, dtype: type) -> np.ndarray:
+    return np.ascontiguousarray(tensor.numpy(), dtype=dtype)
 
 
 def _check_positive(**values: int) -> None:
@@ -183,6 +193,7 @@ def synthetic_regression(
         raise ValueError(f"noise must be a finite number >= 0, got {noise!r}")
     if teacher not in ("linear", "mlp"):
         raise ValueError(f"teacher must be 'linear' or 'mlp', got {teacher!r}")
+    import torch
 
     g = _generator(seed, 0)
     if teacher == "linear":
@@ -202,11 +213,11 @@ def synthetic_regression(
         def f(x: torch.Tensor) -> torch.Tensor:
             return torch.tanh(x @ w1.T + b1) @ w2.T + b2
 
-    def sample(n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
         gs = _generator(seed, stream)
         x = torch.randn(n, d_in, generator=gs)
         y = f(x) + noise * torch.randn(n, d_out, generator=gs)
-        return x.float().contiguous(), y.float().contiguous()
+        return _numpy(x, np.float32), _numpy(y, np.float32)
 
     x_train, y_train = sample(n_train, 1)
     x_test, y_test = sample(n_test, 2)
@@ -251,6 +262,7 @@ def synthetic_classification(
     _check_non_negative(n_test=n_test)
     if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 2:
         raise ValueError(f"num_classes must be an int >= 2, got {num_classes!r}")
+    import torch
 
     g = _generator(seed, 0)
     w1 = 2.0 * torch.randn(teacher_width, d_in, generator=g) / math.sqrt(d_in)
@@ -271,10 +283,10 @@ def synthetic_classification(
         shift += step * (1.0 / num_classes - freq)
     offset = torch.from_numpy(shift.astype(np.float32))
 
-    def sample(n: int, stream: int) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(n: int, stream: int) -> tuple[np.ndarray, np.ndarray]:
         x = torch.randn(n, d_in, generator=_generator(seed, stream))
         y = (raw_logits(x) + offset).argmax(dim=1)
-        return x.float().contiguous(), y.to(torch.int64)
+        return _numpy(x, np.float32), _numpy(y, np.int64)
 
     x_train, y_train = sample(n_train, 1)
     x_test, y_test = sample(n_test, 2)
@@ -314,11 +326,11 @@ def digits(*, seed: int = 0, test_fraction: float = 0.2) -> Dataset:
         x, y, test_size=test_fraction, random_state=seed, stratify=y
     )
 
-    def as_x(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32) / np.float32(16.0))
+    def as_x(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.float32) / np.float32(16.0)
 
-    def as_y(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    def as_y(a: np.ndarray) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.int64)
 
     return Dataset("digits", as_x(x_tr), as_y(y_tr), as_x(x_te), as_y(y_te), 10)
 
@@ -329,7 +341,7 @@ def mnist1d(*, seed: int = 0) -> Dataset:
     The generator's default arguments are used with ``args.seed = seed`` (the library's own
     default seed is 42). Nothing is downloaded. Generation takes about a second and a half, so
     results are cached per seed in-process: repeated calls return the same object, whose
-    tensors must therefore not be modified in place. The library seeds Python's and NumPy's
+    arrays must therefore not be modified in place. The library seeds Python's and NumPy's
     global RNGs; their previous states are restored afterwards.
 
     Args:
@@ -360,11 +372,11 @@ def _mnist1d_cached(seed: int) -> Dataset:
         random.setstate(py_state)
         np.random.set_state(np_state)
 
-    def as_x(a: Any) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.float32))
+    def as_x(a: Any) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.float32)
 
-    def as_y(a: Any) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a, dtype=np.int64))
+    def as_y(a: Any) -> np.ndarray:
+        return np.ascontiguousarray(a, dtype=np.int64)
 
     return Dataset(
         "mnist1d", as_x(data["x"]), as_y(data["y"]), as_x(data["x_test"]), as_y(data["y_test"]), 10
@@ -689,7 +701,7 @@ def _find_idx(root: Path, stem: str) -> Path | None:
     return None
 
 
-def _load_idx_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor, torch.Tensor]:
+def _load_idx_split(images_path: Path, labels_path: Path) -> tuple[np.ndarray, np.ndarray]:
     images, labels = read_idx(images_path), read_idx(labels_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise DatasetError(
@@ -708,9 +720,12 @@ def _load_idx_split(images_path: Path, labels_path: Path) -> tuple[torch.Tensor,
         )
     if labels.size and int(labels.max()) > 9:
         raise DatasetError(f"{labels_path}: label {int(labels.max())} is outside 0..9")
-    x = torch.from_numpy(images).unsqueeze(1).to(torch.float32).div_(255.0)
-    y = torch.from_numpy(labels.astype(np.int64))
-    return x, y
+    return _unit_interval(images[:, None]), labels.astype(np.int64)
+
+
+def _unit_interval(pixels: np.ndarray) -> np.ndarray:
+    """uint8 pixels as float32 in [0, 1] (division in float32, as earlier releases did)."""
+    return np.ascontiguousarray(pixels, dtype=np.float32) / np.float32(255.0)
 
 
 def _idx_dataset(
@@ -945,9 +960,6 @@ def cifar10(*, data_dir: Path | None = None, download: bool = True) -> Dataset:
     train = [_read_cifar_batch(folder / n) for n in _CIFAR_TRAIN]
     x_test_u8, y_test = _read_cifar_batch(folder / _CIFAR_TEST)
 
-    def as_x(a: np.ndarray) -> torch.Tensor:
-        return torch.from_numpy(np.ascontiguousarray(a)).to(torch.float32).div_(255.0)
-
-    x_train = as_x(np.concatenate([x for x, _ in train]))
-    y_train = torch.from_numpy(np.concatenate([y for _, y in train]))
-    return Dataset("cifar10", x_train, y_train, as_x(x_test_u8), torch.from_numpy(y_test), 10)
+    x_train = _unit_interval(np.concatenate([x for x, _ in train]))
+    y_train = np.concatenate([y for _, y in train])
+    return Dataset("cifar10", x_train, y_train, _unit_interval(x_test_u8), y_test, 10)

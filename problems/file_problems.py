@@ -9,8 +9,6 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from torch import nn
-
 from curvebench.problems import datasets, models
 from curvebench.problems.spec import Budget, ProblemSpec, Target, register_problem
 
@@ -37,15 +35,10 @@ def _cifar10(*, data_dir=None) -> datasets.Dataset:
 
 def _mnist_autoencoder(*, data_dir=None) -> datasets.Dataset:
     data = _mnist(data_dir=data_dir)
-    x_train, x_test = data.x_train.flatten(1), data.x_test.flatten(1)
+    x_train = data.x_train.reshape(len(data.x_train), -1)
+    x_test = data.x_test.reshape(len(data.x_test), -1)
     return dataclasses.replace(data, x_train=x_train, y_train=x_train, x_test=x_test,
                                y_test=x_test, num_classes=None)
-
-
-def _sgn_mlp() -> nn.Module:
-    return models.normal_init(
-        nn.Sequential(nn.Flatten(), models.mlp([784, 20, 20, 20, 10], activation="sigmoid"))
-    )
 
 
 _UNTESTED = "Not yet reproduced by curvebench (no training data offline where it was built); "
@@ -54,7 +47,7 @@ register_problem(ProblemSpec(
     name="mnist-mlp-sgn",
     description="MLP 784-20-20-20-10 (sigmoid, N(0,1) weights, zero biases) on MNIST, batch "
                 "1000: the SGN paper's setup.",
-    model_factory=_sgn_mlp,
+    architecture=models.sgn_mlp(),
     loss="cross_entropy",
     load_data=_mnist,
     batch_size=1000,
@@ -71,7 +64,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="fashion-mnist-lenet5",
     description="LeNet-5 (tanh, average pooling) on Fashion-MNIST, the SGN paper's setup.",
-    model_factory=models.lenet5,
+    architecture=models.lenet5(),
     loss="cross_entropy",
     load_data=_fashion,
     batch_size=128,
@@ -87,7 +80,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="cifar10-cnn-sgn",
     description="CNN conv32@3-pool-conv64@3-pool-conv64@3-fc64 (ReLU) on CIFAR-10.",
-    model_factory=models.cnn_sgn,
+    architecture=models.cnn_sgn(),
     loss="cross_entropy",
     load_data=_cifar10,
     batch_size=128,
@@ -104,7 +97,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="mnist-autoencoder",
     description="Deep autoencoder 784-1000-500-250-30 and mirror (sigmoid) on MNIST, sigmoid BCE.",
-    model_factory=lambda: models.autoencoder([784, 1000, 500, 250, 30], activation="sigmoid"),
+    architecture=models.autoencoder([784, 1000, 500, 250, 30], activation="sigmoid"),
     loss="bce_logits",
     load_data=_mnist_autoencoder,
     batch_size=1000,
@@ -121,7 +114,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="mnist-2c2d",
     description="DeepOBS 2c2d (conv32@5-pool-conv64@5-pool-fc1024-fc10) on MNIST.",
-    model_factory=models.two_conv_two_dense,
+    architecture=models.two_conv_two_dense(),
     loss="cross_entropy",
     load_data=_mnist,
     batch_size=128,
@@ -137,7 +130,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="fashion-mnist-2c2d",
     description="DeepOBS 2c2d on Fashion-MNIST.",
-    model_factory=models.two_conv_two_dense,
+    architecture=models.two_conv_two_dense(),
     loss="cross_entropy",
     load_data=_fashion,
     batch_size=128,
@@ -153,7 +146,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="cifar10-3c3d",
     description="DeepOBS 3c3d (three conv, three dense layers) on CIFAR-10.",
-    model_factory=models.three_conv_three_dense,
+    architecture=models.three_conv_three_dense(),
     loss="cross_entropy",
     load_data=_cifar10,
     batch_size=128,

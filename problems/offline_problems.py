@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 
-from torch import nn
+import numpy as np
 
 from curvebench.problems import datasets, models
 from curvebench.problems.spec import Budget, ProblemSpec, Target, register_problem
@@ -27,13 +27,11 @@ def _linreg_data(*, data_dir=None) -> datasets.Dataset:
 
 def linreg_optimum() -> float:
     """The minimal training MSE of ``synthetic-linreg`` (least squares in float64)."""
-    import torch
-
     data = _linreg_data()
-    x = torch.cat([data.x_train.double(), torch.ones(len(data.x_train), 1, dtype=torch.float64)],
-                  dim=1)
-    solution = torch.linalg.lstsq(x, data.y_train.double()).solution
-    return float(((x @ solution - data.y_train.double()) ** 2).mean())
+    x = np.concatenate([data.x_train, np.ones((len(data.x_train), 1))], axis=1, dtype=np.float64)
+    y = data.y_train.astype(np.float64)
+    solution = np.linalg.lstsq(x, y, rcond=None)[0]
+    return float(((x @ solution - y) ** 2).mean())
 
 
 def _digits(*, data_dir=None) -> datasets.Dataset:
@@ -64,7 +62,7 @@ def _adam(*, lr: float, value: float, grid: str = "1e-3, 3e-3, 1e-2, 3e-2") -> s
 register_problem(ProblemSpec(
     name="synthetic-linreg",
     description="Linear least squares, 1024×32 Gaussian inputs, 4 outputs, noise σ=0.1.",
-    model_factory=lambda: nn.Linear(32, 4),
+    architecture=models.mlp([32, 4]),
     loss="mse",
     load_data=_linreg_data,
     batch_size=128,
@@ -82,7 +80,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="digits-logreg",
     description="Multinomial logistic regression on scikit-learn's 8×8 digits.",
-    model_factory=lambda: nn.Linear(64, 10),
+    architecture=models.mlp([64, 10]),
     loss="cross_entropy",
     load_data=_digits,
     batch_size=128,
@@ -98,7 +96,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="digits-mlp",
     description="MLP 64-64-64-10 (tanh) on 8×8 digits.",
-    model_factory=lambda: models.mlp([64, 64, 64, 10], activation="tanh"),
+    architecture=models.mlp([64, 64, 64, 10], activation="tanh"),
     loss="cross_entropy",
     load_data=_digits,
     batch_size=128,
@@ -113,7 +111,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="digits-cnn",
     description="CNN conv16@3-pool-conv32@3-pool-fc10 (ReLU) on 8×8 digits.",
-    model_factory=models.digits_cnn,
+    architecture=models.digits_cnn(),
     loss="cross_entropy",
     load_data=_digits,
     batch_size=128,
@@ -128,7 +126,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="digits-autoencoder",
     description="Autoencoder 64-32-16-32-64 (sigmoid, linear code) on 8×8 digits, sigmoid BCE.",
-    model_factory=lambda: models.autoencoder([64, 32, 16], activation="sigmoid"),
+    architecture=models.autoencoder([64, 32, 16], activation="sigmoid"),
     loss="bce_logits",
     load_data=_digits_autoencoder,
     batch_size=128,
@@ -143,7 +141,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="mnist1d-mlp",
     description="MLP 40-100-100-10 (ReLU) on MNIST-1D (4000/1000).",
-    model_factory=lambda: models.mlp([40, 100, 100, 10], activation="relu"),
+    architecture=models.mlp([40, 100, 100, 10], activation="relu"),
     loss="cross_entropy",
     load_data=_mnist1d,
     batch_size=128,
@@ -159,7 +157,7 @@ register_problem(ProblemSpec(
 register_problem(ProblemSpec(
     name="mnist1d-cnn",
     description="1-D CNN (three strided conv32 layers, linear read-out) on MNIST-1D.",
-    model_factory=models.mnist1d_cnn,
+    architecture=models.mnist1d_cnn(),
     loss="cross_entropy",
     load_data=_mnist1d,
     batch_size=128,

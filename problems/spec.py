@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -11,6 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from curvebench.architecture import Architecture
 from curvebench.goals import METRICS, Budget, Metric, Target
 from curvebench.losses import CurvatureLoss, loss_by_name
 from curvebench.registry import Registry
@@ -37,9 +37,10 @@ class ProblemSpec:
     Args:
         name: registry name (part of the public interface).
         description: one line.
-        model_factory: builds a fresh model; called under a seeded RNG by :meth:`build_model`.
+        architecture: the model, declared once (every backend compiles it; initial
+            parameters from :func:`curvebench.architecture.initial_parameters`).
         loss: name of a :mod:`curvebench.losses` loss (mean reduction).
-        load_data: ``load_data(data_dir=...) -> Dataset`` with CPU tensors; deterministic.
+        load_data: ``load_data(data_dir=...) -> Dataset`` of NumPy arrays; deterministic.
         batch_size: default mini-batch size.
         eval_metric: headline held-out metric (``test_accuracy`` or ``test_loss``).
         target: see :class:`Target`.
@@ -51,7 +52,7 @@ class ProblemSpec:
 
     name: str
     description: str
-    model_factory: Callable[[], nn.Module]
+    architecture: Architecture
     loss: str
     load_data: Callable[..., object]
     batch_size: int
@@ -77,16 +78,16 @@ class ProblemSpec:
 
     def build_model(self, *, seed: int, device: str | torch.device = "cpu",
                     dtype: torch.dtype = torch.float32) -> nn.Module:
-        """Build the model with parameters initialised from ``seed`` (global RNG untouched)."""
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            model = self.model_factory()
-        return model.to(device=device, dtype=dtype)
+        """The torch model with the neutral initial parameters of ``seed`` (global RNG
+        untouched; see :func:`curvebench.architecture.initial_parameters`)."""
+        from curvebench.problems.torch_models import build_torch_model
 
-    @functools.cached_property
+        return build_torch_model(self.architecture, seed=seed, device=device, dtype=dtype)
+
+    @property
     def num_parameters(self) -> int:
         """Number of trainable parameters of the model (capability checks: size limits)."""
-        return sum(p.numel() for p in self.build_model(seed=0).parameters() if p.requires_grad)
+        return self.architecture.num_parameters
 
     def make_loss(self) -> CurvatureLoss:
         """A fresh instance of the problem's loss."""
@@ -107,7 +108,7 @@ class ProblemSpec:
                 "classification": self.make_loss().classification}
 
     def dataset(self, *, data_dir: Path | str | None = None):
-        """Load (or generate) the problem's data on the CPU."""
+        """Load (or generate) the problem's data as NumPy arrays (the backend converts)."""
         return self.load_data(data_dir=data_dir)
 
 

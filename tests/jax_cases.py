@@ -35,7 +35,8 @@ def float64_batches(problem: str, *, batch_size: int, count: int, seed: int = 0
                     ) -> list[tuple[torch.Tensor, torch.Tensor]]:
     """``count`` training batches of a problem, inputs (and float targets) as float64."""
     data = _dataset(problem)
-    iterator = ShuffledBatches(data.x_train, data.y_train, batch_size=batch_size, seed=seed)
+    iterator = ShuffledBatches(torch.as_tensor(data.x_train), torch.as_tensor(data.y_train),
+                               batch_size=batch_size, seed=seed)
     batches = []
     for _ in range(count):
         x, y = next(iterator)

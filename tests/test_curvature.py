@@ -17,6 +17,7 @@ from curvebench.curvature import (
 )
 from curvebench.losses import LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, MSELoss
 from curvebench.problems import models
+from curvebench.problems.torch_models import build_torch_model
 from tests.dense_reference import dense_ggn, dense_hessian, dense_jacobian
 
 TOLERANCE = 1e-10
@@ -24,6 +25,11 @@ TOLERANCE = 1e-10
 
 def _relative_error(actual: torch.Tensor, expected: torch.Tensor) -> float:
     return float((actual - expected).norm() / expected.norm().clamp_min(1e-300))
+
+
+def _torch(architecture) -> nn.Module:
+    """The declared model with torch's own initialisation (the test seeds the global RNG)."""
+    return build_torch_model(architecture, seed=None)
 
 
 def _tiny_cnn() -> nn.Module:
@@ -45,12 +51,12 @@ def _tiny_cnn1d() -> nn.Module:
 
 
 MODELS = {
-    "mlp-tanh": (lambda: models.mlp([4, 5, 3], activation="tanh"), 4),
-    "mlp-relu": (lambda: models.mlp([4, 5, 4, 3], activation="relu"), 4),
-    "mlp-sigmoid": (lambda: models.mlp([4, 5, 3], activation="sigmoid"), 4),
+    "mlp-tanh": (lambda: _torch(models.mlp([4, 5, 3], activation="tanh")), 4),
+    "mlp-relu": (lambda: _torch(models.mlp([4, 5, 4, 3], activation="relu")), 4),
+    "mlp-sigmoid": (lambda: _torch(models.mlp([4, 5, 3], activation="sigmoid")), 4),
     "cnn2d": (_tiny_cnn, 25),
     "cnn1d": (_tiny_cnn1d, 9),
-    "autoencoder": (lambda: models.autoencoder([3, 4, 2], activation="sigmoid"), 3),
+    "autoencoder": (lambda: _torch(models.autoencoder([3, 4, 2], activation="sigmoid")), 3),
 }
 
 

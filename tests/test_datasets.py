@@ -107,7 +107,7 @@ def test_dataset_error_is_always_one_line() -> None:
 
 def test_dataset_rejects_mismatched_lengths() -> None:
     with pytest.raises(ValueError, match="rows"):
-        Dataset("bad", torch.zeros(3, 2), torch.zeros(2), torch.zeros(1, 2), torch.zeros(1), 2)
+        Dataset("bad", np.zeros((3, 2)), np.zeros(2), np.zeros((1, 2)), np.zeros(1), 2)
 
 
 def test_resolve_data_dir_precedence(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -291,13 +291,13 @@ def test_idx_loaders_read_all_four_files(tmp_path: Path, loader, folder: str, na
     data = loader(data_dir=tmp_path, download=False)
     assert data.name == name and data.num_classes == 10 and data.is_classification
     assert data.x_train.shape == (6, 1, 28, 28) and data.x_test.shape == (4, 1, 28, 28)
-    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
     assert data.y_train.shape == (6,) and data.y_test.shape == (4,)
     assert float(data.x_train.min()) >= 0.0 and float(data.x_train.max()) <= 1.0
     assert data.x_train[0, 0, 0, 0] == 0.0 and data.x_train[0, 0, 0, 1] == 1.0
     images, labels = arrays["train"]
-    expected = torch.from_numpy(images.astype(np.float32) / 255.0).unsqueeze(1)
-    torch.testing.assert_close(data.x_train, expected)
+    expected = (images.astype(np.float32) / np.float32(255.0))[:, None]
+    np.testing.assert_array_equal(data.x_train, expected)
     assert data.y_train.tolist() == labels.tolist()
     assert data.y_test.tolist() == arrays["test"][1].tolist()
 
@@ -470,10 +470,10 @@ def _write_cifar_batches(folder: Path, *, per_batch: int = 2, n_test: int = 3) -
 def _check_cifar(data: Dataset, batches: dict) -> None:
     assert data.name == "cifar10" and data.num_classes == 10
     assert data.x_train.shape == (10, 3, 32, 32) and data.x_test.shape == (3, 3, 32, 32)
-    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
     assert float(data.x_train.min()) >= 0.0 and float(data.x_train.max()) <= 1.0
     first = batches["data_batch_1"][b"data"][0].reshape(3, 32, 32).astype(np.float32) / 255
-    torch.testing.assert_close(data.x_train[0], torch.from_numpy(first))
+    np.testing.assert_allclose(data.x_train[0], first, rtol=1e-6)
     expected_train = sum((batches[f"data_batch_{i}"][b"labels"] for i in range(1, 6)), [])
     assert data.y_train.tolist() == expected_train
     assert data.y_test.tolist() == batches["test_batch"][b"labels"]
@@ -568,16 +568,16 @@ def test_digits_split_and_scaling() -> None:
     data = digits()
     assert data.name == "digits" and data.num_classes == 10
     assert data.x_train.shape == (1437, 64) and data.x_test.shape == (360, 64)
-    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
     assert float(data.x_train.min()) == 0.0 and float(data.x_train.max()) == 1.0
-    assert torch.all(data.x_train * 16 == torch.round(data.x_train * 16))
+    assert np.all(data.x_train * 16 == np.round(data.x_train * 16))
     # Stratified: every class has 35-37 test images (1797 images, ~180 per class).
-    counts = torch.bincount(data.y_test, minlength=10)
+    counts = np.bincount(data.y_test, minlength=10)
     assert counts.min() >= 35 and counts.max() <= 37
     again = digits(seed=0)
-    assert torch.equal(again.x_train, data.x_train) and torch.equal(again.y_test, data.y_test)
+    assert np.array_equal(again.x_train, data.x_train) and np.array_equal(again.y_test, data.y_test)
     other = digits(seed=1)
-    assert not torch.equal(other.x_train, data.x_train)
+    assert not np.array_equal(other.x_train, data.x_train)
     assert digits(test_fraction=0.5).x_test.shape[0] == 899
     with pytest.raises(ValueError):
         digits(test_fraction=1.0)
@@ -590,12 +590,12 @@ def test_mnist1d_is_generated_offline_and_cached() -> None:
     assert np.array_equal(np.random.get_state()[1], np_state[1])
     assert data.name == "mnist1d" and data.num_classes == 10
     assert data.x_train.shape == (4000, 40) and data.x_test.shape == (1000, 40)
-    assert data.x_train.dtype == torch.float32 and data.y_train.dtype == torch.int64
+    assert data.x_train.dtype == np.float32 and data.y_train.dtype == np.int64
     assert data.y_train.shape == (4000,) and data.y_test.shape == (1000,)
-    assert set(data.y_train.unique().tolist()) == set(range(10))
+    assert set(np.unique(data.y_train).tolist()) == set(range(10))
     assert mnist1d(seed=0) is data
     other = mnist1d(seed=1)
-    assert other is not data and not torch.equal(other.x_train, data.x_train)
+    assert other is not data and not np.array_equal(other.x_train, data.x_train)
 
 
 # ------------------------------------------------------------------------------------------
@@ -604,9 +604,10 @@ def test_mnist1d_is_generated_offline_and_cached() -> None:
 
 
 def _residual_std(data: Dataset) -> float:
-    x = torch.cat([data.x_train, torch.ones(data.x_train.shape[0], 1)], dim=1).double()
-    sol = torch.linalg.lstsq(x, data.y_train.double()).solution
-    return float((x @ sol - data.y_train.double()).std())
+    x = np.concatenate([data.x_train, np.ones((data.x_train.shape[0], 1))], axis=1,
+                       dtype=np.float64)
+    sol = np.linalg.lstsq(x, data.y_train.astype(np.float64), rcond=None)[0]
+    return float((x @ sol - data.y_train).std())
 
 
 @pytest.mark.parametrize("teacher", ["linear", "mlp"])
@@ -619,15 +620,22 @@ def test_synthetic_regression_shapes_and_determinism(teacher: str) -> None:
     assert data.x_train.shape == (200, 5) and data.y_train.shape == (200, 3)
     assert data.x_test.shape == (50, 5) and data.y_test.shape == (50, 3)
     for t in (data.x_train, data.y_train, data.x_test, data.y_test):
-        assert t.dtype == torch.float32 and t.device.type == "cpu"
+        assert isinstance(t, np.ndarray) and t.dtype == np.float32
     same = synthetic_regression(**kwargs, seed=0)
-    assert torch.equal(same.x_train, data.x_train) and torch.equal(same.y_test, data.y_test)
+    assert np.array_equal(same.x_train, data.x_train) and np.array_equal(same.y_test, data.y_test)
     other = synthetic_regression(**kwargs, seed=1)
-    assert not torch.equal(other.x_train, data.x_train)
-    assert not torch.equal(other.y_train, data.y_train)
+    assert not np.array_equal(other.x_train, data.x_train)
+    assert not np.array_equal(other.y_train, data.y_train)
     # The training set does not depend on the test-set size.
     bigger_test = synthetic_regression(**{**kwargs, "n_test": 7}, seed=0)
-    assert torch.equal(bigger_test.y_train, data.y_train)
+    assert np.array_equal(bigger_test.y_train, data.y_train)
+
+
+def test_synthetic_linreg_data_is_unchanged() -> None:
+    """The values the problem's target was calibrated on (its closed-form optimum)."""
+    from curvebench.problems.offline_problems import linreg_optimum
+
+    assert linreg_optimum() == pytest.approx(0.0096269, abs=1e-7)
 
 
 def test_synthetic_regression_teachers_differ_in_kind() -> None:
@@ -656,18 +664,19 @@ def test_synthetic_classification_labels_and_determinism() -> None:
     kwargs = dict(n_train=3000, n_test=500, d_in=8, num_classes=5)
     data = synthetic_classification(**kwargs, seed=0)
     assert data.num_classes == 5 and data.is_classification
-    assert data.x_train.shape == (3000, 8) and data.x_train.dtype == torch.float32
-    assert data.y_train.shape == (3000,) and data.y_train.dtype == torch.int64
+    assert data.x_train.shape == (3000, 8) and data.x_train.dtype == np.float32
+    assert data.y_train.shape == (3000,) and data.y_train.dtype == np.int64
     assert data.y_test.shape == (500,)
     assert int(data.y_train.min()) >= 0 and int(data.y_train.max()) < 5
     # Every class occurs, none dominates (the teacher is balanced on a reference sample).
-    freq = torch.bincount(data.y_train, minlength=5).float() / 3000
+    freq = np.bincount(data.y_train, minlength=5) / 3000
     assert float(freq.min()) > 0.12 and float(freq.max()) < 0.28
     same = synthetic_classification(**kwargs, seed=0)
-    assert torch.equal(same.x_train, data.x_train) and torch.equal(same.y_train, data.y_train)
+    assert np.array_equal(same.x_train, data.x_train) and np.array_equal(same.y_train, data.y_train)
     other = synthetic_classification(**kwargs, seed=1)
-    assert not torch.equal(other.y_train, data.y_train)
+    assert not np.array_equal(other.y_train, data.y_train)
     wide = synthetic_classification(**kwargs, seed=0, teacher_width=64)
-    assert torch.equal(wide.x_train, data.x_train) and not torch.equal(wide.y_train, data.y_train)
+    assert np.array_equal(wide.x_train, data.x_train)
+    assert not np.array_equal(wide.y_train, data.y_train)
     with pytest.raises(ValueError):
         synthetic_classification(**{**kwargs, "num_classes": 1}, seed=0)

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import pytest
 import torch
 
+from curvebench.architecture import Architecture, Init, initial_parameters
 from curvebench.problems import PROBLEMS
 from curvebench.problems.spec import METRICS, TAGS
+from curvebench.problems.torch_models import build_torch_model, describe
 
 ALL = PROBLEMS.names()
 OFFLINE = [p.name for p in PROBLEMS if p.offline]
@@ -52,6 +55,60 @@ def test_model_builds_seeded(name):
                                                           strict=True))
 
 
+@pytest.mark.parametrize("name", ALL)
+def test_torch_model_is_its_declaration(name):
+    """The torch model has the declared layers, and its parameters are the neutral draws."""
+    problem = PROBLEMS.get(name)
+    model = problem.build_model(seed=2, dtype=torch.float64)
+    assert describe(model).layers == problem.architecture.layers
+    arrays = initial_parameters(problem.architecture, seed=2)
+    assert [tuple(p.shape) for p in model.parameters()] == [a.shape for a in arrays]
+    assert [tuple(p.shape) for p in model.parameters()] == problem.architecture.parameter_shapes()
+    for parameter, array in zip(model.parameters(), arrays, strict=True):
+        assert np.array_equal(parameter.detach().numpy(), array)
+    assert problem.num_parameters == sum(p.numel() for p in model.parameters())
+    single = problem.build_model(seed=2)
+    for parameter, array in zip(single.parameters(), arrays, strict=True):
+        assert np.array_equal(parameter.detach().numpy(), array.astype(np.float32))
+
+
+@pytest.mark.parametrize("name", ALL)
+def test_initial_parameters_are_a_pure_function_of_the_seed(name):
+    architecture = PROBLEMS.get(name).architecture
+    first, again = (initial_parameters(architecture, seed=7) for _ in range(2))
+    other = initial_parameters(architecture, seed=8)
+    np.random.seed(0)
+    state = np.random.get_state()[1].copy()
+    initial_parameters(architecture, seed=7)
+    assert np.array_equal(state, np.random.get_state()[1]), "global RNG must be untouched"
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    assert all(not np.array_equal(a, b) or not a.any() for a, b in zip(first, other, strict=True))
+    assert all(a.dtype == np.float64 for a in first)
+
+
+def test_initial_parameters_follow_torch_default_distributions():
+    """U(±1/√fan_in) for weight and bias, as torch's own Linear/Conv initialisation draws."""
+    architecture = PROBLEMS.get("digits-cnn").architecture
+    torch.manual_seed(0)
+    torch_default = build_torch_model(architecture, seed=None)  # torch's own initialisation
+    ours = initial_parameters(architecture, seed=0)
+    theirs = [p.detach().numpy() for p in torch_default.parameters()]
+    for i, layer in enumerate(architecture.parameterised):
+        bound = 1 / np.sqrt(ours[2 * i][0].size)  # 1/√fan_in
+        for mine, torchs in zip(ours[2 * i: 2 * i + 2], theirs[2 * i: 2 * i + 2], strict=True):
+            assert mine.shape == torchs.shape
+            for values in (mine, torchs):
+                assert 0.8 * bound < np.abs(values).max() <= bound, layer
+    normal = Architecture(architecture.layers, init=Init("normal", std=0.5))
+    drawn = initial_parameters(normal, seed=0)
+    weights = np.concatenate([w.ravel() for w in drawn[0::2]])
+    assert 0.45 < weights.std() < 0.55 and not any(b.any() for b in drawn[1::2])
+    with pytest.raises(ValueError, match="seed must be a non-negative int"):
+        initial_parameters(architecture, seed=-1)
+    with pytest.raises(ValueError, match="unknown initialisation"):
+        Init("xavier")
+
+
 @pytest.mark.parametrize("name", [n for n in ALL if n not in OFFLINE])
 def test_forward_pass_shape_without_data(name):
     problem = PROBLEMS.get(name)
@@ -66,10 +123,15 @@ def test_offline_problem_forward_and_finite_loss(name):
     data = problem.dataset()
     model = problem.build_model(seed=0)
     loss = problem.make_loss()
-    inputs, targets = data.x_train[:32], data.y_train[:32]
+    for array in (data.x_train, data.y_train, data.x_test, data.y_test):
+        assert isinstance(array, np.ndarray) and array.flags.c_contiguous
+    assert data.x_train.dtype == np.float32
+    inputs, targets = torch.as_tensor(data.x_train[:32]), torch.as_tensor(data.y_train[:32])
     if loss.classification:
-        assert targets.dtype == torch.long
+        assert data.y_train.dtype == data.y_test.dtype == np.int64
         assert data.num_classes == model(inputs).shape[1]
+    else:
+        assert data.y_train.dtype == np.float32
     value = loss(model(inputs), targets)
     assert value.dim() == 0 and torch.isfinite(value)
     assert len(data.x_test) > 0

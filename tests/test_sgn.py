@@ -22,7 +22,8 @@ def _linreg(dtype=torch.float64):
     problem = get_problem("synthetic-linreg")
     data = problem.dataset()
     model = problem.build_model(seed=0, dtype=dtype)
-    return model, problem.make_loss(), data.x_train.to(dtype), data.y_train.to(dtype)
+    return (model, problem.make_loss(), torch.as_tensor(data.x_train, dtype=dtype),
+            torch.as_tensor(data.y_train, dtype=dtype))
 
 
 def _exact(**overrides):

@@ -7,10 +7,11 @@ torch model's input. Spatial activations are kept channels-last internally (``NH
 recognises (dense ``(in, out)``, convolution ``HWIO``), so kfac-jax finds every layer on its
 own; :data:`Flatten` restores torch's channels-first order, so outputs equal torch's.
 
-Initial weights: :func:`from_torch` converts a torch model's parameters (built by
-``ProblemSpec.build_model(seed=…)``, or any flat model) into this pytree. Both backends thus
-start from bit-identical weights for a seed; reimplementing torch's initialisers on JAX's
-random-number generator could not give that.
+Initial weights: :func:`initial_params` converts the neutral parameters of a seed
+(:func:`curvebench.architecture.initial_parameters`, NumPy) into this pytree; the torch
+backend loads the same arrays (``ProblemSpec.build_model(seed=…)``), so both backends start
+from identical weights without this module importing torch. :func:`from_torch` converts the
+current parameters of a user's own flat torch model instead.
 """
 
 from __future__ import annotations
@@ -31,10 +32,11 @@ from curvebench.architecture import (
     Layer,
     Pool,
     Reshape,
+    initial_parameters,
 )
 
-__all__ = ["describe", "from_torch", "compile_architecture", "Params", "params_to_numpy",
-           "params_from_numpy"]
+__all__ = ["describe", "from_torch", "initial_params", "compile_architecture", "Params",
+           "params_to_numpy", "params_from_numpy"]
 
 Params = tuple[dict[str, jax.Array], ...]
 Apply = Callable[[Params, jax.Array], jax.Array]
@@ -48,61 +50,24 @@ _ACTIVATION_FUNCTIONS: dict[str, Callable[[jax.Array], jax.Array]] = {
 
 
 def describe(model: Any) -> Architecture:
-    """The neutral description of a flat torch model (``nn.Sequential`` or one ``nn.Linear``).
+    """The neutral description of a flat torch model (imports torch; see
+    :func:`curvebench.problems.torch_models.describe`)."""
+    from curvebench.problems.torch_models import describe as describe_torch_model
 
-    Nested ``nn.Sequential`` containers are flattened (their parameter order is unchanged).
+    return describe_torch_model(model)
 
-    Raises:
-        ValueError: for a layer type without a neutral equivalent (named in the message).
+
+def initial_params(architecture: Architecture, *, seed: int, dtype: Any = None) -> Params:
+    """The initial parameters of ``seed`` as a pytree (the torch backend loads the same ones).
+
+    Args:
+        architecture: the declaration (e.g. ``ProblemSpec.architecture``).
+        seed: see :func:`curvebench.architecture.initial_parameters`.
+        dtype: the JAX dtype of the parameters (default: JAX's default float type).
     """
-    from torch import nn
-
-    def leaves(module: nn.Module) -> list[nn.Module]:
-        if isinstance(module, nn.Sequential):
-            return [leaf for child in module for leaf in leaves(child)]
-        return [module]
-
-    modules = leaves(model)
-    layers: list[Layer] = []
-    activations = {nn.ReLU: "relu", nn.Tanh: "tanh", nn.Sigmoid: "sigmoid"}
-    for module in modules:
-        kind = type(module)
-        if kind is nn.Linear:
-            layers.append(Dense(module.in_features, module.out_features,
-                                bias=module.bias is not None))
-        elif kind in (nn.Conv1d, nn.Conv2d):
-            if (module.groups != 1 or any(d != 1 for d in module.dilation)
-                    or isinstance(module.padding, str) or module.padding_mode != "zeros"):
-                raise ValueError(f"unsupported convolution settings in {module}")
-            layers.append(Conv(module.in_channels, module.out_channels,
-                               tuple(module.kernel_size), tuple(module.stride),
-                               tuple(module.padding), bias=module.bias is not None))
-        elif kind in (nn.MaxPool1d, nn.MaxPool2d, nn.AvgPool1d, nn.AvgPool2d):
-            rank = 1 if kind in (nn.MaxPool1d, nn.AvgPool1d) else 2
-            if getattr(module, "ceil_mode", False) or getattr(module, "dilation", 1) != 1 or (
-                    not getattr(module, "count_include_pad", True)):
-                raise ValueError(f"unsupported pooling settings in {module}")
-            layers.append(Pool("max" if "Max" in kind.__name__ else "avg",
-                               _tuple(module.kernel_size, rank),
-                               _tuple(module.stride or module.kernel_size, rank),
-                               _tuple(module.padding, rank)))
-        elif kind is nn.Flatten:
-            if module.start_dim != 1 or module.end_dim != -1:
-                raise ValueError(f"unsupported flatten settings in {module}")
-            layers.append(Flatten())
-        elif kind is nn.Unflatten:
-            if module.dim != 1:
-                raise ValueError(f"unsupported unflatten settings in {module}")
-            layers.append(Reshape(tuple(module.unflattened_size)))
-        elif kind in activations:
-            layers.append(Activation(activations[kind]))
-        else:
-            raise ValueError(f"no neutral equivalent of layer {kind.__name__}")
-    return Architecture(tuple(layers))
-
-
-def _tuple(value: int | tuple[int, ...], rank: int) -> tuple[int, ...]:
-    return tuple(value) if isinstance(value, tuple | list) else (int(value),) * rank
+    arrays = initial_parameters(architecture, seed=seed)
+    return params_from_numpy(architecture, arrays,
+                             dtype=jnp.result_type(float) if dtype is None else dtype)
 
 
 def from_torch(model: Any, *, dtype: Any = None) -> tuple[Architecture, Params]:

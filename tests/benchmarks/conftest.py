@@ -18,6 +18,7 @@ import torch
 
 from curvebench.losses import CrossEntropyLoss
 from curvebench.problems import models
+from curvebench.problems.torch_models import build_torch_model
 
 _HERE = Path(__file__).resolve().parent
 
@@ -30,21 +31,21 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             item.add_marker(pytest.mark.kernel_benchmark)
 
 
-#: The workloads of the kernel benchmarks: name -> (model factory, input shape per example).
+#: The workloads of the kernel benchmarks: name -> (architecture, input shape per example).
 BATCH = 512
 MODELS = {
-    "digits-mlp": (lambda: models.mlp([64, 64, 64, 10], activation="tanh"), (64,)),
-    "mnist1d-cnn": (models.mnist1d_cnn, (40,)),
-    "mlp-784-256-256-10": (lambda: models.mlp([784, 256, 256, 10]), (784,)),
+    "digits-mlp": (models.mlp([64, 64, 64, 10], activation="tanh"), (64,)),
+    "mnist1d-cnn": (models.mnist1d_cnn(), (40,)),
+    "mlp-784-256-256-10": (models.mlp([784, 256, 256, 10]), (784,)),
 }
 
 
 @pytest.fixture(params=sorted(MODELS), scope="module")
 def setup(request):
     """``(name, model, loss, inputs, targets)`` of one workload at batch :data:`BATCH`."""
-    factory, shape = MODELS[request.param]
+    architecture, shape = MODELS[request.param]
     torch.manual_seed(0)
-    model = factory()
+    model = build_torch_model(architecture, seed=None)
     inputs = torch.randn(BATCH, *shape)
     targets = torch.randint(0, 10, (BATCH,))
     return request.param, model, CrossEntropyLoss(), inputs, targets
