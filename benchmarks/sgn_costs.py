@@ -1,22 +1,32 @@
 """Costs of SGN's pieces as ratios, measured in one process with interleaved repeats.
 
-For ``digits-mlp``, ``mnist1d-cnn`` (registered problems, their data) and an MLP
-784-256-256-10 (random data) at one batch size, prints medians over repeats of:
+Workloads (``--workloads``): the MLP 784-256-256-10 at batch 512 and the CNN
+conv32-pool-conv64-pool-fc on 1×28×28 at batch 128 of ``benchmarks/kfac_peers.py`` (random
+data, ten classes; issue 10's workloads, the default), and the registered ``digits-mlp`` and
+``mnist1d-cnn`` problems (their data) at ``--batch``. For each it prints medians over
+interleaved repeats of:
 
 * ``ggn/grad``: one GGN-vector product on a cached linearisation ÷ one gradient
   (forward + backward), for each J v method (``layers``, ``double_vjp``) and for a naive
   ``torch.func.jvp`` + ``torch.func.vjp`` product that re-runs the forward pass;
 * ``curvlinops/ours``: the same product through ``curvlinops.GGNLinearOperator`` ÷ ours
   (if curvlinops is installed);
-* ``sgn(k)/sgd``: a whole SGN step with ``k`` CG iterations (line search and adaptive damping
-  on, the defaults) ÷ a ``torch.optim.SGD`` step, for each ``k``.
+* ``sgn(k) ÷ SGD``: a whole SGN step with ``k`` CG iterations (CG tolerance 0, so exactly
+  ``k`` products; line search and adaptive damping on, the defaults) ÷ a ``torch.optim.SGD``
+  step, against the goal ``1.2 + 1.1 k`` with a pass/miss column, and the step's phases in SGD
+  steps: building the linearisation (forward, and the backward that also gives the gradient),
+  one CG product (``curvature`` ÷ ``k``, to compare with ``ggn/grad``), CG's own vector work
+  (``solve``), the reduction-ratio/Armijo function evaluation (``line_search``) and the rest
+  (``update``: flattening, writing the parameters).
 
 Ratios are printed for wall-clock time and for process CPU time (``time.process_time``); on a
 shared machine the CPU-time ratios are the robust ones, because preemption by other processes
 hits long operations (an SGN step) more often than short ones (an SGD step). Use one thread
-(the default) so that CPU time equals work done.
+(the default) so that CPU time equals work done. The phases are timed with the process CPU
+clock.
 
-    python benchmarks/sgn_costs.py [--batch 512] [--repeats 15] [--threads 1] [--k 1 3 10]
+    python benchmarks/sgn_costs.py [--workloads mlp cnn] [--repeats 15] [--threads 1]
+                                   [--k 1 2 3 5 10] [--batch 512]
 
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
@@ -29,7 +39,10 @@ registered targets) and how many grid points reach the target::
 from __future__ import annotations
 
 import argparse
+import copy
+import os
 import statistics
+import sys
 import time
 from collections.abc import Callable
 
@@ -37,25 +50,50 @@ import torch
 from torch import nn
 from torch.func import functional_call, jvp, vjp
 
-from curvebench.curvature import Linearization, flatten, unflatten
-from curvebench.losses import CrossEntropyLoss, CurvatureLoss
-from curvebench.optimizers.sgn import GaussNewtonCG
-from curvebench.problems import get_problem, models
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from kfac_peers import workloads  # noqa: E402
+
+from curvebench.curvature import Linearization, flatten, unflatten  # noqa: E402
+from curvebench.losses import CurvatureLoss  # noqa: E402
+from curvebench.optimizers.sgn import GaussNewtonCG  # noqa: E402
+from curvebench.problems import get_problem  # noqa: E402
+from curvebench.timing import PhaseTimer  # noqa: E402
+
+#: The phases of an SGN step, in the order printed (names of :mod:`curvebench.timing`).
+PHASES = ("forward", "backward", "curvature", "solve", "line_search", "update")
 
 
-def _cases(batch: int) -> dict[str, tuple[nn.Module, CurvatureLoss, torch.Tensor, torch.Tensor]]:
+def goal(k: int) -> float:
+    """Issue 10's budget for an SGN step with ``k`` CG products, in SGD steps."""
+    return 1.2 + 1.1 * k
+
+
+class CPUPhaseTimer(PhaseTimer):
+    """A :class:`~curvebench.timing.PhaseTimer` on the process CPU clock (CPU only)."""
+
+    def _now(self) -> float:
+        return time.process_time()
+
+
+Case = tuple[nn.Module, CurvatureLoss, torch.Tensor, torch.Tensor]
+
+
+def _cases(names: list[str], batch: int) -> dict[str, Case]:
     cases = {}
-    for name in ("digits-mlp", "mnist1d-cnn"):
+    for name in names:
+        if name in ("mlp", "cnn"):
+            (workload,) = workloads([name])
+            cases[workload.name] = (workload.model, workload.loss, workload.inputs,
+                                    workload.targets)
+            continue
         problem = get_problem(name)
         data = problem.dataset()
         generator = torch.Generator().manual_seed(0)
         index = torch.randint(0, len(data.x_train), (batch,), generator=generator)
-        cases[name] = (problem.build_model(seed=0), problem.make_loss(),
-                       data.x_train[index].float(), data.y_train[index].long())
-    torch.manual_seed(0)
-    cases["mlp-784-256-256-10"] = (models.mlp([784, 256, 256, 10], activation="relu"),
-                                   CrossEntropyLoss(), torch.randn(batch, 784),
-                                   torch.randint(0, 10, (batch,)))
+        cases[f"{name} b{batch}"] = (problem.build_model(seed=0), problem.make_loss(),
+                                     torch.as_tensor(data.x_train[index]).float(),
+                                     torch.as_tensor(data.y_train[index]).long())
     return cases
 
 
@@ -90,11 +128,19 @@ def _curvlinops_product(model, loss, inputs, targets, vector) -> Callable[[], to
     return lambda: operator @ vector
 
 
-def measure(*, batch: int, repeats: int, ks: list[int]) -> None:
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, batch {batch}, "
-          f"median of {repeats} interleaved repeats")
-    for name, (model, loss, inputs, targets) in _cases(batch).items():
+def measure(*, names: list[str], batch: int, repeats: int, ks: list[int]) -> None:
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"median of {repeats} interleaved repeats, load average {_load()}")
+    for name, (model, loss, inputs, targets) in _cases(names, batch).items():
         _measure_case(name, model, loss, inputs, targets, repeats=repeats, ks=ks)
+    print(f"\nload average at the end {_load()}")
+
+
+def _load() -> str:
+    try:
+        return " ".join(f"{value:.2f}" for value in os.getloadavg())
+    except OSError:
+        return "unknown"
 
 
 def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
@@ -116,7 +162,7 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
     if theirs is not None:
         work["curvlinops"] = theirs
 
-    sgd_model = _copy(model)
+    sgd_model = copy.deepcopy(model)
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=1e-3)
 
     def sgd_step() -> None:
@@ -126,23 +172,26 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
 
     work["sgd_step"] = sgd_step
     setups: dict[str, Callable[[], None]] = {}
+    optimizers: dict[int, GaussNewtonCG] = {}
     for k in ks:
-        sgn_model = _copy(model)
-        initial = {key: value.clone() for key, value in sgn_model.state_dict().items()}
+        sgn_model = copy.deepcopy(model)
         optimizer = GaussNewtonCG(sgn_model, loss=loss, cg_iterations=k, cg_tolerance=0.0,
                                   warmup_steps=0, damping=1e-2, damping_min=1e-2)
+        optimizer.phase_timer = CPUPhaseTimer()
+        optimizers[k] = optimizer
         work[f"sgn_step[k={k}]"] = (
             lambda optimizer=optimizer: optimizer.step(inputs=inputs, targets=targets))
-        # Every timed step starts from the same parameters: repeated steps on one batch would
-        # drive gradients into subnormal floats, whose arithmetic is much slower on CPUs.
-        setups[f"sgn_step[k={k}]"] = (
-            lambda sgn_model=sgn_model, initial=initial: sgn_model.load_state_dict(initial))
+        setups[f"sgn_step[k={k}]"] = _restart(sgn_model, optimizer)
 
     wall: dict[str, list[float]] = {key: [] for key in work}
     cpu: dict[str, list[float]] = {key: [] for key in work}
+    phases: dict[int, dict[str, list[float]]] = {k: {p: [] for p in PHASES} for k in ks}
+    evaluations: dict[int, list[float]] = {k: [] for k in ks}
     for key, fn in work.items():  # warm-up
         setups.get(key, _nothing)()
         fn()
+    for optimizer in optimizers.values():
+        optimizer.phase_timer.collect()
     for _ in range(repeats):
         for key, fn in work.items():
             setups.get(key, _nothing)()
@@ -150,19 +199,60 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
             fn()
             cpu[key].append(time.process_time() - start_cpu)
             wall[key].append(time.perf_counter() - start_wall)
+        for k, optimizer in optimizers.items():
+            seconds = optimizer.phase_timer.collect()
+            for phase in PHASES:
+                phases[k][phase].append(seconds.get(phase, 0.0))
+            evaluations[k].append(optimizer.counters["function_evaluations"])
+            optimizer.counters.clear()
     for clock, times in (("wall", wall), ("cpu", cpu)):
         median = {key: statistics.median(values) for key, values in times.items()}
-        grad, ours = median["grad"], median["ggn[layers]"]
+        grad, ours, sgd_time = median["grad"], median["ggn[layers]"], median["sgd_step"]
         print(f"\n{name} [{clock} clock]: gradient {grad * 1e3:.2f} ms, "
-              f"SGD step {median['sgd_step'] * 1e3:.2f} ms")
+              f"SGD step {sgd_time * 1e3:.2f} ms")
         for method in ("layers", "double_vjp", "naive"):
             print(f"  ggn[{method}]/grad".ljust(28) + f"{median[f'ggn[{method}]'] / grad:6.2f}")
         if "curvlinops" in median:
             print("  curvlinops/ours".ljust(28) + f"{median['curvlinops'] / ours:6.2f}")
+        print("  sgn(k) ÷ SGD step          ratio   goal  verdict")
         for k in ks:
-            ratio = median[f"sgn_step[k={k}]"] / median["sgd_step"]
-            print(f"  sgn_step(k={k})/sgd_step".ljust(28)
-                  + f"{ratio:6.2f}   (goal ≤ {1.2 + 1.1 * k:.1f})")
+            ratio = median[f"sgn_step[k={k}]"] / sgd_time
+            verdict = "pass" if ratio <= goal(k) else f"MISS by {ratio - goal(k):.2f}"
+            print(f"  sgn(k={k})".ljust(28) + f"{ratio:6.2f} {goal(k):6.1f}  {verdict}")
+        if clock == "cpu":
+            _print_phases(phases, evaluations, sgd_time=sgd_time, grad=grad, ggn=ours)
+
+
+def _restart(model: nn.Module, optimizer: GaussNewtonCG) -> Callable[[], None]:
+    """Puts ``model`` and ``optimizer`` back to their present state.
+
+    Every timed step starts from the same parameters and damping: repeated steps on one batch
+    would drive gradients into subnormal floats, whose arithmetic is much slower on CPUs, and
+    change the number of backtracks.
+    """
+    parameters = copy.deepcopy(model.state_dict())
+    state = copy.deepcopy(optimizer.state_dict())
+
+    def restart() -> None:
+        model.load_state_dict(parameters)
+        optimizer.load_state_dict(copy.deepcopy(state))  # load_state_dict keeps the dicts
+
+    return restart
+
+
+def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[int, list[float]],
+                  *, sgd_time: float, grad: float, ggn: float) -> None:
+    """The SGN step's phases in SGD steps (medians over repeats, process CPU clock)."""
+    print("  phases in SGD steps (CPU): forward+backward = linearisation and gradient, "
+          "product = curvature ÷ k")
+    print("  " + "k".ljust(6) + "".join(p.rjust(12) for p in (*PHASES, "product", "evals")))
+    for k, split in phases.items():
+        median = {p: statistics.median(values) / sgd_time for p, values in split.items()}
+        row = "".join(f"{median[p]:12.2f}" for p in PHASES)
+        print("  " + str(k).ljust(6) + row + f"{median['curvature'] / k:12.2f}"
+              + f"{statistics.median(evaluations[k]):12.0f}")
+    print(f"  for comparison: one gradient {grad / sgd_time:.2f}, one product alone "
+          f"{ggn / sgd_time:.2f} SGD steps")
 
 
 SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)
@@ -200,18 +290,15 @@ def _nothing() -> None:
     pass
 
 
-def _copy(model: nn.Module) -> nn.Module:
-    import copy
-
-    return copy.deepcopy(model)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--batch", type=int, default=512)
+    parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn"],
+                        help="mlp, cnn (issue 10's) or registered problem names")
+    parser.add_argument("--batch", type=int, default=512,
+                        help="batch of registered problems (mlp and cnn have their own)")
     parser.add_argument("--repeats", type=int, default=15)
     parser.add_argument("--threads", type=int, default=1)
-    parser.add_argument("--k", type=int, nargs="+", default=[1, 3, 10])
+    parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 5, 10])
     parser.add_argument("--time-to-target", action="store_true")
     parser.add_argument("--eval-every", type=int, default=5)
     args = parser.parse_args()
@@ -219,7 +306,7 @@ def main() -> None:
     if args.time_to_target:
         time_to_target(batch=args.batch, eval_every=args.eval_every)
     else:
-        measure(batch=args.batch, repeats=args.repeats, ks=args.k)
+        measure(names=args.workloads, batch=args.batch, repeats=args.repeats, ks=args.k)
 
 
 if __name__ == "__main__":
