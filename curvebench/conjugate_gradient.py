@@ -126,7 +126,8 @@ def conjugate_gradient(
     def precondition(r: torch.Tensor) -> torch.Tensor:
         return r / preconditioner if preconditioner is not None else r
 
-    g_norm = float(gradient.norm())
+    g_squared = float(gradient @ gradient)
+    g_norm = math.sqrt(g_squared)
     if g_norm == 0.0:
         return CGResult(direction=torch.zeros_like(gradient), iterations=0, products=0,
                         residual_history=(0.0,), model_values=(0.0,), quadratic_value=0.0,
@@ -154,7 +155,7 @@ def conjugate_gradient(
 
     z = precondition(r)
     p = z.clone()
-    rz = float(r @ z)
+    rz = g_squared if z is r and not warm_started else float(r @ z)
     r_norm = math.sqrt(rz) if preconditioner is None else float(r.norm())
     residuals = [r_norm / g_norm]
     values = [value]

@@ -260,9 +260,9 @@ class GaussNewtonCG(CurvatureOptimizer):
             else:
                 along.append(tangent * step)
 
-        evaluates = h["adaptive_damping"] or h["line_search"]
         iterations = (h["warmup_cg_iterations"] if state["step"] <= h["warmup_steps"]
                       else h["cg_iterations"])
+        track = (h["adaptive_damping"] or h["line_search"]) and linearization.tracks_input_layer
         previous = state.get("previous_direction")
         initial = (previous * h["warm_start_decay"]
                    if previous is not None and h["warm_start_decay"] > 0 else None)
@@ -271,7 +271,7 @@ class GaussNewtonCG(CurvatureOptimizer):
                 matvec, gradient=rhs, max_iterations=iterations,
                 tolerance=h["cg_tolerance"], initial=initial,
                 relative_progress=h["cg_relative_progress"],
-                on_step=on_step if evaluates and linearization.tracks_input_layer else None,
+                on_step=on_step if track else None,
             )
         self.counters.update(ggn_products=result.products, cg_iterations=result.iterations)
         direction = result.direction
