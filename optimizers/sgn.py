@@ -15,7 +15,10 @@ One step on a batch with loss ``L`` and parameters ``θ``:
    (Levenberg–Marquardt / trust-region rule, Nocedal & Wright Alg. 4.1):
    ``r < ¼ → λ ← 3/2 λ``; ``r > ¾ → λ ← max(2/3 λ, λ_min)``.
 4. Optional Armijo backtracking: while ``f(θ + αd) > f(θ) + c α gᵀd`` (at most
-   ``max_backtracks`` times) ``α ← ρ α``. Function evaluations reuse the step's dropout masks.
+   ``max_backtracks`` times) ``α ← ρ α``. Function evaluations reuse the step's dropout masks
+   and, where the first layer is a Linear one (an MLP), its output at ``θ + αd``,
+   ``f₁(θ) + α J₁d``, with ``J₁d`` accumulated from CG's products (see
+   :attr:`~curvebench.curvature.Linearization.tracks_input_layer`), so they skip that layer.
 
 ``sgn`` uses the defaults of the authors' public Theano code (repository ``gmatilde/SGN``, file
 ``SGN/optimizers/solvers.py`` and the experiment configurations under ``results/``):

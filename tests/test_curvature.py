@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from curvebench import curvature
 from curvebench.curvature import (
     Linearization,
     UnsupportedModelError,
@@ -356,9 +357,10 @@ def test_in_place_activations_and_max_pool_give_the_out_of_place_products(jvp_me
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
 
 
-def test_function_evaluation_from_the_input_layer_tangent_matches_a_forward_pass():
+def test_function_evaluation_from_the_input_layer_tangent_matches_a_forward_pass(monkeypatch):
     """At ``θ + αd`` the input Linear layer's output is ``f₁(θ) + α J₁d``; only the layers
-    after it run."""
+    after it run (tracked from any width here)."""
+    monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 1)
     model, loss, inputs, targets = _problem("mlp-relu", "cross_entropy")
     lin = Linearization(model, loss=loss, inputs=inputs, targets=targets)
     assert lin.tracks_input_layer
@@ -376,11 +378,14 @@ def test_function_evaluation_from_the_input_layer_tangent_matches_a_forward_pass
                                                       regularizer=0.1))
 
 
-def test_input_layer_is_not_tracked_where_it_cannot_be_or_does_not_pay():
-    """Not for the double-vjp method, nor when a layer works in place (it would overwrite the
-    captured output), nor for a first convolution; a tangent given anyway is a one-line
-    error."""
+def test_input_layer_is_not_tracked_where_it_cannot_be_or_does_not_pay(monkeypatch):
+    """Not for a narrow input layer (by default), the double-vjp method, a layer working in
+    place (it would overwrite the captured output), a first convolution; a tangent given
+    anyway is a one-line error."""
     model, loss, inputs, targets = _problem("mlp-relu", "cross_entropy")
+    assert not Linearization(model, loss=loss, inputs=inputs, targets=targets).tracks_input_layer
+    monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 4)
+    assert Linearization(model, loss=loss, inputs=inputs, targets=targets).tracks_input_layer
     generic = Linearization(model, loss=loss, inputs=inputs, targets=targets,
                             jvp_method="double_vjp")
     assert not generic.tracks_input_layer

@@ -8,6 +8,7 @@ import pytest
 import torch
 from torch import nn
 
+from curvebench import curvature
 from curvebench.curvature import Linearization, UnsupportedModelError
 from curvebench.harness import run
 from curvebench.losses import CrossEntropyLoss, MSELoss
@@ -296,11 +297,12 @@ def _tiny(kind: str) -> nn.Module:
 
 @pytest.mark.parametrize(("kind", "tracked"), [("mlp", True), ("cnn", False)])
 @pytest.mark.parametrize(("damping", "step_size"), [(1e-3, 1.0), (1e-3, 16.0), (1.0, 16.0)])
-def test_step_matches_dense_float64_reference(kind, tracked, damping, step_size):
+def test_step_matches_dense_float64_reference(kind, tracked, damping, step_size, monkeypatch):
     """The whole step (CG direction, reduction-ratio evaluation, Armijo) against dense
     matrices; the MLP's function evaluations reuse its input layer's tangent carried through
     CG, the CNN's re-run its first convolution. A first step of 16 must backtrack, so the
     evaluated losses decide the step."""
+    monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 1)  # the tiny MLP's 8 inputs
     model = _tiny(kind)
     generator = torch.Generator().manual_seed(0)
     shape = (7, 8) if kind == "mlp" else (7, 1, 4, 4)
