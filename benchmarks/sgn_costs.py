@@ -32,6 +32,38 @@ clock.
     python benchmarks/sgn_costs.py [--workloads mlp cnn] [--repeats 15] [--threads 1]
                                    [--k 1 2 3 5 10] [--batch 512]
 
+Measured (torch 2.13 CPU, one thread, 9 interleaved repeats, process CPU time, load average
+9–10 on two cores; two runs each, before and after issue 10's work, alternated, with this
+script), SGN step ÷ SGD step:
+
+====================  ==========  ==========  ==========  ==========  ===========
+workload / k          1           2           3           5           10
+====================  ==========  ==========  ==========  ==========  ===========
+goal 1.2 + 1.1 k      2.3         3.4         4.5         6.7         12.2
+MLP before            3.13–3.31   4.49        5.64–5.71   8.20–8.21   14.18–14.27
+MLP after             2.60–2.68   3.90–4.00   4.82–4.95   7.26–7.49   12.51–12.86
+CNN before            2.13–2.45   2.89–3.00   3.47–3.68   5.20–5.30   8.12–8.80
+CNN after             2.44–2.56   2.72–3.51   3.61–4.24   5.41–6.55   8.64–11.23
+====================  ==========  ==========  ==========  ==========  ===========
+
+The MLP's fixed part fell from 1.8–1.9 to 1.3 SGD steps (the function evaluation from 0.50 to
+0.24: its 784-wide input layer's output at ``θ + αd`` comes from the tangent carried through
+CG; CG's set-up from 0.3–0.45 to 0.14) and CG's vector work per iteration from 0.16–0.19 to
+0.07. It still misses by 0.3–0.8: a GGN product there costs 1.05–1.12 SGD steps, as its
+multiply-adds say (1.11: ``J v`` and ``Jᵀu`` each need the 784 × 256 input layer's product
+with the batch, as an SGD step's forward and backward do), which with CG's 12 passes over the
+269k-parameter vectors per iteration leaves 1.12–1.2 per product against 1.1; and the
+linearisation is a gradient (0.95), the function evaluation 0.24 and CG's set-up 0.14 against
+1.2. The CNN's rows did not change beyond the noise (its 50k parameters make CG's vector work
+negligible): its SGD step itself took 67 ms in some processes and 81–83 ms in others, which
+moves every ratio by a fifth. Its k = 1 row misses by 0.15–0.26 (passes at 2.13 where the SGD
+step was slow): the linearisation is a gradient (1.0–1.1) and the function evaluation a
+forward pass, 0.5–0.6 SGD steps, 18 ms of which are the first 2×2 max pooling (channels-first
+on CPU). Its products cost 0.6–0.9 SGD steps, 0.05–0.2 more inside CG than alone: glibc
+returns the freed 6–13 MB activation-sized blocks to the system between the step's phases, so
+a product inside the step page-faults on fresh memory; with ``MALLOC_TRIM_THRESHOLD_`` and
+``MALLOC_MMAP_THRESHOLD_`` raised, products right after a linearisation took 48 ms as alone.
+
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
 ``digits-mlp`` and ``mnist1d-mlp``, and prints steps- and seconds-to-target (the problems'
