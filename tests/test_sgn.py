@@ -322,3 +322,31 @@ def test_step_matches_dense_float64_reference(kind, tracked, damping, step_size,
     assert torch.allclose(state["previous_direction"], direction, rtol=1e-10, atol=1e-12)
     assert torch.allclose(flat_parameters(model), expected, rtol=1e-10, atol=1e-12)
     assert Linearization(model, loss=loss, inputs=x, targets=y).tracks_input_layer == tracked
+
+
+def test_tracked_input_layer_gives_the_same_trajectory_with_warm_starts(monkeypatch):
+    """Hessian-free settings (warm start from the previous direction, backtracking) on an MLP:
+    the same float64 trajectory whether evaluations reuse the input layer's tangent or re-run
+    the layer."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 6, generator=generator, dtype=torch.float64) * 2
+    y = torch.randint(0, 3, (16,), generator=generator)
+    final = {}
+    for fan_in in (1, 10**9):  # tracked, re-run
+        monkeypatch.setattr(curvature, "TRACKED_FAN_IN", fan_in)
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+        optimizer = GaussNewtonCG(model, loss=CrossEntropyLoss(), cg_iterations=2,
+                                  cg_tolerance=0.0, warm_start_decay=0.95, damping=1e-3,
+                                  damping_min=0.0, warmup_steps=0, step_size=2.0)
+        assert Linearization(model, loss=CrossEntropyLoss(), inputs=x,
+                             targets=y).tracks_input_layer == (fan_in == 1)
+        infos = []
+        for _ in range(6):
+            optimizer.step(inputs=x, targets=y)
+            infos.append(dict(optimizer.step_info))
+        assert any(info["warm_started"] for info in infos)
+        assert any(info["step_size"] < 2.0 for info in infos)
+        final[fan_in] = (flat_parameters(model), [info["reduction_ratio"] for info in infos])
+    torch.testing.assert_close(final[1][0], final[10**9][0], rtol=1e-10, atol=1e-12)
+    assert final[1][1] == pytest.approx(final[10**9][1], rel=1e-8)
