@@ -27,42 +27,45 @@ Ratios are printed for wall-clock time and for process CPU time (``time.process_
 shared machine the CPU-time ratios are the robust ones, because preemption by other processes
 hits long operations (an SGN step) more often than short ones (an SGD step). Use one thread
 (the default) so that CPU time equals work done. The phases are timed with the process CPU
-clock.
+clock. Every timed call follows an untimed call of the same work, as a step follows a step in
+training; otherwise whatever runs first after other work pays page faults on the memory that
+work freed.
 
     python benchmarks/sgn_costs.py [--workloads mlp cnn] [--repeats 15] [--threads 1]
                                    [--k 1 2 3 5 10] [--batch 512]
 
 Measured (torch 2.13 CPU, one thread, 9 interleaved repeats, process CPU time, load average
-9–10 on two cores; two runs each, before and after issue 10's work, alternated, with this
-script), SGN step ÷ SGD step:
+5–7 on two cores; two runs each of this script against the library before and after issue
+10's work, alternated), SGN step ÷ SGD step:
 
 ====================  ==========  ==========  ==========  ==========  ===========
 workload / k          1           2           3           5           10
 ====================  ==========  ==========  ==========  ==========  ===========
 goal 1.2 + 1.1 k      2.3         3.4         4.5         6.7         12.2
-MLP before            3.13–3.31   4.49        5.64–5.71   8.20–8.21   14.18–14.27
-MLP after             2.60–2.68   3.90–4.00   4.82–4.95   7.26–7.49   12.51–12.86
-CNN before            2.13–2.45   2.89–3.00   3.47–3.68   5.20–5.30   8.12–8.80
-CNN after             2.44–2.56   2.72–3.51   3.61–4.24   5.41–6.55   8.64–11.23
+MLP before            3.11–3.15   4.30–4.38   5.68–5.72   7.96–8.21   14.24–14.56
+MLP after             2.52–2.65   3.68–3.82   5.02–5.15   7.40–7.45   13.32–13.63
+CNN before            2.12–2.33   2.97–3.05   3.84–4.32   5.51–5.59   8.88–10.33
+CNN after             2.23–2.47   2.79–3.09   3.53–3.86   5.05–6.38   8.61–10.98
 ====================  ==========  ==========  ==========  ==========  ===========
 
-The MLP's fixed part fell from 1.8–1.9 to 1.3 SGD steps (the function evaluation from 0.50 to
-0.24: its 784-wide input layer's output at ``θ + αd`` comes from the tangent carried through
-CG; CG's set-up from 0.3–0.45 to 0.14) and CG's vector work per iteration from 0.16–0.19 to
-0.07. It still misses by 0.3–0.8: a GGN product there costs 1.05–1.12 SGD steps, as its
-multiply-adds say (1.11: ``J v`` and ``Jᵀu`` each need the 784 × 256 input layer's product
-with the batch, as an SGD step's forward and backward do), which with CG's 12 passes over the
-269k-parameter vectors per iteration leaves 1.12–1.2 per product against 1.1; and the
-linearisation is a gradient (0.95), the function evaluation 0.24 and CG's set-up 0.14 against
-1.2. The CNN's rows did not change beyond the noise (its 50k parameters make CG's vector work
-negligible): its SGD step itself took 67 ms in some processes and 81–83 ms in others, which
-moves every ratio by a fifth. Its k = 1 row misses by 0.15–0.26 (passes at 2.13 where the SGD
-step was slow): the linearisation is a gradient (1.0–1.1) and the function evaluation a
-forward pass, 0.5–0.6 SGD steps, 18 ms of which are the first 2×2 max pooling (channels-first
-on CPU). Its products cost 0.6–0.9 SGD steps, 0.05–0.2 more inside CG than alone: glibc
-returns the freed 6–13 MB activation-sized blocks to the system between the step's phases, so
-a product inside the step page-faults on fresh memory; with ``MALLOC_TRIM_THRESHOLD_`` and
-``MALLOC_MMAP_THRESHOLD_`` raised, products right after a linearisation took 48 ms as alone.
+The MLP's fixed part fell from 1.65–1.9 to 1.3–1.4 SGD steps (the function evaluation from
+0.50 to 0.23–0.27: its 784-wide input layer's output at ``θ + αd`` comes from the tangent
+carried through CG; CG's set-up from 0.2–0.45 to 0.11–0.14) and CG's vector work per
+iteration from 0.16–0.19 to 0.07–0.09. It still misses by 0.2–1.4: a GGN product there costs
+1.05–1.13 SGD steps, as its multiply-adds say (1.11: ``J v`` and ``Jᵀu`` each need the
+784 × 256 input layer's product with the batch, as an SGD step's forward and backward do),
+which with CG's 12 passes over the 269k-parameter vectors per iteration leaves 1.12–1.22 per
+product against 1.1; and the linearisation is a gradient (0.95–1.0), the function evaluation
+0.23–0.27 and CG's set-up 0.11–0.14 against 1.2. The CNN's rows did not change beyond the
+noise (its 50k parameters make CG's vector work negligible); its SGD step itself took 67–73 ms
+in some processes and 82–84 ms in others, which moves every ratio by a fifth. Its k = 1 row
+misses by 0.17 in the first kind of process and passes in the second: the linearisation is a
+gradient (0.9–1.0) and the function evaluation a forward pass, 0.5–0.6 SGD steps, of which
+the first 2×2 max pooling (channels-first on CPU) is 18 ms. Its products cost 0.6–0.9 SGD
+steps, up to 0.15 more inside CG than alone: glibc returns the freed 6–13 MB activation-sized
+blocks to the system between the step's phases, so a product inside the step page-faults on
+fresh memory; with ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` raised, products
+right after a linearisation took 48 ms, as alone.
 
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
@@ -228,8 +231,17 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         fn()
     for optimizer in optimizers.values():
         optimizer.phase_timer.collect()
+    by_key = {f"sgn_step[k={k}]": optimizer for k, optimizer in optimizers.items()}
     for _ in range(repeats):
         for key, fn in work.items():
+            # An untimed run of the same work first, as in training, where a step follows a
+            # step: else the first item after others pays page faults on the memory they freed
+            # (measured: the CNN's first SGN step in a round +0.1 SGD steps of forward pass).
+            setups.get(key, _nothing)()
+            fn()
+            if key in by_key:
+                by_key[key].phase_timer.collect()
+                by_key[key].counters.clear()
             setups.get(key, _nothing)()
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             fn()
