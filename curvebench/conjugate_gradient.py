@@ -43,7 +43,8 @@ class CGResult:
             costs).
         products: all products with ``G`` (iterations, plus one for a non-zero initial guess).
         residual_history: relative residuals ``‖r_i‖ / ‖g‖`` for ``i = 0 … iterations``.
-        model_values: quadratic-model values ``q(d_i)`` for ``i = 0 … iterations``.
+        model_values: quadratic-model values ``q(d_i)`` for ``i = 0 … iterations`` (by CG's
+            recurrence ``q_{i+1} = q_i − ½ α_i r_iᵀz_i``; the last one recomputed exactly).
         quadratic_value: ``q(d)`` of the returned direction.
         curvature: ``dᵀ(G + λI)d`` of the returned direction.
         stop_reason: why CG stopped.
@@ -78,6 +79,7 @@ def conjugate_gradient(
     preconditioner: torch.Tensor | None = None,
     relative_progress: bool = False,
     progress_epsilon: float = 5e-4,
+    on_step: Callable[[float], None] | None = None,
 ) -> CGResult:
     """Approximately solve ``(G + λI) d = −g`` by (preconditioned) conjugate gradient.
 
@@ -93,6 +95,11 @@ def conjugate_gradient(
         preconditioner: diagonal ``M`` (flat, positive); CG runs on ``M⁻¹(G + λI)``.
         relative_progress: apply Martens' relative-progress stopping rule.
         progress_epsilon: ``ε`` of that rule.
+        on_step: called as ``on_step(α)`` whenever the iterate moves, ``d ← d + α v``, where
+            ``v`` is the vector of the latest ``matvec`` call (``α = 1`` when a warm start is
+            accepted): a caller that keeps something linear in ``v`` from each product (e.g.
+            the first layer's output tangent) can accumulate it for ``d`` without another
+            product.
 
     Returns:
         A :class:`CGResult`.
@@ -109,39 +116,49 @@ def conjugate_gradient(
         preconditioner.shape != gradient.shape or not bool((preconditioner > 0).all())
     ):
         raise ValueError("preconditioner must be a positive vector shaped like the gradient")
+    if initial is not None and initial.shape != gradient.shape:
+        raise ValueError("initial guess must be shaped like the gradient")
 
     def apply(v: torch.Tensor) -> torch.Tensor:
         product = matvec(v)
         return product.add(v, alpha=damping) if damping else product
 
-    g_norm = float(gradient.norm())
+    def precondition(r: torch.Tensor) -> torch.Tensor:
+        return r / preconditioner if preconditioner is not None else r
+
+    g_squared = float(gradient @ gradient)
+    g_norm = math.sqrt(g_squared)
+    if g_norm == 0.0:
+        return CGResult(direction=torch.zeros_like(gradient), iterations=0, products=0,
+                        residual_history=(0.0,), model_values=(0.0,), quadratic_value=0.0,
+                        curvature=0.0, stop_reason="zero_gradient")
+    # Every pass over a parameter-sized vector costs about as much as a small layer, so the
+    # loop below allocates nothing but the products and reads each vector as few times as it
+    # can: x starts as None (zero) until the first step, r is updated in place, ‖r‖² is rᵀz
+    # without a preconditioner, and q is updated by a scalar recurrence.
     products = 0
     warm_started = False
-    x = torch.zeros_like(gradient)
-    r = -gradient.clone()
-    if g_norm == 0.0:
-        return CGResult(direction=x, iterations=0, products=0, residual_history=(0.0,),
-                        model_values=(0.0,), quadratic_value=0.0, curvature=0.0,
-                        stop_reason="zero_gradient")
+    x: torch.Tensor | None = None
+    r = gradient.neg()
+    value = 0.0
     if initial is not None:
-        if initial.shape != gradient.shape:
-            raise ValueError("initial guess must be shaped like the gradient")
         a_initial = apply(initial)
         products += 1
-        r_initial = -gradient - a_initial
+        r_initial = torch.add(gradient, a_initial).neg_()
         # q(d0) = -0.5 d0ᵀ(r0 - g)
-        if float(initial @ (r_initial - gradient)) > 0:
-            x, r = initial.clone(), r_initial
+        initial_value = -0.5 * (float(initial @ r_initial) - float(initial @ gradient))
+        if initial_value < 0:
+            x, r, value = initial.clone(), r_initial, initial_value
             warm_started = True
+            if on_step is not None:
+                on_step(1.0)
 
-    def model_value(x: torch.Tensor, r: torch.Tensor) -> float:
-        return -0.5 * float(x @ (r - gradient))
-
-    z = r / preconditioner if preconditioner is not None else r
+    z = precondition(r)
     p = z.clone()
-    rz = float(r @ z)
-    residuals = [float(r.norm()) / g_norm]
-    values = [model_value(x, r)]
+    rz = g_squared if z is r and not warm_started else float(r @ z)
+    r_norm = math.sqrt(rz) if preconditioner is None else float(r.norm())
+    residuals = [r_norm / g_norm]
+    values = [value]
     stop: StopReason = "max_iterations"
     iterations = 0
     if residuals[0] <= tolerance:
@@ -155,27 +172,41 @@ def conjugate_gradient(
                 stop = "nonpositive_curvature"
                 break
             step = rz / curvature
-            x.add_(p, alpha=step)
+            x = torch.mul(p, step) if x is None else x.add_(p, alpha=step)
+            if on_step is not None:
+                on_step(step)
             r.sub_(ap, alpha=step)
             iterations += 1
-            residuals.append(float(r.norm()) / g_norm)
-            values.append(model_value(x, r))
+            # q(x + αp) = q(x) − α pᵀr + ½ α² pᵀAp and pᵀr = rᵀz along CG's directions.
+            value -= 0.5 * step * rz
+            values.append(value)
+            z = precondition(r)
+            rz_new = float(r @ z)
+            r_norm = math.sqrt(max(rz_new, 0.0)) if preconditioner is None else float(r.norm())
+            residuals.append(r_norm / g_norm)
             if residuals[-1] <= tolerance:
                 stop = "tolerance"
                 break
             if relative_progress and _stalled(values, iterations, progress_epsilon):
                 stop = "relative_progress"
                 break
-            z = r / preconditioner if preconditioner is not None else r
-            rz_new = float(r @ z)
-            p.mul_(rz_new / rz).add_(z)
+            if iterations == max_iterations:
+                break
+            torch.add(z, p, alpha=rz_new / rz, out=p)
             rz = rz_new
-    # dᵀ(G+λI)d = -dᵀ(r + g) since (G+λI)d = -g - r
-    curvature_of_x = -float(x @ (r + gradient))
+    if x is None:
+        x = torch.zeros_like(gradient)
+        values[-1] = quadratic_value = curvature_of_x = 0.0
+    else:
+        # Exact values of the returned direction (the recurrence drifts by rounding):
+        # q(d) = -½ dᵀ(r − g) and dᵀ(G+λI)d = -dᵀ(r + g), since (G+λI)d = -g - r.
+        x_r, x_g = float(x @ r), float(x @ gradient)
+        quadratic_value, curvature_of_x = -0.5 * (x_r - x_g), -(x_r + x_g)
+        values[-1] = quadratic_value
     return CGResult(direction=x, iterations=iterations, products=products,
                     residual_history=tuple(residuals), model_values=tuple(values),
-                    quadratic_value=values[-1], curvature=curvature_of_x, stop_reason=stop,
-                    warm_started=warm_started)
+                    quadratic_value=quadratic_value, curvature=curvature_of_x,
+                    stop_reason=stop, warm_started=warm_started)
 
 
 def _stalled(values: list[float], iteration: int, epsilon: float) -> bool:

@@ -15,7 +15,10 @@ One step on a batch with loss ``L`` and parameters ``θ``:
    (Levenberg–Marquardt / trust-region rule, Nocedal & Wright Alg. 4.1):
    ``r < ¼ → λ ← 3/2 λ``; ``r > ¾ → λ ← max(2/3 λ, λ_min)``.
 4. Optional Armijo backtracking: while ``f(θ + αd) > f(θ) + c α gᵀd`` (at most
-   ``max_backtracks`` times) ``α ← ρ α``. Function evaluations reuse the step's dropout masks.
+   ``max_backtracks`` times) ``α ← ρ α``. Function evaluations reuse the step's dropout masks
+   and, where the first layer is a Linear one (an MLP), its output at ``θ + αd``,
+   ``f₁(θ) + α J₁d``, with ``J₁d`` accumulated from CG's products (see
+   :attr:`~curvebench.curvature.Linearization.tracks_input_layer`), so they skip that layer.
 
 ``sgn`` uses the defaults of the authors' public Theano code (repository ``gmatilde/SGN``, file
 ``SGN/optimizers/solvers.py`` and the experiment configurations under ``results/``):
@@ -240,22 +243,38 @@ class GaussNewtonCG(CurvatureOptimizer):
                 state["gradient_average"] = average
                 rhs = average / (1 - beta ** state["step"])
 
+        damping = float(state["damping"])
+        shift = decay + damping  # CG solves (G + ωI + λI) d = −g; G's product is fresh
+
         def matvec(vector: torch.Tensor) -> torch.Tensor:
             with timer.phase("curvature"):
                 product = linearization.ggn_vector_product(vector)
-                return product.add(vector, alpha=decay) if decay else product
+                return product.add_(vector, alpha=shift) if shift else product
 
-        damping = float(state["damping"])
+        # J₁ d, the input layer's output tangent along the direction, accumulated from the
+        # products' (Linearization.tracks_input_layer), so function evaluations at θ + αd
+        # need not recompute that layer.
+        along: list[torch.Tensor] = []
+
+        def on_step(step: float) -> None:
+            tangent = linearization.input_layer_tangent
+            if along:
+                along[0].add_(tangent, alpha=step)
+            else:
+                along.append(tangent * step)
+
         iterations = (h["warmup_cg_iterations"] if state["step"] <= h["warmup_steps"]
                       else h["cg_iterations"])
+        track = (h["adaptive_damping"] or h["line_search"]) and linearization.tracks_input_layer
         previous = state.get("previous_direction")
         initial = (previous * h["warm_start_decay"]
                    if previous is not None and h["warm_start_decay"] > 0 else None)
         with timer.phase("solve"):
             result = conjugate_gradient(
-                matvec, gradient=rhs, damping=damping, max_iterations=iterations,
+                matvec, gradient=rhs, max_iterations=iterations,
                 tolerance=h["cg_tolerance"], initial=initial,
                 relative_progress=h["cg_relative_progress"],
+                on_step=on_step if track else None,
             )
         self.counters.update(ggn_products=result.products, cg_iterations=result.iterations)
         direction = result.direction
@@ -263,12 +282,13 @@ class GaussNewtonCG(CurvatureOptimizer):
 
         f0 = float(linearization.loss_value) + (
             0.5 * decay * float(theta @ theta) if decay else 0.0)
-        alpha, ratio, evaluations = self._choose_step(linearization, theta, direction, result,
-                                                     f0=f0, damping=damping)
+        alpha, ratio, evaluations = self._choose_step(
+            linearization, theta, direction, result, f0=f0, damping=damping,
+            input_layer_tangent=along[0] if along else None)
         self.counters.update(forward_passes=evaluations, function_evaluations=evaluations)
         if not evaluations:  # otherwise the parameters already hold θ + αd, the last one tried
             with timer.phase("update"):
-                _write(params, theta.add(direction, alpha=alpha))
+                _write_step(params, theta, direction, alpha)
 
         self.step_info = {
             "cg_iterations": float(result.iterations),
@@ -283,7 +303,8 @@ class GaussNewtonCG(CurvatureOptimizer):
 
     def _choose_step(self, linearization: Linearization, theta: torch.Tensor,
                      direction: torch.Tensor, result: CGResult, *, f0: float,
-                     damping: float) -> tuple[float, float, int]:
+                     damping: float, input_layer_tangent: torch.Tensor | None
+                     ) -> tuple[float, float, int]:
         """Reduction ratio, damping update and line search; returns ``(α, r, evaluations)``."""
         h = self.hyperparameters
         state = self.state[_STATE]
@@ -295,8 +316,9 @@ class GaussNewtonCG(CurvatureOptimizer):
         slope = result.quadratic_value - 0.5 * result.curvature  # gᵀd
 
         def evaluate(step: float) -> float:
-            _write(params, theta.add(direction, alpha=step))
-            return float(linearization.evaluate_loss(regularizer=decay))
+            _write_step(params, theta, direction, step)
+            return float(linearization.evaluate_loss(
+                regularizer=decay, step=step, input_layer_tangent=input_layer_tangent))
 
         with self.phase_timer.phase("line_search"):
             first = evaluate(alpha)
@@ -316,11 +338,13 @@ class GaussNewtonCG(CurvatureOptimizer):
         return alpha, ratio, evaluations
 
 
-def _write(params: list[torch.Tensor], vector: torch.Tensor) -> None:
-    """Copy the flat ``vector`` into ``params`` in place."""
+def _write_step(params: list[torch.Tensor], theta: torch.Tensor, direction: torch.Tensor,
+                step: float) -> None:
+    """Write ``θ + α d`` (flat ``theta`` and ``direction``) into ``params`` in place."""
     with torch.no_grad():
-        for p, value in zip(params, unflatten(vector, params), strict=True):
-            p.copy_(value)
+        for p, start, move in zip(params, unflatten(theta, params), unflatten(direction, params),
+                                  strict=True):
+            torch.add(start, move, alpha=step, out=p)
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

@@ -166,3 +166,26 @@ def test_result_is_frozen():
     assert isinstance(result, CGResult)
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.iterations = 2  # type: ignore[misc]
+
+
+@pytest.mark.parametrize("initial_scale", [None, 0.9, -1.0])  # cold, accepted, refused
+def test_on_step_reports_the_iterate_as_a_combination_of_the_products_vectors(initial_scale):
+    """Accumulating ``α v`` for every ``on_step(α)``, with ``v`` the latest product's vector,
+    rebuilds the direction (how SGN carries a layer's tangent along ``d`` for free)."""
+    n = 20
+    matrix, g = _spd(n, condition=1e3), _gradient(n)
+    initial = None if initial_scale is None else initial_scale * torch.linalg.solve(matrix, -g)
+    latest: list[torch.Tensor] = []
+    total = torch.zeros(n, dtype=torch.float64)
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        latest[:] = [v.clone()]
+        return matrix @ v
+
+    def on_step(alpha: float) -> None:
+        total.add_(latest[0], alpha=alpha)
+
+    result = conjugate_gradient(matvec, gradient=g, damping=0.1, max_iterations=4,
+                                initial=initial, on_step=on_step)
+    assert result.warm_started == (initial_scale == 0.9)
+    torch.testing.assert_close(total, result.direction, rtol=1e-12, atol=1e-14)

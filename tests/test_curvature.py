@@ -6,6 +6,7 @@ import pytest
 import torch
 from torch import nn
 
+from curvebench import curvature
 from curvebench.curvature import (
     Linearization,
     UnsupportedModelError,
@@ -360,3 +361,44 @@ def test_in_place_activations_and_max_pool_give_the_out_of_place_products(jvp_me
         assert model(inputs).shape == (4, 3)
     for ours, expected in zip(products[0], products[1], strict=True):
         torch.testing.assert_close(ours, expected, rtol=1e-10, atol=1e-12)
+
+
+def test_function_evaluation_from_the_input_layer_tangent_matches_a_forward_pass(monkeypatch):
+    """At ``θ + αd`` the input Linear layer's output is ``f₁(θ) + α J₁d``; only the layers
+    after it run (tracked from any width here)."""
+    monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 1)
+    model, loss, inputs, targets = _problem("mlp-relu", "cross_entropy")
+    lin = Linearization(model, loss=loss, inputs=inputs, targets=targets)
+    assert lin.tracks_input_layer
+    direction = torch.randn(lin.num_parameters, dtype=torch.float64)
+    lin.ggn_vector_product(direction)
+    tangent = lin.input_layer_tangent.clone()
+    theta = flatten([p.detach() for p in lin.params], lin.params)
+    with torch.no_grad():
+        for p, value in zip(lin.params, unflatten(theta + 0.3 * direction, lin.params),
+                            strict=True):
+            p.copy_(value)
+    ours = lin.evaluate_loss(step=0.3, input_layer_tangent=tangent, regularizer=0.1)
+    torch.testing.assert_close(ours, lin.evaluate_loss(regularizer=0.1), rtol=1e-12, atol=0)
+    assert not torch.allclose(ours, lin.evaluate_loss(step=0.31, input_layer_tangent=tangent,
+                                                      regularizer=0.1))
+
+
+def test_input_layer_is_not_tracked_where_it_cannot_be_or_does_not_pay(monkeypatch):
+    """Not for a narrow input layer (by default), the double-vjp method, a layer working in
+    place (it would overwrite the captured output), a first convolution; a tangent given
+    anyway is a one-line error."""
+    model, loss, inputs, targets = _problem("mlp-relu", "cross_entropy")
+    assert not Linearization(model, loss=loss, inputs=inputs, targets=targets).tracks_input_layer
+    monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 4)
+    assert Linearization(model, loss=loss, inputs=inputs, targets=targets).tracks_input_layer
+    generic = Linearization(model, loss=loss, inputs=inputs, targets=targets,
+                            jvp_method="double_vjp")
+    assert not generic.tracks_input_layer
+    with pytest.raises(ValueError, match="does not track"):
+        generic.evaluate_loss(input_layer_tangent=torch.zeros(1))
+    in_place = nn.Sequential(nn.Linear(4, 5), nn.ReLU(inplace=True), nn.Linear(5, 3)).double()
+    assert not Linearization(in_place, loss=loss, inputs=inputs,
+                             targets=targets).tracks_input_layer
+    model, loss, inputs, targets = _problem("cnn2d", "cross_entropy")
+    assert not Linearization(model, loss=loss, inputs=inputs, targets=targets).tracks_input_layer

@@ -8,7 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from curvebench.curvature import UnsupportedModelError
+from curvebench import curvature
+from curvebench.curvature import Linearization, UnsupportedModelError
 from curvebench.harness import run
 from curvebench.losses import CrossEntropyLoss, MSELoss
 from curvebench.optimizers import HyperparameterError, get_optimizer
@@ -16,6 +17,7 @@ from curvebench.optimizers.sgn import GaussNewtonCG, armijo_backtracking, update
 from curvebench.problems import Budget, get_problem
 from curvebench.problems.offline_problems import linreg_optimum
 from curvebench.timing import PhaseTimer
+from tests.dense_reference import dense_ggn, flat_parameters
 
 
 def _linreg(dtype=torch.float64):
@@ -251,3 +253,101 @@ def test_reaches_the_target_through_the_harness(name):
     assert {"cg_iterations", "cg_relative_residual", "damping", "step_size"} <= set(history)
     assert record.counters["ggn_products"] >= record.counters["cg_iterations"] > 0
     assert record.phase_seconds["curvature"] > 0
+
+
+def _dense_sgn_step(model, loss, x, y, *, k, damping, step_size, c=1e-4, factor=0.5,
+                    max_backtracks=10):
+    """One SGN step from dense float64 matrices: ``k`` textbook CG iterations on
+    ``(G + λI) d = −g`` from zero, then Armijo backtracking from ``step_size`` with plain forward
+    passes; shares no code with the optimizer. Returns ``(d, θ + α d, reduction ratio)``."""
+    theta = flat_parameters(model)
+    system = dense_ggn(model, loss, x, y) + damping * torch.eye(len(theta), dtype=theta.dtype)
+    params = list(model.parameters())
+    gradient = torch.cat([g.reshape(-1) for g in torch.autograd.grad(loss(model(x), y), params)])
+    direction, r = torch.zeros_like(theta), -gradient
+    p = r.clone()
+    for _ in range(k):
+        ap = system @ p
+        alpha = (r @ r) / (p @ ap)
+        direction, r_new = direction + alpha * p, r - alpha * ap
+        p, r = r_new + (r_new @ r_new) / (r @ r) * p, r_new
+
+    def value(point: torch.Tensor) -> float:
+        with torch.no_grad():
+            torch.nn.utils.vector_to_parameters(point, params)
+            return float(loss(model(x), y))
+
+    start, slope, step = value(theta), float(gradient @ direction), step_size
+    predicted = step * slope + 0.5 * step**2 * float(direction @ system @ direction)
+    ratio = (value(theta + step * direction) - start) / predicted if predicted < 0 else -math.inf
+    for _ in range(max_backtracks):
+        if value(theta + step * direction) <= start + c * step * slope:
+            break
+        step *= factor
+    value(theta)  # leave the model as it was
+    return direction, theta + step * direction, ratio
+
+
+def _tiny(kind: str) -> nn.Module:
+    torch.manual_seed(3)
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(8, 4), nn.Tanh(), nn.Linear(4, 3)).double()
+    return nn.Sequential(nn.Conv2d(1, 2, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
+                         nn.Flatten(), nn.Linear(8, 3)).double()
+
+
+@pytest.mark.parametrize(("kind", "tracked"), [("mlp", True), ("cnn", False)])
+@pytest.mark.parametrize(("damping", "step_size"), [(1e-3, 1.0), (1e-3, 16.0), (1.0, 16.0)])
+def test_step_matches_dense_float64_reference(kind, tracked, damping, step_size, monkeypatch):
+    """The whole step (CG direction, reduction-ratio evaluation, Armijo) against dense
+    matrices; the MLP's function evaluations reuse its input layer's tangent carried through
+    CG, the CNN's re-run its first convolution. A first step of 16 must backtrack, so the
+    evaluated losses decide the step."""
+    monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 1)  # the tiny MLP's 8 inputs
+    model = _tiny(kind)
+    generator = torch.Generator().manual_seed(0)
+    shape = (7, 8) if kind == "mlp" else (7, 1, 4, 4)
+    x = torch.randn(shape, generator=generator, dtype=torch.float64) * 3
+    y = torch.randint(0, 3, (7,), generator=generator)
+    loss = CrossEntropyLoss()
+    direction, expected, ratio = _dense_sgn_step(model, loss, x, y, k=3, damping=damping,
+                                                 step_size=step_size)
+    optimizer = GaussNewtonCG(model, loss=loss, cg_iterations=3, cg_tolerance=0.0,
+                              damping=damping, damping_min=damping, warmup_steps=0,
+                              step_size=step_size)
+    optimizer.step(inputs=x, targets=y)
+    if step_size > 1:
+        assert optimizer.step_info["step_size"] < step_size
+    assert optimizer.step_info["reduction_ratio"] == pytest.approx(ratio, rel=1e-9)
+    state = optimizer.state["gauss_newton"]
+    assert torch.allclose(state["previous_direction"], direction, rtol=1e-10, atol=1e-12)
+    assert torch.allclose(flat_parameters(model), expected, rtol=1e-10, atol=1e-12)
+    assert Linearization(model, loss=loss, inputs=x, targets=y).tracks_input_layer == tracked
+
+
+def test_tracked_input_layer_gives_the_same_trajectory_with_warm_starts(monkeypatch):
+    """Hessian-free settings (warm start from the previous direction, backtracking) on an MLP:
+    the same float64 trajectory whether evaluations reuse the input layer's tangent or re-run
+    the layer."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(16, 6, generator=generator, dtype=torch.float64) * 2
+    y = torch.randint(0, 3, (16,), generator=generator)
+    final = {}
+    for fan_in in (1, 10**9):  # tracked, re-run
+        monkeypatch.setattr(curvature, "TRACKED_FAN_IN", fan_in)
+        torch.manual_seed(4)
+        model = nn.Sequential(nn.Linear(6, 5), nn.Tanh(), nn.Linear(5, 3)).double()
+        optimizer = GaussNewtonCG(model, loss=CrossEntropyLoss(), cg_iterations=2,
+                                  cg_tolerance=0.0, warm_start_decay=0.95, damping=1e-3,
+                                  damping_min=0.0, warmup_steps=0, step_size=2.0)
+        assert Linearization(model, loss=CrossEntropyLoss(), inputs=x,
+                             targets=y).tracks_input_layer == (fan_in == 1)
+        infos = []
+        for _ in range(6):
+            optimizer.step(inputs=x, targets=y)
+            infos.append(dict(optimizer.step_info))
+        assert any(info["warm_started"] for info in infos)
+        assert any(info["step_size"] < 2.0 for info in infos)
+        final[fan_in] = (flat_parameters(model), [info["reduction_ratio"] for info in infos])
+    torch.testing.assert_close(final[1][0], final[10**9][0], rtol=1e-10, atol=1e-12)
+    assert final[1][1] == pytest.approx(final[10**9][1], rel=1e-8)
