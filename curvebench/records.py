@@ -30,7 +30,7 @@ DEFAULT_THREADS = 1
 MAX_THREADS = 512
 
 #: Identity fields added after the first records were written; ``None`` = not recorded.
-_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine")
+_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine", "backend")
 
 
 def execution_label(config: RunConfig) -> str:
@@ -92,6 +92,8 @@ class RunConfig:
     stop_at_target: bool = True
     threads: int | None = None
     workers_per_machine: int | None = None
+    #: The framework the run ran on (``"torch"``, ``"jax"``); ``None``: a legacy torch record.
+    backend: str | None = None
 
     @classmethod
     def create(cls, *, hyperparameters: Mapping[str, Any], **fields: Any) -> RunConfig:

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from curvebench import harness
+from curvebench.backends import torch as torch_backend
 from curvebench.environment import DeviceError
 from curvebench.harness import first_reaching, plan_run, run
 from curvebench.optimizers import OPTIMIZERS, CurvatureOptimizer, OptimizerSpec
@@ -118,14 +118,14 @@ def test_slow_evaluation_does_not_inflate_measured_time(monkeypatch):
         clock["now"] += 1e-3
         return clock["now"]
 
-    real = harness.evaluate
+    real = torch_backend.evaluate
 
     def slow(*args, **kwargs):
         clock["now"] += 100.0
         return real(*args, **kwargs)
 
     monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(harness, "evaluate", slow)
+    monkeypatch.setattr(torch_backend, "evaluate", slow)
     record = run(problem="digits-logreg", optimizer="sgd", eval_every=1,
                  budget=Budget(max_steps=20), stop_at_target=False)
     assert len(record.evaluations["step"]) == 21  # 2100 fake seconds of evaluation
