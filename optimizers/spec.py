@@ -190,6 +190,9 @@ class OptimizerSpec:
             methods that build dense curvature matrices; ``None``: no limit. Larger models
             are refused by the factory with a one-line error, and studies and the suite skip
             them (:meth:`unsupported_reason`).
+        backends: the backends it runs on (:mod:`curvebench.backends`); other pairs are
+            refused by ``run`` and skipped by studies and the suite (:meth:`unsupported_reason`).
+            A spec without ``"torch"`` has a factory only its backend uses.
     """
 
     name: str
@@ -202,6 +205,7 @@ class OptimizerSpec:
     deterministic: bool = True
     reference: str = ""
     max_parameters: int | None = None
+    backends: tuple[str, ...] = ("torch",)
 
     def __post_init__(self) -> None:
         unknown = set(self.search_space) - set(self.defaults)
@@ -209,9 +213,13 @@ class OptimizerSpec:
             raise ValueError(f"optimizer {self.name!r}: search space keys {sorted(unknown)} "
                              "have no default")
 
-    def unsupported_reason(self, *, tags: frozenset[str] | set[str],
-                           num_parameters: int) -> str | None:
-        """Why this optimizer cannot run a problem (by its tags and model size), or ``None``."""
+    def unsupported_reason(self, *, tags: frozenset[str] | set[str], num_parameters: int,
+                           backend: str = "torch") -> str | None:
+        """Why this optimizer cannot run a problem (by its tags and model size) on ``backend``,
+        or ``None``."""
+        if backend not in self.backends:
+            return f"the optimizer does not run on the {backend} backend (it runs on: " \
+                   f"{', '.join(self.backends)})"
         if "cnn" in tags and not self.supports_conv:
             return "the optimizer does not support convolutional layers"
         if self.max_parameters is not None and num_parameters > self.max_parameters:

@@ -210,3 +210,43 @@ def test_phase_timer_laps(monkeypatch):
     for name in ("forward", "backward", "update"):
         timer.lap(name)
     assert timer.collect() == {"forward": 1.0, "backward": 2.0, "update": 3.0}
+
+
+def test_backend_is_part_of_the_identity_and_legacy_keys_are_kept():
+    import dataclasses
+
+    config = plan_run(problem="digits-mlp", optimizer="adam")
+    assert config.backend == "torch"
+    jax_config = dataclasses.replace(config, backend="jax")
+    legacy = dataclasses.replace(config, backend=None)
+    assert len({config.key(), jax_config.key(), legacy.key()}) == 3
+    from curvebench.records import RunConfig
+
+    data = legacy.to_dict()
+    del data["backend"]  # a record written before the field existed keeps its hash
+    assert RunConfig.from_dict(data).key() == legacy.key()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--optimizer", "adam", "--backend", "nope"], "unknown backend 'nope'; known: jax, torch"),
+    (["--optimizer", "kfac-jax"], "optimizer 'kfac-jax' does not run on the torch backend"),
+])
+def test_cli_unknown_or_unsupported_backend_is_one_line(tmp_path, capsys, argv, message):
+    from curvebench.cli import main
+
+    out = tmp_path / "results"
+    assert main(["run", "--problem", "digits-mlp", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()  # nothing stored, nothing created
+
+
+def test_run_loop_and_backend_registry_import_neither_torch_nor_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys; import curvebench.harness, curvebench.backends, curvebench.stepping; "
+            "print(sorted(m for m in ('torch', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"
