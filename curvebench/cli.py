@@ -218,6 +218,8 @@ def _fmt(value: Any, spec: str = ".4g") -> str:
 
 def summary_rows(records: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
     """Headers and rows of the one-line-per-run summary (shared by ``run`` and ``show``)."""
+    from curvebench.backends import backend_suffix
+
     headers = ["problem", "optimizer", "hyperparameters", "seed", "status", "steps→target",
                "s→target", "steps", "seconds", "final train loss", "final test metric"]
     rows = []
@@ -228,7 +230,8 @@ def summary_rows(records: Sequence[Any]) -> tuple[list[str], list[list[str]]]:
         metric = PROBLEMS.get(r.config.problem).eval_metric if r.config.problem in PROBLEMS \
             else "test_loss"
         overrides = _non_default(r.config.optimizer, r.config.hyperparameter_dict)
-        rows.append([r.config.problem, r.config.optimizer, overrides, r.config.seed, r.status,
+        optimizer = r.config.optimizer + backend_suffix(r.config.backend)
+        rows.append([r.config.problem, optimizer, overrides, r.config.seed, r.status,
                      _fmt(r.steps_to_target), _fmt(r.seconds_to_target, ".3g"), r.steps_run,
                      _fmt(r.seconds, ".3g"), _fmt(r.final.get("train_loss")),
                      f"{metric}={_fmt(r.final.get(metric))}"])

@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from curvebench.backends import backend_suffix
 from curvebench.records import RunConfig, RunRecord, execution_label, mixed_execution_note
 from curvebench.store import RunStore
 
@@ -581,7 +582,8 @@ def study_summary(records: Sequence[RunRecord], *,
         rows = []
         for backend, group in sorted(backends.items()):
             for row in study_summary(group, optimizer_specs=optimizer_specs)[1]:
-                rows.append([row[0], f"{row[1]} [{backend}]", *row[2:]])
+                rows.append([row[0], f"{row[1]}{backend_suffix(backend) or ' [torch]'}",
+                             *row[2:]])
         return headers, rows
     frame = runs_dataframe(list(records))
     summary = metrics.steps_to_target_summary(frame)
@@ -758,8 +760,9 @@ def _plan_rows(configs: Sequence[RunConfig], todo: set[RunConfig]) -> list[list[
     """``--dry-run``: one row per configuration (its seeds together) and how many still run."""
     rows: dict[tuple[Any, ...], list[Any]] = {}
     for config in configs:
-        key = (config.problem, config.optimizer, _hyperparameters(config), config.batch_size,
-               config.max_steps, config.max_seconds)
+        key = (config.problem, config.optimizer + backend_suffix(config.backend),
+               _hyperparameters(config), config.batch_size, config.max_steps,
+               config.max_seconds)
         row = rows.setdefault(key, [*key[:3], [], *key[3:], 0])
         row[3].append(str(config.seed))
         row[-1] += config in todo

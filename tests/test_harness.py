@@ -31,9 +31,10 @@ class ScriptedOptimizer(CurvatureOptimizer):
         with torch.no_grad():
             if self.calls == self.jump_step:
                 data = get_problem("synthetic-linreg").dataset()
-                x = torch.cat([data.x_train.double(), torch.ones(len(data.x_train), 1,
-                                                                 dtype=torch.float64)], 1)
-                solution = torch.linalg.lstsq(x, data.y_train.double()).solution
+                x = torch.as_tensor(data.x_train).double()  # arrays or tensors
+                x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+                y = torch.as_tensor(data.y_train).double()
+                solution = torch.linalg.lstsq(x, y).solution
                 weight.copy_(solution[:-1].T)
                 bias.copy_(solution[-1])
             if self.calls == self.nan_step:

@@ -136,3 +136,22 @@ def test_study_backends_key_expands_and_skips_with_reasons():
     assert skipped == {("kfac-jax", "torch"), ("kflr", "jax")}
     study.check_buildable()
     assert get_problem("digits-mlp").name == configs[0].problem
+
+
+def test_sweep_of_a_two_backend_study_stores_both_and_tables_them_apart(tmp_path, capsys):
+    study = tmp_path / "two.toml"
+    text = ('problems = ["digits-logreg"]\nseeds = [0]\nbackends = ["torch", "jax"]\n'
+            'eval_every = 3\n[budget]\nmax_steps = 3\n[optimizers.adam]\n')
+    study.write_text(text + "[optimizers.kfac-jax]\n")
+    out = tmp_path / "results"
+    assert main(["sweep", str(study), "--out", str(out), "--dry-run"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping kfac-jax on digits-logreg" in captured.err and "(on torch)" in captured.err
+    assert "adam [jax]" in captured.out and "kfac-jax [jax]" in captured.out
+    assert main(["sweep", str(study), "--out", str(out), "--backend", "nope"]) == 2
+    assert "unknown backend 'nope'" in capsys.readouterr().err
+    study.write_text(text)
+    assert main(["sweep", str(study), "--out", str(out)]) == 0
+    assert sorted(r.config.backend for r in RunStore(out).scan()[0]) == ["jax", "torch"]
+    table = capsys.readouterr().out
+    assert "adam [jax]" in table and "adam [torch]" in table  # never pooled into one row

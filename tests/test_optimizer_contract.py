@@ -65,7 +65,8 @@ def test_state_dict_round_trip(name):
     loss = problem.make_loss()
     model = problem.build_model(seed=0)
     optimizer = stepping.build_stepper(spec, model=model, loss=loss)
-    batches = [(data.x_train[i : i + 64], data.y_train[i : i + 64]) for i in range(0, 320, 64)]
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)  # arrays or tensors
+    batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 320, 64)]
     for inputs, targets in batches[:3]:
         _step(optimizer, inputs, targets)
 
@@ -126,8 +127,8 @@ def test_curvature_optimizer_in_a_plain_loop(name):
     assert isinstance(optimizer, CurvatureOptimizer)
     with pytest.raises(TypeError, match="needs the batch"):
         optimizer.step()
-    losses = [float(optimizer.step(inputs=data.x_train[:256], targets=data.y_train[:256]))
-              for _ in range(10)]
+    x, y = torch.as_tensor(data.x_train[:256]), torch.as_tensor(data.y_train[:256])
+    losses = [float(optimizer.step(inputs=x, targets=y)) for _ in range(10)]
     assert losses[-1] < losses[0]
     assert optimizer.counters or optimizer.step_info is not None
 

@@ -26,7 +26,7 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "Session", "BACKENDS", "DEFAULT_BACKEND", "UnknownBackendError",
            "UnsupportedBackendError", "get_backend", "check_backend", "backend_names",
-           "process_peak_rss"]
+           "process_peak_rss", "backend_suffix"]
 
 #: Backend name → module defining ``BACKEND``.
 BACKENDS: Mapping[str, str] = {
@@ -139,3 +139,9 @@ def process_peak_rss() -> int:
     """The process's high-water resident memory in bytes (the whole process, all backends)."""
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
+
+
+def backend_suffix(backend: str | None) -> str:
+    """``" [jax]"`` after an optimizer's name in tables for a non-default backend, else ``""``
+    (``None``: a legacy record, which ran on torch)."""
+    return "" if backend in (None, DEFAULT_BACKEND) else f" [{backend}]"
