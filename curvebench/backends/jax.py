@@ -66,6 +66,11 @@ def _device(name: str) -> Any:
     return devices[position]
 
 
+@jax.jit
+def _take(x: jax.Array, y: jax.Array, index: jax.Array) -> tuple[jax.Array, jax.Array]:
+    return x[index], y[index]
+
+
 class _Batches:
     """The torch backend's mini-batches (same seeded permutation), gathered on the device."""
 
@@ -82,8 +87,7 @@ class _Batches:
             jax.block_until_ready(warm)
 
     def _gather(self, index: Any) -> tuple[jax.Array, jax.Array]:
-        index = jnp.asarray(index.numpy())
-        return self.x[index], self.y[index]
+        return _take(self.x, self.y, jnp.asarray(index.numpy()))
 
     def __iter__(self) -> Iterator[tuple[jax.Array, jax.Array]]:
         return self

@@ -43,7 +43,10 @@ Update = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any, jax.Array, M
 
 
 def as_array(values: Any) -> jax.Array:
-    """A batch (numpy array or CPU torch tensor) as a JAX array without a dtype change."""
+    """A batch (JAX array, numpy array or CPU torch tensor) as a JAX array without a dtype
+    change (a JAX array is returned as it is, without a round trip through the host)."""
+    if isinstance(values, jax.Array):
+        return values
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     return jnp.asarray(np.asarray(values))
