@@ -222,28 +222,26 @@ class Study:
 
     def incompatible(self) -> list[tuple[str, str, str]]:
         """``(problem, optimizer, reason)`` pairs the study skips (capability flags)."""
-        from curvebench.optimizers import get_optimizer
-        from curvebench.problems import get_problem
 
         skipped = []
-        for problem_name, sweep, backend in itertools.product(self.problems, self.sweeps,
-                                                              self.backends):
-            problem, optimizer = get_problem(problem_name), get_optimizer(sweep.optimizer)
-            reason = optimizer.unsupported_reason(tags=problem.tags,
-                                                  num_parameters=problem.num_parameters,
-                                                  backend=backend)
+        for problem, sweep, backend in itertools.product(self.problems, self.sweeps,
+                                                         self.backends):
+            reason = self._unsupported_reason(problem, sweep.optimizer, backend)
             if reason is not None:
                 where = f" (on {backend})" if len(self.backends) > 1 else ""
-                skipped.append((problem_name, sweep.optimizer, reason + where))
+                skipped.append((problem, sweep.optimizer, reason + where))
         return skipped
 
-    def _supported(self, problem: str, optimizer: str, backend: str) -> bool:
+    def _unsupported_reason(self, problem: str, optimizer: str, backend: str) -> str | None:
         from curvebench.optimizers import get_optimizer
         from curvebench.problems import get_problem
 
         spec = get_problem(problem)
         return get_optimizer(optimizer).unsupported_reason(
-            tags=spec.tags, num_parameters=spec.num_parameters, backend=backend) is None
+            tags=spec.tags, num_parameters=spec.num_parameters, backend=backend)
+
+    def _supported(self, problem: str, optimizer: str, backend: str) -> bool:
+        return self._unsupported_reason(problem, optimizer, backend) is None
 
     def run_configs(self) -> list[RunConfig]:
         """Every run of the study, in order problem, batch size, optimizer, point, seed.
