@@ -46,10 +46,11 @@ def test_jax_and_torch_runs_are_two_records(tmp_path):
     assert jax_record.counters == torch_record.counters
 
 
-def test_float64_sgd_trajectories_agree_through_the_harness():
-    """100 SGD steps in float64 from the same weights and batches: every loss to 1e-10."""
-    kwargs = dict(problem="digits-mlp", optimizer="sgd", dtype="float64",
-                  hyperparameters={"lr": 0.05}, budget=Budget(max_steps=100), eval_every=50,
+@pytest.mark.parametrize(("optimizer", "lr"), [("sgd", 0.05), ("adam", 0.01)])
+def test_float64_trajectories_agree_through_the_harness(optimizer, lr):
+    """100 steps in float64 from the same weights and batches: every loss to 1e-10."""
+    kwargs = dict(problem="digits-mlp", optimizer=optimizer, dtype="float64",
+                  hyperparameters={"lr": lr}, budget=Budget(max_steps=100), eval_every=50,
                   stop_at_target=False)
     torch_record = run(**kwargs, backend="torch")
     jax_record = run(**kwargs, backend="jax")
