@@ -19,13 +19,14 @@ import time
 import torch
 
 from curvebench import harness
+from curvebench.backends import torch as torch_backend
 from curvebench.batches import ShuffledBatches
 from curvebench.problems import Budget, get_problem
 
 
 def hand_loop(steps: int) -> float:
     problem = get_problem("digits-mlp")
-    data = harness.device_data(problem, device=torch.device("cpu"), dtype=torch.float32)
+    data = torch_backend.device_data(problem, device=torch.device("cpu"), dtype=torch.float32)
     torch.manual_seed(0)
     model = problem.build_model(seed=0)
     loss_fn = problem.make_loss()
@@ -44,7 +45,7 @@ def hand_loop(steps: int) -> float:
 
 def harness_loop(steps: int) -> tuple[float, float]:
     evaluation_time = 0.0
-    real = harness.evaluate
+    real = torch_backend.evaluate
 
     def timed(*args, **kwargs):
         nonlocal evaluation_time
@@ -54,7 +55,7 @@ def harness_loop(steps: int) -> tuple[float, float]:
         finally:
             evaluation_time += time.perf_counter() - start
 
-    harness.evaluate = timed
+    torch_backend.evaluate = timed
     try:
         config = harness.plan_run(problem="digits-mlp", optimizer="sgd", seed=0,
                                   budget=Budget(max_steps=steps), eval_every=10 * steps,
@@ -63,7 +64,7 @@ def harness_loop(steps: int) -> tuple[float, float]:
         record = harness.execute(config)
         wall = time.perf_counter() - start
     finally:
-        harness.evaluate = real
+        torch_backend.evaluate = real
     # execute() also builds the model and optimizer; that setup is timed separately here.
     return record.seconds, wall - evaluation_time
 

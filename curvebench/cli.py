@@ -161,6 +161,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="floating-point precision of model and data")
     run.add_argument("--threads", type=_thread_count, default=DEFAULT_THREADS,
                      help="torch CPU threads per run (part of the run's identity)")
+    run.add_argument("--backend", default="torch",
+                     help="framework the runs use: torch or jax (part of the run's identity)")
     run.add_argument("--out", type=output_path, default=Path("results"),
                      help="results directory")
     run.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
@@ -200,11 +202,12 @@ def _list_command(args: argparse.Namespace) -> int:
     print()
     optimizer_rows = [
         [o.name, "yes" if o.needs_curvature else "", "yes" if o.supports_conv else "no",
-         ", ".join(f"{k}={v}" for k, v in o.defaults.items()), o.description]
+         ",".join(o.backends), ", ".join(f"{k}={v}" for k, v in o.defaults.items()),
+         o.description]
         for o in OPTIMIZERS
     ]
-    print(tabulate(optimizer_rows, headers=["optimizer", "curvature", "conv", "defaults",
-                                            "description"]))
+    print(tabulate(optimizer_rows, headers=["optimizer", "curvature", "conv", "backends",
+                                            "defaults", "description"]))
     return 0
 
 
@@ -249,8 +252,9 @@ def _eval_metric(record: Any) -> str:
 def _run_command(args: argparse.Namespace) -> int:
     from tqdm import tqdm
 
-    from curvebench.environment import DeviceError, resolve_device
-    from curvebench.harness import DTYPES, check_batch_size, device_data, execute, plan_run
+    from curvebench.backends import get_backend
+    from curvebench.environment import DeviceError
+    from curvebench.harness import check_batch_size, execute, plan_run, problem_data
     from curvebench.optimizers import HyperparameterError, get_optimizer
     from curvebench.problems import Budget, get_problem
     from curvebench.problems.datasets import DatasetError
@@ -265,6 +269,7 @@ def _run_command(args: argparse.Namespace) -> int:
 
         os.environ[OFFLINE_ENV] = "1"
     try:
+        backend = get_backend(args.backend)
         problems = [get_problem(name) for name in args.problem]
         optimizers = [get_optimizer(name) for name in args.optimizer]
         configs = []
@@ -276,21 +281,18 @@ def _run_command(args: argparse.Namespace) -> int:
                 problem=problem, optimizer=optimizer, hyperparameters=overrides, seed=seed,
                 device=args.device, budget=budget, batch_size=args.batch_size,
                 dtype=args.dtype, eval_every=args.eval_every,
-                stop_at_target=not args.no_stop_at_target, threads=args.threads))
+                stop_at_target=not args.no_stop_at_target, threads=args.threads,
+                backend=backend.name))
         if args.data_dir is not None and not args.data_dir.is_dir():
             raise UsageError(f"data directory {str(args.data_dir)!r} does not exist or is not "
                              "a directory")
         for problem in problems:  # load every data set before anything runs
-            data = device_data(problem, device=resolve_device(args.device),
-                               dtype=DTYPES[args.dtype], data_dir=args.data_dir)
+            data = problem_data(problem, data_dir=args.data_dir)
             for config in configs:
                 if config.problem == problem.name:
                     check_batch_size(config, training_examples=len(data.x_train))
         for config in configs:  # optimizer hyperparameter ranges, checked on a real model
-            problem = get_problem(config.problem)
-            get_optimizer(config.optimizer).build(
-                model=problem.build_model(seed=0), loss=problem.make_loss(),
-                hyperparameters=config.hyperparameter_dict)
+            backend.check_buildable(config)
         store = RunStore(args.out)
         store.check_writable()  # last: creates the directory only for a valid command
         removed = store.remove_stale_temporaries()

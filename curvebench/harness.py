@@ -1,8 +1,14 @@
 """Run one problem × optimizer × hyperparameters × seed and return a :class:`RunRecord`.
 
+The run loop here is framework-neutral: budget, evaluation schedule, target, divergence,
+per-step log and record. Everything framework-specific — data placement, the model built from
+the seed, the optimizer's step, evaluation, the synchronised clock, peak memory, the
+environment — is the backend's (:mod:`curvebench.backends`; ``torch`` by default, ``jax``).
+This module imports neither torch nor jax.
+
 The clock: each step (fetching the batch from device memory, forward, backward, curvature work,
 update) is timed from a device synchronisation before it to one after it and the durations are
-summed, so evaluation, logging and storing never enter the measured time.
+summed, so evaluation, logging, storing and compilation never enter the measured time.
 """
 
 from __future__ import annotations
@@ -10,52 +16,56 @@ from __future__ import annotations
 import datetime as dt
 import functools
 import math
-import resource
 import sys
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
-
-from curvebench.batches import ShuffledBatches
-from curvebench.environment import environment_info, resolve_device
-from curvebench.losses import CurvatureLoss
-from curvebench.optimizers import CurvatureOptimizer, OptimizerSpec, get_optimizer
-from curvebench.problems import Budget, ProblemSpec, Target, get_problem
+from curvebench.backends import DEFAULT_BACKEND, Session, check_backend, get_backend
 from curvebench.records import DEFAULT_THREADS, RunConfig, RunRecord, Status
-from curvebench.timing import PhaseTimer, synchronized_clock
+
+if TYPE_CHECKING:
+    from curvebench.optimizers import OptimizerSpec
+    from curvebench.problems import Budget, ProblemSpec, Target
 
 __all__ = [
     "plan_run",
     "execute",
     "run",
-    "evaluate",
+    "run_loop",
     "first_reaching",
-    "DeviceData",
-    "device_data",
-    "DTYPES",
+    "check_batch_size",
+    "problem_data",
+    "DTYPE_NAMES",
     "EVAL_TRAIN_EXAMPLES",
     "DIVERGENCE_FACTOR",
     "DEFAULT_THREADS",
+    "MAX_SEED",
 ]
 
-DTYPES: dict[str, torch.dtype] = {"float32": torch.float32, "float64": torch.float64}
+#: Floating-point precisions a run may use.
+DTYPE_NAMES = ("float32", "float64")
 #: The train loss used for targets is evaluated on at most this many (fixed) training examples.
 EVAL_TRAIN_EXAMPLES = 10_000
 #: A run has diverged when its batch loss exceeds this multiple of the first batch loss.
 DIVERGENCE_FACTOR = 100.0
-_EVAL_CHUNK = 2048
-#: Work of one first-order step, for the per-step counters.
-_FIRST_ORDER_COUNTS = {"forward_passes": 1, "backward_passes": 1}
 
 #: Called after each step with ``(step, loss)``; the harness's progress bars use it.
 ProgressCallback = Callable[[int, float], None]
 
-
 #: Largest run seed: torch's and numpy's generators take it, and seed arithmetic stays in range.
 MAX_SEED = 2**32 - 1
+
+#: Torch-backend names kept importable from here (``from curvebench.harness import DTYPES``).
+_TORCH_NAMES = ("DTYPES", "DeviceData", "device_data", "evaluate")
+
+
+def __getattr__(name: str) -> Any:
+    if name in _TORCH_NAMES:
+        from curvebench.backends import torch as torch_backend
+
+        return getattr(torch_backend, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def plan_run(
@@ -72,21 +82,29 @@ def plan_run(
     stop_at_target: bool = True,
     threads: int | None = DEFAULT_THREADS,
     workers_per_machine: int | None = 1,
+    backend: str = DEFAULT_BACKEND,
 ) -> RunConfig:
     """Validate the inputs of a run and return its :class:`RunConfig` (nothing is run).
 
     ``threads`` is the torch thread count :func:`execute` sets for the run (default
     :data:`DEFAULT_THREADS`); ``workers_per_machine`` the number of runs executed at once on the
-    machine (1 for a lone run; sweeps stamp their executor's). Both are part of the identity.
+    machine (1 for a lone run; sweeps stamp their executor's); ``backend`` the framework it
+    runs on (:mod:`curvebench.backends`). All three are part of the identity.
 
     Raises:
         UnknownNameError: unknown problem or optimizer.
+        UnknownBackendError: unknown backend.
+        UnsupportedBackendError: the optimizer does not run on the backend.
         HyperparameterError: unknown or ill-typed hyperparameter.
         ValueError: non-positive batch size or eval period, unknown dtype, a seed outside
             ``[0, MAX_SEED]``.
     """
+    from curvebench.optimizers import OptimizerSpec, get_optimizer
+    from curvebench.problems import ProblemSpec, get_problem
+
     problem_spec = problem if isinstance(problem, ProblemSpec) else get_problem(problem)
     optimizer_spec = optimizer if isinstance(optimizer, OptimizerSpec) else get_optimizer(optimizer)
+    check_backend(optimizer_spec, backend)
     resolved = optimizer_spec.resolve(hyperparameters)
     budget = budget or problem_spec.budget
     batch_size = problem_spec.batch_size if batch_size is None else batch_size
@@ -97,8 +115,8 @@ def plan_run(
         raise ValueError(f"eval_every must be positive, got {eval_every}")
     if not 0 <= seed <= MAX_SEED:
         raise ValueError(f"seed must be between 0 and {MAX_SEED}, got {seed}")
-    if dtype not in DTYPES:
-        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPES)}")
+    if dtype not in DTYPE_NAMES:
+        raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be positive, got {threads}")
     return RunConfig.create(
@@ -110,56 +128,35 @@ def plan_run(
         batch_size=batch_size,
         max_steps=budget.max_steps,
         max_seconds=budget.max_seconds,
-        device=str(resolve_device(device)),
+        device=get_backend(backend).resolve_device(device),
         dtype=dtype,
         eval_every=eval_every,
         stop_at_target=stop_at_target,
         threads=threads,
         workers_per_machine=workers_per_machine,
+        backend=backend,
     )
 
 
-@dataclass(frozen=True)
-class DeviceData:
-    """A problem's data on the run's device and dtype."""
-
-    x_train: torch.Tensor
-    y_train: torch.Tensor
-    x_test: torch.Tensor
-    y_test: torch.Tensor
-    classification: bool
-
-
 @functools.lru_cache(maxsize=16)
-def _cpu_dataset(problem: str, data_dir: str | None):
+def _registered_dataset(problem: str, data_dir: str | None) -> Any:
+    from curvebench.problems import get_problem
+
     return get_problem(problem).dataset(data_dir=data_dir)
 
 
-def device_data(problem: ProblemSpec, *, device: torch.device, dtype: torch.dtype,
-                data_dir: Path | str | None = None) -> DeviceData:
-    """Load the problem's data once per process and move it to ``device`` in ``dtype``.
+def problem_data(problem: ProblemSpec, *, data_dir: Path | str | None = None) -> Any:
+    """The problem's data set as its spec returns it (arrays), loaded once per process for
+    registered problems.
 
     Raises:
         DatasetError: data missing and not downloadable.
     """
-    key = str(data_dir) if data_dir is not None else None
-    if problem.name in _registered_names():
-        data = _cpu_dataset(problem.name, key)
-    else:  # an unregistered spec (tests, plugins under construction)
-        data = problem.dataset(data_dir=data_dir)
-    classification = problem.make_loss().classification
+    from curvebench.problems import PROBLEMS
 
-    def move(array, *, labels: bool) -> torch.Tensor:
-        return torch.as_tensor(array, device=device,
-                               dtype=torch.long if labels and classification else dtype)
-
-    return DeviceData(
-        x_train=move(data.x_train, labels=False),
-        y_train=move(data.y_train, labels=True),
-        x_test=move(data.x_test, labels=False),
-        y_test=move(data.y_test, labels=True),
-        classification=classification,
-    )
+    if problem.name in PROBLEMS.names():
+        return _registered_dataset(problem.name, str(data_dir) if data_dir is not None else None)
+    return problem.dataset(data_dir=data_dir)  # an unregistered spec (tests, plugins)
 
 
 def check_batch_size(config: RunConfig, *, training_examples: int) -> None:
@@ -171,44 +168,6 @@ def check_batch_size(config: RunConfig, *, training_examples: int) -> None:
     if config.batch_size > training_examples:
         raise ValueError(f"batch size {config.batch_size} is larger than the training set of "
                          f"{config.problem!r} ({training_examples} examples)")
-
-
-def _registered_names() -> list[str]:
-    from curvebench.problems import PROBLEMS
-
-    return PROBLEMS.names()
-
-
-@torch.no_grad()
-def evaluate(model: torch.nn.Module, loss: CurvatureLoss, data: DeviceData) -> dict[str, float]:
-    """Train loss (on up to :data:`EVAL_TRAIN_EXAMPLES` examples), test loss and accuracy.
-
-    The model is put in eval mode for the evaluation and restored afterwards.
-    """
-    was_training = model.training
-    model.eval()
-    try:
-        train_loss, _ = _mean_loss(model, loss, data.x_train[:EVAL_TRAIN_EXAMPLES],
-                                   data.y_train[:EVAL_TRAIN_EXAMPLES], accuracy=False)
-        test_loss, test_accuracy = _mean_loss(model, loss, data.x_test, data.y_test,
-                                              accuracy=data.classification)
-    finally:
-        model.train(was_training)
-    return {"train_loss": train_loss, "test_loss": test_loss, "test_accuracy": test_accuracy}
-
-
-def _mean_loss(model, loss, inputs, targets, *, accuracy: bool) -> tuple[float, float]:
-    total = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    correct = torch.zeros((), dtype=torch.float64, device=inputs.device)
-    count = len(inputs)
-    for start in range(0, count, _EVAL_CHUNK):
-        x, y = inputs[start : start + _EVAL_CHUNK], targets[start : start + _EVAL_CHUNK]
-        output = model(x)
-        total += loss(output, y).double() * len(x)
-        if accuracy:
-            correct += (output.argmax(dim=1) == y).sum()
-    mean = (total / max(count, 1)).item()
-    return mean, (correct / max(count, 1)).item() if accuracy else math.nan
 
 
 def first_reaching(*, steps: Sequence[int], seconds: Sequence[float], values: Sequence[float],
@@ -253,57 +212,41 @@ def execute(
     data_dir: Path | str | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunRecord:
-    """Run ``config`` and return its record; failures inside training become ``status="error"``.
+    """Run ``config`` on its backend and return its record; failures inside training become
+    ``status="error"``.
 
     Raises:
         DatasetError: the problem's data is unavailable (nothing is run).
         DeviceError: the device does not exist.
         HyperparameterError: the optimizer rejects its hyperparameters.
+        UnknownBackendError, UnsupportedBackendError: the backend cannot run the optimizer.
     """
-    problem = get_problem(config.problem)
+    from curvebench.optimizers import get_optimizer
+    from curvebench.problems import get_problem
+
+    backend = get_backend(config.backend or DEFAULT_BACKEND)
     optimizer_spec = get_optimizer(config.optimizer)
-    device = resolve_device(config.device)
-    dtype = DTYPES[config.dtype]
-    data = device_data(problem, device=device, dtype=dtype, data_dir=data_dir)
-    check_batch_size(config, training_examples=len(data.x_train))
+    check_backend(optimizer_spec, backend.name)
+    problem = get_problem(config.problem)
     started_at = dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds")
-
-    previous_tf32 = (torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32)
-    previous_threads = torch.get_num_threads()
-    torch.backends.cuda.matmul.allow_tf32 = False
-    torch.backends.cudnn.allow_tf32 = False
-    try:
-        if config.threads is not None:  # the record's thread count is the one that ran
-            torch.set_num_threads(config.threads)
-        torch.manual_seed(config.seed)
-        model = problem.build_model(seed=config.seed, device=device, dtype=dtype)
-        model.train()
-        loss_fn = problem.make_loss()
-        optimizer = optimizer_spec.build(model=model, loss=loss_fn,
-                                         hyperparameters=config.hyperparameter_dict)
-        environment = environment_info(device, dtype)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        return _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, device,
-                      environment, started_at, progress)
-    finally:
-        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = previous_tf32
-        if torch.get_num_threads() != previous_threads:
-            torch.set_num_threads(previous_threads)
+    with backend.session(config, data_dir=data_dir) as session:
+        return run_loop(config=config, session=session, target=problem.target,
+                        started_at=started_at, progress=progress,
+                        optimizer_info=optimizer_spec.describe(),
+                        problem_info=problem.describe())
 
 
-def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, device,
-           environment, started_at, progress) -> RunRecord:
-    curvature = isinstance(optimizer, CurvatureOptimizer)
-    if optimizer_spec.needs_curvature and not curvature:
-        raise TypeError(f"optimizer {optimizer_spec.name!r} needs curvature but its factory "
-                        "did not return a CurvatureOptimizer")
-    timer = PhaseTimer(device)
-    if curvature:
-        optimizer.phase_timer = timer
-    batches = ShuffledBatches(data.x_train, data.y_train, batch_size=config.batch_size,
-                              seed=config.seed)
-    target = problem.target
+def run_loop(*, config: RunConfig, session: Session, target: Target, started_at: str,
+             progress: ProgressCallback | None = None,
+             optimizer_info: Mapping[str, Any] | None = None,
+             problem_info: Mapping[str, Any] | None = None) -> RunRecord:
+    """Train ``session`` under ``config``'s budget and evaluation schedule; return the record.
+
+    Evaluates before the first step, every ``eval_every`` steps and at the end; stops at the
+    target (unless ``stop_at_target`` is off), at the budget, or when the loss diverges (a
+    non-finite loss, or a batch loss :data:`DIVERGENCE_FACTOR` times the first one). An
+    exception inside a step is a result (``status="error"``), not a crash.
+    """
     history = _Columns("step", "seconds", "loss")
     evaluations = _Columns("step", "seconds", "train_loss", "test_loss", "test_accuracy")
     phase_totals: dict[str, float] = {}
@@ -319,7 +262,7 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
 
     def record_evaluation() -> bool:
         nonlocal steps_to_target, seconds_to_target
-        metrics = evaluate(model, loss_fn, data)
+        metrics = session.evaluate()
         evaluations.append({"step": step, "seconds": seconds, **metrics})
         if steps_to_target is None:
             reached = first_reaching(steps=[step], seconds=[seconds],
@@ -331,33 +274,14 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
     record_evaluation()
     try:
         while step < max_steps:
-            start = synchronized_clock(device)
-            inputs, targets = next(batches)
-            if curvature:
-                loss = optimizer.step(inputs=inputs, targets=targets)
-            else:
-                timer.start_laps()
-                loss = loss_fn(model(inputs), targets)
-                timer.lap("forward")
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                timer.lap("backward")
-                optimizer.step()
-                timer.lap("update")
-            seconds += synchronized_clock(device) - start
+            outcome = session.step()
+            seconds += outcome.seconds
             step += 1
-            loss_value = float(loss.detach())
-            for phase, value in timer.collect().items():
+            loss_value = outcome.loss
+            for phase, value in outcome.phases.items():
                 phase_totals[phase] = phase_totals.get(phase, 0.0) + value
-            if curvature:
-                step_counters = dict(optimizer.counters)
-                optimizer.counters.clear()
-                info = dict(optimizer.step_info)
-            else:
-                step_counters = _FIRST_ORDER_COUNTS
-                info = {}
-            row = {"step": step, "seconds": seconds, "loss": loss_value, **info}
-            for name, value in step_counters.items():
+            row = {"step": step, "seconds": seconds, "loss": loss_value, **outcome.info}
+            for name, value in outcome.counters.items():
                 counters[name] = counters.get(name, 0.0) + value
                 row[f"count_{name}"] = value
             history.append(row)
@@ -391,6 +315,8 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
     if evaluated[-1] != step:  # diverged or failed between evaluations: the final values are
         last_eval = dict.fromkeys(last_eval, math.nan)  # unknown, not the last evaluation's
     final = {**last_eval, "minibatch_loss": history.data["loss"][-1] if step else math.nan}
+    if session.compile_seconds:  # measured before training, never part of a step's time
+        phase_totals["compile"] = session.compile_seconds
     return RunRecord(
         config=config,
         status=status,
@@ -404,22 +330,14 @@ def _train(config, problem, optimizer_spec, model, loss_fn, optimizer, data, dev
         evaluations=evaluations.data,
         counters=counters,
         phase_seconds=phase_totals,
-        peak_memory_bytes=_peak_memory(device),
-        environment=environment,
+        peak_memory_bytes=session.peak_memory_bytes(),
+        environment=session.environment,
         started_at=started_at,
         error=error,
-        notes=dict(getattr(optimizer, "run_notes", {}) or {}),
-        optimizer_info=optimizer_spec.describe(),
-        problem_info=problem.describe(),
+        notes=session.notes(),
+        optimizer_info=dict(optimizer_info or {}),
+        problem_info=dict(problem_info or {}),
     )
-
-
-def _peak_memory(device: torch.device) -> int:
-    """CUDA max allocated bytes, or the process's high-water RSS on CPU (whole process)."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
 
 
 def run(
@@ -435,6 +353,7 @@ def run(
     eval_every: int | None = None,
     stop_at_target: bool = True,
     threads: int | None = DEFAULT_THREADS,
+    backend: str = DEFAULT_BACKEND,
     data_dir: Path | str | None = None,
     progress: ProgressCallback | None = None,
 ) -> RunRecord:
@@ -442,5 +361,5 @@ def run(
     config = plan_run(problem=problem, optimizer=optimizer, hyperparameters=hyperparameters,
                       seed=seed, device=device, budget=budget, batch_size=batch_size,
                       dtype=dtype, eval_every=eval_every, stop_at_target=stop_at_target,
-                      threads=threads)
+                      threads=threads, backend=backend)
     return execute(config, data_dir=data_dir, progress=progress)

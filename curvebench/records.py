@@ -12,8 +12,8 @@ from typing import Any, Literal
 
 __all__ = ["SCHEMA_VERSION", "RunConfig", "RunRecord", "Status", "STATUSES", "RecordedOptimizer",
            "recorded_optimizers", "record_backend", "several_backends", "method_label",
-           "execution_label", "execution_groups", "mixed_execution_note", "DEFAULT_THREADS",
-           "MAX_THREADS", "PHASES"]
+           "method_name", "execution_label", "execution_groups", "mixed_execution_note",
+           "DEFAULT_THREADS", "MAX_THREADS", "PHASES"]
 
 #: Version of the stored JSON layout; bump on incompatible changes.
 SCHEMA_VERSION = 1
@@ -103,6 +103,7 @@ class RunConfig:
     stop_at_target: bool = True
     threads: int | None = None
     workers_per_machine: int | None = None
+    #: The framework the run ran on (``"torch"``, ``"jax"``); ``None``: a legacy torch record.
     backend: str | None = None
     settings: tuple[tuple[str, Any], ...] | None = None
 
@@ -236,9 +237,17 @@ def several_backends(records: Sequence[RunRecord]) -> bool:
     return len({record_backend(r.config) for r in records}) > 1
 
 
+def method_name(optimizer: str, backend: str | None, *, with_backend: bool) -> str:
+    """An optimizer's label in tables: ``"adam"``; ``"adam [torch]"`` when ``with_backend``
+    (runs of several backends that would otherwise merge); a run on a backend other than torch
+    is always labelled (``"adam [jax]"``). ``backend=None``: a legacy (torch) record."""
+    backend = backend or LEGACY_BACKEND
+    return f"{optimizer} [{backend}]" if with_backend or backend != LEGACY_BACKEND else optimizer
+
+
 def method_label(config: RunConfig, *, with_backend: bool) -> str:
-    """``"adam"``, or ``"adam [jax]"`` where runs of several backends would otherwise merge."""
-    return f"{config.optimizer} [{record_backend(config)}]" if with_backend else config.optimizer
+    """:func:`method_name` of a run's configuration."""
+    return method_name(config.optimizer, config.backend, with_backend=with_backend)
 
 
 @dataclass(frozen=True)

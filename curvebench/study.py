@@ -15,6 +15,7 @@ problem × batch size × optimizer × hyperparameter point × seed::
     stop_at_target = true            # optional
     threads = 1                      # optional: torch threads per run (default 1)
     executor = "serial"              # optional: sweep's default executor (serial, process, dask)
+    backends = ["torch", "jax"]      # optional: every run on each backend (default ["torch"])
 
     [budget]                         # optional: each problem's default budget
     max_steps = 300
@@ -104,7 +105,7 @@ DESIGNS: tuple[Design, ...] = ("default", "points", "grid", "sobol", "halton")
 
 _TOP_KEYS = ("name", "description", "problems", "seeds", "batch_sizes", "device", "dtype",
              "eval_every", "stop_at_target", "budget", "optimizers", "threads", "tuning",
-             "executor")
+             "executor", "backends")
 _TUNING_KEYS = ("configurations", "method", "seed")
 _TUNED_OPTIMIZER_KEYS = ("fixed", "ranges")
 _OPTIMIZER_KEYS = ("fixed", "points", "grid", "sample", "include_default")
@@ -176,6 +177,8 @@ class Study:
         tuning: the study's tuning protocol, or ``None`` when each optimizer's points are
             chosen by hand.
         executor: how ``curvebench sweep`` runs it unless ``--executor`` says otherwise.
+        backends: every run is made on each of these backends (separate records); pairs an
+            optimizer does not support are skipped with a reason (:meth:`incompatible`).
     """
 
     name: str
@@ -194,6 +197,7 @@ class Study:
     tuning: TuningProtocol | None = None
     budget_fraction: float | None = None
     executor: str = "serial"
+    backends: tuple[str, ...] = ("torch",)
 
     def problem_budget(self, problem: str) -> Budget | None:
         """The budget of ``problem``'s runs (``None``: the problem's own)."""
@@ -221,17 +225,26 @@ class Study:
 
     def incompatible(self) -> list[tuple[str, str, str]]:
         """``(problem, optimizer, reason)`` pairs the study skips (capability flags)."""
+
+        skipped = []
+        for problem, sweep, backend in itertools.product(self.problems, self.sweeps,
+                                                         self.backends):
+            reason = self._unsupported_reason(problem, sweep.optimizer, backend)
+            if reason is not None:
+                where = f" (on {backend})" if len(self.backends) > 1 else ""
+                skipped.append((problem, sweep.optimizer, reason + where))
+        return skipped
+
+    def _unsupported_reason(self, problem: str, optimizer: str, backend: str) -> str | None:
         from curvebench.optimizers import get_optimizer
         from curvebench.problems import get_problem
 
-        skipped = []
-        for problem_name, sweep in itertools.product(self.problems, self.sweeps):
-            problem, optimizer = get_problem(problem_name), get_optimizer(sweep.optimizer)
-            reason = optimizer.unsupported_reason(tags=problem.tags,
-                                                  num_parameters=problem.num_parameters)
-            if reason is not None:
-                skipped.append((problem_name, sweep.optimizer, reason))
-        return skipped
+        spec = get_problem(problem)
+        return get_optimizer(optimizer).unsupported_reason(
+            tags=spec.tags, num_parameters=spec.num_parameters, backend=backend)
+
+    def _supported(self, problem: str, optimizer: str, backend: str) -> bool:
+        return self._unsupported_reason(problem, optimizer, backend) is None
 
     def run_configs(self) -> list[RunConfig]:
         """Every run of the study, in order problem, batch size, optimizer, point, seed.
@@ -245,33 +258,31 @@ class Study:
         from curvebench.harness import plan_run
         from curvebench.registry import UnknownNameError
 
-        skipped = {(p, o) for p, o, _ in self.incompatible()}
         configs: list[RunConfig] = []
         seen: set[RunConfig] = set()
-        for problem in self.problems:
-            for batch_size in self.batch_sizes or (None,):
-                for sweep in self.sweeps:
-                    if (problem, sweep.optimizer) in skipped:
-                        continue
-                    for index, point in enumerate(sweep.hyperparameter_points()):
-                        for seed in self.seeds:
-                            try:
-                                config = plan_run(
-                                    problem=problem, optimizer=sweep.optimizer,
-                                    hyperparameters=point, seed=seed, device=self.device,
-                                    budget=self.problem_budget(problem),
-                                    batch_size=batch_size, dtype=self.dtype,
-                                    eval_every=self.eval_every,
-                                    stop_at_target=self.stop_at_target,
-                                    threads=self.threads)
-                            except (UnknownNameError, HyperparameterError, DeviceError,
-                                    ValueError) as error:
-                                raise StudyError(_message(
-                                    self.source, f"optimizers.{sweep.optimizer} point {index}",
-                                    str(error))) from None
-                            if config not in seen:
-                                seen.add(config)
-                                configs.append(config)
+        for problem, batch_size, sweep, backend in itertools.product(
+                self.problems, self.batch_sizes or (None,), self.sweeps, self.backends):
+            if not self._supported(problem, sweep.optimizer, backend):
+                continue
+            for index, point in enumerate(sweep.hyperparameter_points()):
+                for seed in self.seeds:
+                    try:
+                        config = plan_run(
+                            problem=problem, optimizer=sweep.optimizer,
+                            hyperparameters=point, seed=seed, device=self.device,
+                            budget=self.problem_budget(problem),
+                            batch_size=batch_size, dtype=self.dtype,
+                            eval_every=self.eval_every,
+                            stop_at_target=self.stop_at_target,
+                            threads=self.threads, backend=backend)
+                    except (UnknownNameError, HyperparameterError, DeviceError,
+                            ValueError) as error:
+                        raise StudyError(_message(
+                            self.source, f"optimizers.{sweep.optimizer} point {index}",
+                            str(error))) from None
+                    if config not in seen:
+                        seen.add(config)
+                        configs.append(config)
         return configs
 
     def check_buildable(self) -> None:
@@ -283,20 +294,18 @@ class Study:
         Raises:
             StudyError: naming the optimizer and the point.
         """
-        from curvebench.optimizers import get_optimizer
-        from curvebench.problems import get_problem
+        from curvebench.backends import get_backend
+        from curvebench.harness import plan_run
 
-        skipped = {(p, o) for p, o, _ in self.incompatible()}
-        for sweep in self.sweeps:
-            problems = [p for p in self.problems if (p, sweep.optimizer) not in skipped]
+        for sweep, backend in itertools.product(self.sweeps, self.backends):
+            problems = [p for p in self.problems if self._supported(p, sweep.optimizer, backend)]
             if not problems:
                 continue
-            problem = get_problem(problems[0])
-            spec = get_optimizer(sweep.optimizer)
             for index, point in enumerate(sweep.hyperparameter_points()):
                 try:
-                    spec.build(model=problem.build_model(seed=0), loss=problem.make_loss(),
-                               hyperparameters=point)
+                    get_backend(backend).check_buildable(plan_run(
+                        problem=problems[0], optimizer=sweep.optimizer, hyperparameters=point,
+                        backend=backend))
                 except HyperparameterError as error:
                     raise StudyError(_message(
                         self.source, f"optimizers.{sweep.optimizer} point {index} "
@@ -429,6 +438,13 @@ class _Parser:
         from curvebench.sweep import EXECUTORS
 
         executor = self.string(data.get("executor", "serial"), "executor", choices=EXECUTORS)
+        from curvebench.backends import backend_names
+
+        backends = tuple(dict.fromkeys(
+            self.string(b, f"backends[{i}]", choices=backend_names())
+            for i, b in enumerate(self.array(data.get("backends", ["torch"]), "backends"))))
+        if not backends:
+            raise self.fail("backends", "must name at least one backend")
         budget, fraction = self.budget(data["budget"]) if "budget" in data else (None, None)
         if "optimizers" not in data:
             raise self.fail("optimizers", "missing (a table [optimizers.NAME] per optimizer)")
@@ -446,13 +462,15 @@ class _Parser:
                           if tuning is not None
                           else self.sweep(OPTIMIZERS.get(optimizer), table, key))
         points = sum(len(sweep.points) for sweep in sweeps)
-        self.check_size(len(problems) * len(batch_sizes or (None,)) * points * len(seeds),
-                        None, "runs (problems × batch sizes × hyperparameter points × seeds)")
+        self.check_size(len(problems) * len(batch_sizes or (None,)) * points * len(seeds)
+                        * len(backends), None,
+                        "runs (problems × batch sizes × hyperparameter points × seeds × backends)")
         return Study(name=name, source=self.source, description=description,
                      problems=tuple(problems), sweeps=tuple(sweeps), seeds=tuple(seeds),
                      batch_sizes=batch_sizes, budget=budget, device=device, dtype=dtype,
                      eval_every=eval_every, stop_at_target=stop_at_target, threads=threads,
-                     tuning=tuning, budget_fraction=fraction, executor=executor)
+                     tuning=tuning, budget_fraction=fraction, executor=executor,
+                     backends=backends)
 
     def check_seeds(self, seeds: Sequence[int]) -> None:
         from curvebench.harness import MAX_SEED

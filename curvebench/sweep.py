@@ -32,7 +32,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from curvebench.formatting import format_interval, format_number
-from curvebench.records import RunConfig, RunRecord, execution_label, mixed_execution_note
+from curvebench.records import (
+    RunConfig,
+    RunRecord,
+    execution_label,
+    method_label,
+    method_name,
+    mixed_execution_note,
+)
 from curvebench.store import RunStore
 
 __all__ = [
@@ -578,6 +585,16 @@ def study_summary(records: Sequence[RunRecord], *,
                "robustness", "best hyperparameters"]
     if not records:
         return headers, []
+    backends: dict[str, list[RunRecord]] = {}
+    for record in records:
+        backends.setdefault(record.config.backend or "torch", []).append(record)
+    if len(backends) > 1:  # never pool two backends' runs: one set of rows per backend
+        rows = []
+        for backend, group in sorted(backends.items()):
+            for row in study_summary(group, optimizer_specs=optimizer_specs)[1]:
+                rows.append([row[0], method_name(row[1], backend, with_backend=True),
+                             *row[2:]])
+        return headers, rows
     frame = runs_dataframe(list(records))
     summary = metrics.steps_to_target_summary(frame)
     if optimizer_specs is None:
@@ -618,6 +635,9 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=_thread_count,
                         help="torch threads per run (default: the study's threads key, else "
                              "1); part of each run's identity")
+    parser.add_argument("--backend",
+                        help="run every configuration on this backend only, torch or jax "
+                             "(default: the study's backends key, else torch)")
     parser.add_argument("--data-dir", type=Path, help="data root (default: $CURVEBENCH_DATA or "
                                                       "a user cache directory)")
     parser.add_argument("--force", action="store_true", help="re-run configurations already "
@@ -631,9 +651,10 @@ def _add_arguments(parser: argparse.ArgumentParser) -> None:
 def _sweep_command(args: argparse.Namespace) -> int:
     from tabulate import tabulate
 
+    from curvebench.backends import UnknownBackendError, get_backend
     from curvebench.cli import UsageError
-    from curvebench.environment import DeviceError, resolve_device
-    from curvebench.harness import DTYPES, check_batch_size, device_data
+    from curvebench.environment import DeviceError
+    from curvebench.harness import check_batch_size, problem_data
     from curvebench.problems import get_problem
     from curvebench.problems.datasets import DatasetError
     from curvebench.store import StoreError
@@ -643,10 +664,12 @@ def _sweep_command(args: argparse.Namespace) -> int:
         study = load_study(args.study)
         if args.threads is not None:
             study = dataclasses.replace(study, threads=args.threads)
+        if args.backend is not None:
+            study = dataclasses.replace(study, backends=(get_backend(args.backend).name,))
         args.executor = args.executor or study.executor
         configs = study.run_configs()
         study.check_buildable()
-    except StudyError as error:
+    except (StudyError, UnknownBackendError) as error:
         raise UsageError(str(error)) from None
     if not configs:
         raise UsageError(f"{study.source}: no runs: every optimizer is incompatible with every "
@@ -660,10 +683,8 @@ def _sweep_command(args: argparse.Namespace) -> int:
     store = RunStore(args.out)
     created = not os.path.lexists(args.out)
     try:
-        device = resolve_device(study.device)
         for name in study.problems:  # every data set must load before anything runs
-            data = device_data(get_problem(name), device=device, dtype=DTYPES[study.dtype],
-                               data_dir=args.data_dir)
+            data = problem_data(get_problem(name), data_dir=args.data_dir)
             for config in configs:
                 if config.problem == name:
                     try:
@@ -739,8 +760,9 @@ def _plan_rows(configs: Sequence[RunConfig], todo: set[RunConfig]) -> list[list[
     """``--dry-run``: one row per configuration (its seeds together) and how many still run."""
     rows: dict[tuple[Any, ...], list[Any]] = {}
     for config in configs:
-        key = (config.problem, config.optimizer, _hyperparameters(config), config.batch_size,
-               config.max_steps, config.max_seconds)
+        key = (config.problem, method_label(config, with_backend=False),
+               _hyperparameters(config), config.batch_size, config.max_steps,
+               config.max_seconds)
         row = rows.setdefault(key, [*key[:3], [], *key[3:], 0])
         row[3].append(str(config.seed))
         row[-1] += config in todo

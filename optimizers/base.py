@@ -15,7 +15,7 @@ During a step the optimizer fills :attr:`counters` (work done: ``forward_passes`
 ``backward_passes``, ``ggn_products``, ``cg_iterations``, ``function_evaluations``) and
 :attr:`step_info` (per-step diagnostics such as ``damping``, ``step_size``,
 ``cg_relative_residual``); the harness reads both after each step, and times phases through
-:attr:`phase_timer`.
+:attr:`phase_timer`. This is the step protocol of :mod:`curvebench.stepping`.
 """
 
 from __future__ import annotations
@@ -86,6 +86,13 @@ class CurvatureOptimizer(torch.optim.Optimizer, abc.ABC):
         self.phase_timer: PhaseTimer = NullPhaseTimer()
         self.counters: Counter[str] = Counter()
         self.step_info: dict[str, float] = {}
+        #: What the run record should note (subclasses fill it, e.g. layers without a block).
+        self.run_notes: dict[str, Any] = {}
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """A copy of :attr:`run_notes` (the step protocol's declared notes)."""
+        return dict(self.run_notes)
 
     def step(  # type: ignore[override]
         self,

@@ -19,6 +19,8 @@ from curvebench.optimizers.spec import (
 _BETAS = {"betas": ("beta1", "beta2")}
 #: Adam's and AdamW's fixed variant (``OptimizerSpec.settings``, part of a run's identity).
 _FIXED = {"amsgrad": False}
+#: torch.optim here, optax in the JAX backend (:mod:`curvebench.jax_backend.first_order`).
+_BOTH = ("torch", "jax")
 
 register_optimizer(
     OptimizerSpec(
@@ -29,6 +31,7 @@ register_optimizer(
                   "dampening": 0.0},
         search_space={"lr": LogUniform(1e-3, 10.0), "momentum": Uniform(0.0, 0.99)},
         reference="Robbins & Monro 1951; Polyak 1964; Sutskever et al. 2013 (Nesterov).",
+        backends=_BOTH,
     )
 )
 
@@ -40,6 +43,7 @@ register_optimizer(
         defaults={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.0},
         search_space={"lr": LogUniform(1e-5, 1.0)},
         reference="Kingma & Ba 2015, 'Adam: A method for stochastic optimization'.",
+        backends=_BOTH,
     )
 )
 
@@ -51,5 +55,6 @@ register_optimizer(
         defaults={"lr": 1e-3, "beta1": 0.9, "beta2": 0.999, "eps": 1e-8, "weight_decay": 0.01},
         search_space={"lr": LogUniform(1e-5, 1.0), "weight_decay": LogUniform(1e-5, 1.0)},
         reference="Loshchilov & Hutter 2019, 'Decoupled weight decay regularization'.",
+        backends=_BOTH,
     )
 )

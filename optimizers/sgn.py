@@ -42,6 +42,7 @@ Hessian-free optimization"; Schraudolph 2002.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Iterable
 from typing import Any
@@ -405,14 +406,15 @@ def _sgn_spec(name: str, *, description: str, defaults: dict[str, Any], damping_
         reference=f"{_SGN_REFERENCE}; {reference}")
 
 
-register_optimizer(_sgn_spec(
+register_optimizer(dataclasses.replace(_sgn_spec(
     "sgn",
     description="Stochastic generalized Gauss-Newton: truncated CG on exact GGN products, "
                 "trust-region damping (floor 0.1), Armijo line search.",
     defaults=_SGN_DEFAULTS,
     damping_axis="damping_min", damping_space=LogUniform(1e-2, 1.0),  # ≤ the damping (1)
     reference="the authors' defaults except the damping floor (0.1, measured at batch 128 by "
-              "benchmarks/sgn_damping_floor.py; see sgn-paper)."))
+              "benchmarks/sgn_damping_floor.py; see sgn-paper)."),
+    backends=("torch", "jax")))  # JAX: curvebench.jax_backend.sgn
 register_optimizer(_sgn_spec(
     "sgn-paper",
     description="SGN with the authors' defaults (damping from 1e-4, floor 1e-6), as published "

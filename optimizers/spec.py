@@ -119,6 +119,9 @@ class OptimizerSpec:
             and :func:`torch_optimizer_factory`). They are part of a run's identity
             (``RunConfig.settings``) and :meth:`build` passes them to the factory, so what is
             hashed is what runs. A name may not be both a setting and a hyperparameter.
+        backends: the backends it runs on (:mod:`curvebench.backends`); other pairs are
+            refused by ``run`` and skipped by studies and the suite (:meth:`unsupported_reason`).
+            A spec without ``"torch"`` has a factory only its backend uses.
     """
 
     name: str
@@ -132,6 +135,7 @@ class OptimizerSpec:
     reference: str = ""
     max_parameters: int | None = None
     settings: Mapping[str, HyperparameterValue] | None = None
+    backends: tuple[str, ...] = ("torch",)
 
     def __post_init__(self) -> None:
         unknown = set(self.search_space) - set(self.defaults)
@@ -161,12 +165,16 @@ class OptimizerSpec:
                 "search_space": {k: v.to_dict() for k, v in self.search_space.items()},
                 "settings": dict(self.settings or {}),
                 "needs_curvature": self.needs_curvature,
-                "backends": list(getattr(self, "backends", ("torch",))),
+                "backends": list(self.backends),
                 "reference": self.reference}
 
-    def unsupported_reason(self, *, tags: frozenset[str] | set[str],
-                           num_parameters: int) -> str | None:
-        """Why this optimizer cannot run a problem (by its tags and model size), or ``None``."""
+    def unsupported_reason(self, *, tags: frozenset[str] | set[str], num_parameters: int,
+                           backend: str = "torch") -> str | None:
+        """Why this optimizer cannot run a problem (by its tags and model size) on ``backend``,
+        or ``None``."""
+        if backend not in self.backends:
+            return f"the optimizer does not run on the {backend} backend (it runs on: " \
+                   f"{', '.join(self.backends)})"
         if "cnn" in tags and not self.supports_conv:
             return "the optimizer does not support convolutional layers"
         if self.max_parameters is not None and num_parameters > self.max_parameters:

@@ -21,7 +21,7 @@ import math
 import os
 import sys
 import zlib
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -29,18 +29,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from curvebench import stepping
 from curvebench.batches import ShuffledBatches
 from curvebench.harness import DTYPES, DeviceData, device_data
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers import (
     OPTIMIZERS,
-    CurvatureOptimizer,
     HyperparameterError,
     OptimizerSpec,
     get_optimizer,
 )
 from curvebench.problems import PROBLEMS, Budget, ProblemSpec, get_problem
-from curvebench.timing import PhaseTimer
+from curvebench.stepping import Stepper, build_stepper
+from curvebench.timing import PhaseTimer, synchronized_clock
 
 __all__ = [
     "SEED",
@@ -132,28 +133,15 @@ class StepWorkload:
 
     batch: ModelBatch
     optimizer_spec: OptimizerSpec
-    optimizer: torch.optim.Optimizer
+    optimizer: Stepper
     batches: ShuffledBatches
     phase_timer: PhaseTimer
+    clock: Callable[[], float]
 
-    def step(self) -> torch.Tensor:
-        """One step as the harness times it: fetch the next mini-batch, forward, backward, update.
-
-        Returns the batch loss (detached).
-        """
-        inputs, targets = next(self.batches)
-        if isinstance(self.optimizer, CurvatureOptimizer):
-            value = self.optimizer.step(inputs=inputs, targets=targets)
-        else:
-            with self.phase_timer.phase("forward"):
-                value = self.batch.loss(self.batch.model(inputs), targets)
-            with self.phase_timer.phase("backward"):
-                self.optimizer.zero_grad(set_to_none=True)
-                value.backward()
-            with self.phase_timer.phase("update"):
-                self.optimizer.step()
-        self.phase_timer.collect()
-        return value.detach()
+    def step(self) -> float:
+        """One step as the harness takes it (:func:`curvebench.stepping.take_step`): fetch the
+        next mini-batch, forward, backward, curvature work, update. Returns the batch loss."""
+        return stepping.take_step(self.optimizer, self.batches, clock=self.clock).loss
 
 
 def build_model_batch(problem: str, *, device: str = "cpu",
@@ -193,19 +181,19 @@ def build_step_workload(problem: str, optimizer: str, *,
         raise NotImplementedError(reason)
     batch = build_model_batch(problem, device=device, dtype=dtype)
     try:
-        instance = optimizer_spec.build(model=batch.model, loss=batch.loss,
-                                        hyperparameters=hyperparameters)
+        stepper = build_stepper(optimizer_spec, model=batch.model, loss=batch.loss,
+                                hyperparameters=hyperparameters)
     except HyperparameterError as error:
         if isinstance(error.__cause__, unsupported_model_errors()):
             raise NotImplementedError(str(error)) from error
         raise
-    timer = PhaseTimer(batch.inputs.device)
-    if isinstance(instance, CurvatureOptimizer):
-        instance.phase_timer = timer
+    device = batch.inputs.device
+    stepper.phase_timer = PhaseTimer(device)
     batches = ShuffledBatches(batch.data.x_train, batch.data.y_train,
                               batch_size=batch.problem.batch_size, seed=SEED)
-    return StepWorkload(batch=batch, optimizer_spec=optimizer_spec, optimizer=instance,
-                        batches=batches, phase_timer=timer)
+    return StepWorkload(batch=batch, optimizer_spec=optimizer_spec, optimizer=stepper,
+                        batches=batches, phase_timer=stepper.phase_timer,
+                        clock=functools.partial(synchronized_clock, device))
 
 
 def unsupported_model_errors() -> tuple[type[Exception], ...]:
@@ -226,7 +214,7 @@ def unsupported_model_errors() -> tuple[type[Exception], ...]:
     return tuple(found)
 
 
-def state_bytes(optimizer: torch.optim.Optimizer) -> int:
+def state_bytes(optimizer: Stepper | torch.optim.Optimizer) -> int:
     """Bytes of every tensor in the optimizer's ``state_dict()`` (momentum, factors, ...).
 
     Parameters are not counted (``state_dict`` holds their indices, not the tensors).

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 
-from curvebench import harness
+from curvebench.backends import torch as torch_backend
 from curvebench.environment import DeviceError
 from curvebench.harness import first_reaching, plan_run, run
 from curvebench.optimizers import OPTIMIZERS, CurvatureOptimizer, OptimizerSpec
@@ -31,9 +31,10 @@ class ScriptedOptimizer(CurvatureOptimizer):
         with torch.no_grad():
             if self.calls == self.jump_step:
                 data = get_problem("synthetic-linreg").dataset()
-                x_train = torch.as_tensor(data.x_train, dtype=torch.float64)
-                x = torch.cat([x_train, torch.ones(len(x_train), 1, dtype=torch.float64)], 1)
-                solution = torch.linalg.lstsq(x, torch.as_tensor(data.y_train).double()).solution
+                x = torch.as_tensor(data.x_train).double()  # arrays or tensors
+                x = torch.cat([x, torch.ones(len(x), 1, dtype=torch.float64)], 1)
+                y = torch.as_tensor(data.y_train).double()
+                solution = torch.linalg.lstsq(x, y).solution
                 weight.copy_(solution[:-1].T)
                 bias.copy_(solution[-1])
             if self.calls == self.nan_step:
@@ -118,14 +119,14 @@ def test_slow_evaluation_does_not_inflate_measured_time(monkeypatch):
         clock["now"] += 1e-3
         return clock["now"]
 
-    real = harness.evaluate
+    real = torch_backend.evaluate
 
     def slow(*args, **kwargs):
         clock["now"] += 100.0
         return real(*args, **kwargs)
 
     monkeypatch.setattr(timing, "time", SimpleNamespace(perf_counter=perf_counter))
-    monkeypatch.setattr(harness, "evaluate", slow)
+    monkeypatch.setattr(torch_backend, "evaluate", slow)
     record = run(problem="digits-logreg", optimizer="sgd", eval_every=1,
                  budget=Budget(max_steps=20), stop_at_target=False)
     assert len(record.evaluations["step"]) == 21  # 2100 fake seconds of evaluation
@@ -210,3 +211,43 @@ def test_phase_timer_laps(monkeypatch):
     for name in ("forward", "backward", "update"):
         timer.lap(name)
     assert timer.collect() == {"forward": 1.0, "backward": 2.0, "update": 3.0}
+
+
+def test_backend_is_part_of_the_identity_and_legacy_keys_are_kept():
+    import dataclasses
+
+    config = plan_run(problem="digits-mlp", optimizer="adam")
+    assert config.backend == "torch"
+    jax_config = dataclasses.replace(config, backend="jax")
+    legacy = dataclasses.replace(config, backend=None)
+    assert len({config.key(), jax_config.key(), legacy.key()}) == 3
+    from curvebench.records import RunConfig
+
+    data = legacy.to_dict()
+    del data["backend"]  # a record written before the field existed keeps its hash
+    assert RunConfig.from_dict(data).key() == legacy.key()
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--optimizer", "adam", "--backend", "nope"], "unknown backend 'nope'; known: jax, torch"),
+    (["--optimizer", "kfac-jax"], "optimizer 'kfac-jax' does not run on the torch backend"),
+])
+def test_cli_unknown_or_unsupported_backend_is_one_line(tmp_path, capsys, argv, message):
+    from curvebench.cli import main
+
+    out = tmp_path / "results"
+    assert main(["run", "--problem", "digits-mlp", *argv, "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and message in err
+    assert not out.exists()  # nothing stored, nothing created
+
+
+def test_run_loop_and_backend_registry_import_neither_torch_nor_jax():
+    import subprocess
+    import sys
+
+    code = ("import sys; import curvebench.harness, curvebench.backends, curvebench.stepping; "
+            "print(sorted(m for m in ('torch', 'jax') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          timeout=120, check=True)
+    assert done.stdout.strip() == "[]"

@@ -10,10 +10,12 @@ from __future__ import annotations
 import copy
 import io
 import math
+import time
 
 import pytest
 import torch
 
+from curvebench import stepping
 from curvebench.harness import run
 from curvebench.optimizers import (
     OPTIMIZERS,
@@ -23,18 +25,14 @@ from curvebench.optimizers import (
 )
 from curvebench.problems import Budget, get_problem
 
-NAMES = OPTIMIZERS.names()
+#: Every optimizer the torch backend runs (JAX-only ones are checked in tests/test_jax_*.py).
+NAMES = [name for name in OPTIMIZERS.names() if "torch" in OPTIMIZERS.get(name).backends]
 PROBLEM = "digits-logreg"
 
 
-def _step(optimizer, model, loss, inputs, targets) -> float:
-    if isinstance(optimizer, CurvatureOptimizer):
-        return float(optimizer.step(inputs=inputs, targets=targets))
-    optimizer.zero_grad()
-    value = loss(model(inputs), targets)
-    value.backward()
-    optimizer.step()
-    return float(value)
+def _step(stepper, inputs, targets) -> float:
+    """One step through the one step function the harness and the asv suite use."""
+    return stepping.take_step(stepper, iter([(inputs, targets)]), clock=time.perf_counter).loss
 
 
 @pytest.mark.parametrize("name", NAMES)
@@ -66,24 +64,24 @@ def test_state_dict_round_trip(name):
     data = problem.dataset()
     loss = problem.make_loss()
     model = problem.build_model(seed=0)
-    optimizer = spec.build(model=model, loss=loss)
-    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)
+    optimizer = stepping.build_stepper(spec, model=model, loss=loss)
+    x, y = torch.as_tensor(data.x_train), torch.as_tensor(data.y_train)  # arrays or tensors
     batches = [(x[i : i + 64], y[i : i + 64]) for i in range(0, 320, 64)]
     for inputs, targets in batches[:3]:
-        _step(optimizer, model, loss, inputs, targets)
+        _step(optimizer, inputs, targets)
 
     buffer = io.BytesIO()
     torch.save(optimizer.state_dict(), buffer)
     buffer.seek(0)
     clone_model = copy.deepcopy(model)
-    clone = spec.build(model=clone_model, loss=problem.make_loss())
+    clone = stepping.build_stepper(spec, model=clone_model, loss=problem.make_loss())
     clone.load_state_dict(torch.load(buffer, weights_only=False))
 
     for inputs, targets in batches[3:]:
         torch.manual_seed(11)
-        a = _step(optimizer, model, loss, inputs, targets)
+        a = _step(optimizer, inputs, targets)
         torch.manual_seed(11)
-        b = _step(clone, clone_model, loss, inputs, targets)
+        b = _step(clone, inputs, targets)
         assert a == b
     for p, q in zip(model.parameters(), clone_model.parameters(), strict=True):
         assert torch.equal(p, q)
@@ -133,3 +131,37 @@ def test_curvature_optimizer_in_a_plain_loop(name):
     losses = [float(optimizer.step(inputs=x, targets=y)) for _ in range(10)]
     assert losses[-1] < losses[0]
     assert optimizer.counters or optimizer.step_info is not None
+
+
+@pytest.mark.parametrize("name", ["sgd", "sgn"])
+def test_harness_suite_and_tests_share_one_step_function(monkeypatch, name):
+    """The harness, the asv suite and these tests step through ``stepping.take_step``: a copy
+    of the step (with its own timing) elsewhere makes the counts or phases disagree."""
+    from suite.workloads import build_step_workload
+
+    outcomes = []
+    real = stepping.take_step
+
+    def spy(stepper, batches, *, clock):
+        outcomes.append(real(stepper, batches, clock=clock))
+        return outcomes[-1]
+
+    monkeypatch.setattr(stepping, "take_step", spy)
+    record = run(problem=PROBLEM, optimizer=name, budget=Budget(max_steps=3),
+                 stop_at_target=False, eval_every=3)
+    assert record.history["loss"] == [outcome.loss for outcome in outcomes]
+    assert record.history["seconds"][-1] == pytest.approx(sum(o.seconds for o in outcomes))
+    phases = set().union(*(outcome.phases for outcome in outcomes))
+    assert set(record.phase_seconds) == phases and phases
+    counted = {}
+    for outcome in outcomes:
+        for key, value in outcome.counters.items():
+            counted[key] = counted.get(key, 0) + value
+    assert record.counters == counted
+    if name == "sgd":
+        assert phases == {"forward", "backward", "update"}
+        assert counted == {key: 3 * value for key, value in stepping.FIRST_ORDER_COUNTS.items()}
+    outcomes.clear()
+    workload = build_step_workload(PROBLEM, name)
+    workload.step()
+    assert len(outcomes) == 1 and set(outcomes[0].phases) <= phases

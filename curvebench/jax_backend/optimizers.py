@@ -49,18 +49,19 @@ def build_jax_optimizer(name: str, *, architecture: Architecture, params: Params
             transformation = optax_transformation(name, resolved)
             return JaxStepper(update=first_order_update(apply=apply, loss=jax_loss,
                                                         transformation=transformation),
-                              params=params, state=transformation.init(params), name=name)
+                              params=params, state=transformation.init(params), name=name,
+                              counts={"forward_passes": 1, "backward_passes": 1})
         if name == "sgn":
             from curvebench.jax_backend.sgn import sgn_settings, sgn_state, sgn_update
 
             settings = sgn_settings(hyperparameters)
             return JaxStepper(update=sgn_update(apply=apply, loss=jax_loss, settings=settings),
-                              params=params, state=sgn_state(params, settings), name=name)
-        if name == "kfac-jax":
-            from curvebench.jax_backend.kfac import KfacJaxStepper
-
-            return KfacJaxStepper(apply=apply, loss=jax_loss, params=params,
-                                  hyperparameters=hyperparameters, seed=seed)
+                              params=params, state=sgn_state(params, settings), name=name,
+                              counts={"forward_passes": 1, "backward_passes": 1})
+        if name == "kfac-jax":  # the registered spec's factory is the JAX stepper's
+            spec = get_optimizer(name)
+            return spec.factory(apply=apply, loss=jax_loss, params=params, seed=seed,
+                                **(spec.settings or {}), **spec.resolve(hyperparameters))
     except (ValueError, TypeError) as error:
         if isinstance(error, HyperparameterError):
             raise

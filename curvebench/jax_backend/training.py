@@ -5,12 +5,15 @@ An optimizer is a pure, jit-compiled update ``(params, state, inputs, targets) -
 steps. Compilation is ahead of time on the first batch of each shape, timed apart in
 :attr:`JaxStepper.compile_seconds`, so the time of a :meth:`JaxStepper.step` call is that of
 the compiled step; the step waits on its results (``block_until_ready``) before it returns,
-so a clock read after it is synchronised.
+so a clock read after it is synchronised. Both steppers implement the step protocol of
+:mod:`curvebench.stepping` (``counters``, ``step_info``, ``phase_timer``, ``notes``); a compiled
+step is one fused computation, so it has no phases to time.
 """
 
 from __future__ import annotations
 
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -18,14 +21,32 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-__all__ = ["JaxStepper", "Update", "as_array"]
+__all__ = ["JaxStepper", "Update", "as_array", "NoPhases", "COUNTED_INFO"]
+
+#: Entries of an update's ``info`` that count work (also added to ``counters``).
+COUNTED_INFO = ("cg_iterations", "ggn_products", "function_evaluations")
+
+
+class NoPhases:
+    """The phase timer of a compiled step: nothing inside it can be timed apart."""
+
+    def phase(self, name: str) -> Any:
+        import contextlib
+
+        return contextlib.nullcontext()
+
+    def collect(self) -> dict[str, float]:
+        return {}
 
 #: ``(params, state, inputs, targets) -> (params, state, loss, info)``
 Update = Callable[[Any, Any, jax.Array, jax.Array], tuple[Any, Any, jax.Array, Mapping[str, Any]]]
 
 
 def as_array(values: Any) -> jax.Array:
-    """A batch (numpy array or CPU torch tensor) as a JAX array without a dtype change."""
+    """A batch (JAX array, numpy array or CPU torch tensor) as a JAX array without a dtype
+    change (a JAX array is returned as it is, without a round trip through the host)."""
+    if isinstance(values, jax.Array):
+        return values
     if hasattr(values, "detach"):
         values = values.detach().cpu().numpy()
     return jnp.asarray(np.asarray(values))
@@ -39,6 +60,8 @@ class JaxStepper:
         params: initial parameter pytree.
         state: initial optimizer state pytree.
         name: the optimizer's name (for messages).
+        counts: work counted per step on top of the update's counted ``info`` entries
+            (:data:`COUNTED_INFO`), e.g. one forward and one backward pass.
 
     Attributes:
         params: the current parameters.
@@ -47,12 +70,16 @@ class JaxStepper:
         step_info: the last step's diagnostics as floats (empty for first-order methods).
     """
 
-    def __init__(self, *, update: Update, params: Any, state: Any, name: str) -> None:
+    def __init__(self, *, update: Update, params: Any, state: Any, name: str,
+                 counts: Mapping[str, int] | None = None) -> None:
         self.name = name
         self.params = params
         self.state = state
         self.compile_seconds = 0.0
         self.step_info: dict[str, float] = {}
+        self.counters: Counter[str] = Counter()
+        self.phase_timer: Any = NoPhases()
+        self._counts = dict(counts or {})
         self._jitted = jax.jit(update)
         self._compiled: dict[tuple[Any, ...], Any] = {}
 
@@ -78,5 +105,13 @@ class JaxStepper:
         executable = self._executable(x, y)
         self.params, self.state, loss, info = executable(self.params, self.state, x, y)
         jax.block_until_ready((self.params, self.state))
-        self.step_info = {key: float(value) for key, value in info.items()}
+        values = {key: float(value) for key, value in info.items()}
+        self.counters.update(self._counts)
+        self.counters.update({key: values[key] for key in COUNTED_INFO if key in values})
+        self.step_info = values
         return float(loss)
+
+    @property
+    def notes(self) -> dict[str, Any]:
+        """Nothing to note."""
+        return {}
