@@ -109,12 +109,19 @@ def test_optimizer_survives_an_indefinite_factor():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("inverse_method", ["eigh", "cholesky"])
+@pytest.mark.parametrize("inverse_method", ["eigh", "cholesky", "cholesky-solves"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
-    model = _mlp(seed=2)
+    if inverse_method == "cholesky-solves":  # a wide input: A is kept as its Cholesky factor
+        torch.manual_seed(2)
+        model = nn.Sequential(nn.Linear(24, 2), nn.Tanh(), nn.Linear(2, 3)).to(DTYPE)
+        generator = torch.Generator().manual_seed(3)
+        inputs = torch.randn(16, 24, generator=generator, dtype=DTYPE)
+        targets = torch.randint(0, 3, (16,), generator=generator)
+    else:
+        model = _mlp(seed=2)
+        inputs, targets = _batch(3)
     loss = CrossEntropyLoss()
-    inputs, targets = _batch(3)
     lr, damping = 0.5, 0.05
     before = [p.detach().clone() for p in model.parameters()]
     factors = kronecker_factors(model, loss, inputs, targets, curvature="kflr")
@@ -122,8 +129,13 @@ def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
 
     optimizer = KFAC(model, loss=loss, curvature="kflr", lr=lr, damping=damping,
                      weight_decay=weight_decay, momentum=0.0, clipping="none",
-                     inverse_method=inverse_method)
+                     inverse_method=inverse_method.removesuffix("-solves"),
+                     inv_update_period=1 if inverse_method == "cholesky-solves" else 10)
     optimizer.step(inputs=inputs, targets=targets)
+    kept = [[dec.factor is not None for dec in optimizer._decompositions[layer]]
+            for layer in optimizer.layers]
+    assert kept == ([[True, False], [False, False]] if inverse_method == "cholesky-solves"
+                    else [[False, False], [False, False]])
 
     for index, name in enumerate(("0", "2")):
         a, s = factors[name].A, factors[name].S
