@@ -46,11 +46,14 @@ learning rate and ``μ`` the momentum.
 
 Per step, :attr:`step_info` holds ``damping``, ``step_size`` (``α ν``), ``lr``,
 ``update_norm`` (``‖θ_new − θ‖``), ``factors_updated``, ``inverses_updated``, on
-decomposition steps ``inverse_retries`` and ``inverse_failures``, and, when adapted,
-``reduction_ratio`` (``−inf`` when the model predicts no decrease); :attr:`counters` holds
-``forward_passes``, ``backward_passes`` (one per backpropagated vector: ``D`` for KFLR,
-``mc_samples`` for K-FAC), ``factor_updates``, ``inverse_updates`` and, with adaptation,
-``ggn_products`` and ``function_evaluations``.
+decomposition steps ``inverse_retries`` and ``inverse_failures``, when adapted,
+``reduction_ratio`` (``−inf`` when the model predicts no decrease or the new loss is not
+finite), and ``skipped`` on a skipped step: a step whose direction is not finite (which no
+clipping can bound) is not applied, leaves parameters and momentum as they were, counts in
+``skipped_steps`` and, with adaptation, raises the damping as a failed step does.
+:attr:`counters` holds ``forward_passes``, ``backward_passes`` (one per backpropagated
+vector: ``D`` for KFLR, ``mc_samples`` for K-FAC), ``factor_updates``, ``inverse_updates``,
+``skipped_steps`` and, with adaptation, ``ggn_products`` and ``function_evaluations``.
 
 References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
 approximate curvature"; Grosse & Martens 2016 (KFC); Botev, Ritter & Barber 2017 (KFLR, KFRA);
@@ -400,33 +403,48 @@ class KFAC(CurvatureOptimizer):
 
         with self.phase_timer.phase("update"):
             directions, nu = self._directions(parameters, grads)
-            directions = self._momentum(parameters, directions)
+            size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions))))
+            finite = math.isfinite(size)
+            if finite:
+                momentum = [self._group_of(p)["momentum"] for p in parameters]
+                if any(momentum):
+                    directions = self._momentum(parameters, directions)
+                    size = float(torch.linalg.vector_norm(
+                        torch.stack(torch._foreach_norm(directions))))
 
         reduction_ratio = None
-        if linearization is not None:
+        if not finite:
+            # A non-finite direction cannot be clipped or applied: skip the step, keep the
+            # parameters and momentum, and count it as a failed step for the damping.
+            self.counters["skipped_steps"] += 1
+            if self.adapt_damping:
+                self._set_damping(self.damping / self.damping_decay)
+        elif linearization is not None:
             with self.phase_timer.phase("damping"):
                 deltas = [d * -self._group_of(p)["lr"]
                           for p, d in zip(parameters, directions, strict=True)]
                 model_change = self._quadratic_model(linearization, parameters, grads, deltas)
-        with self.phase_timer.phase("update"), torch.no_grad():
-            for p, d in zip(parameters, directions, strict=True):
-                p.add_(d, alpha=-self._group_of(p)["lr"])
-        if linearization is not None:
+        if finite:
+            with self.phase_timer.phase("update"), torch.no_grad():
+                for p, d in zip(parameters, directions, strict=True):
+                    p.add_(d, alpha=-self._group_of(p)["lr"])
+        if finite and linearization is not None:
             with self.phase_timer.phase("damping"):
                 reduction_ratio = self._adapt_damping(linearization, parameters, deltas,
                                                       model_change)
 
         state["step"] = step + 1
         lr = float(self.param_groups[0]["lr"])
-        norms = torch._foreach_norm(directions)
         self.step_info.update({
             "damping": self.damping,
             "lr": lr,
-            "step_size": lr * nu,
-            "update_norm": lr * float(torch.linalg.vector_norm(torch.stack(norms))),
+            "step_size": lr * nu if finite else 0.0,
+            "update_norm": lr * size if finite else 0.0,
             "factors_updated": float(update_factors),
             "inverses_updated": float(update_inverses),
         })
+        if not finite:
+            self.step_info["skipped"] = 1.0
         if reduction_ratio is not None:
             self.step_info["reduction_ratio"] = reduction_ratio
         return loss.detach()
@@ -620,6 +638,9 @@ class KFAC(CurvatureOptimizer):
         new_loss = float(linearization.evaluate_loss())
         self.counters["forward_passes"] += 1
         self.counters["function_evaluations"] += 1
+        if not math.isfinite(new_loss):  # the step left the region where the loss is finite
+            self._set_damping(self.damping / self.damping_decay)
+            return -math.inf
         change = new_loss - float(linearization.loss_value)
         with torch.no_grad():
             for p, d in zip(parameters, deltas, strict=True):
@@ -633,10 +654,13 @@ class KFAC(CurvatureOptimizer):
             damping *= self.damping_decay
         elif ratio < 0.25:
             damping /= self.damping_decay
+        self._set_damping(damping)
+        return ratio
+
+    def _set_damping(self, damping: float) -> None:
         damping = min(max(damping, 1e-8), _MAX_DAMPING)
         for group in self.param_groups:
             group["damping"] = damping
-        return ratio
 
 
 def _pack(state: dict[str, Any], key: str, decomposition: Decomposition) -> None:

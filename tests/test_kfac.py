@@ -14,12 +14,14 @@ import pytest
 import torch
 from torch import nn
 
+from curvebench.curvature import Linearization
 from curvebench.harness import run
 from curvebench.kronecker import UnsupportedModelError, kronecker_factors
 from curvebench.losses import CrossEntropyLoss, MSELoss
 from curvebench.optimizers import OPTIMIZERS, HyperparameterError
 from curvebench.optimizers.kfac import (
     KFAC,
+    Decomposition,
     damped_decomposition,
     pi_correction,
 )
@@ -209,6 +211,47 @@ def test_damping_grows_when_steps_overshoot():
     assert optimizer.step_info["reduction_ratio"] < 0.25
     assert optimizer.damping == pytest.approx(2e-3)
     assert optimizer.counters["function_evaluations"] == 1
+
+
+@pytest.mark.parametrize("clipping", ["kl", "norm", "none"])
+def test_a_non_finite_direction_is_skipped_not_applied(clipping):
+    """A non-finite preconditioned direction used to pass the KL clipping unscaled (its inner
+    product is NaN, and ``NaN > 0`` is false) and turn every parameter into NaN."""
+    model = _mlp()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=1.0, momentum=0.5,
+                     clipping=clipping, inverse_method="cholesky", adapt_damping=True,
+                     damping_adaptation_period=1, damping_decay=0.5)
+    inputs, targets = _batch(8)
+    optimizer.step(inputs=inputs, targets=targets)
+    layer = model[0]
+    dec_a, dec_s = optimizer._decompositions[layer]
+    poisoned = dec_a.inverse.clone()
+    poisoned[0, 0] = math.inf
+    optimizer._decompositions[layer] = (Decomposition(method="cholesky", shift=dec_a.shift,
+                                                      retries=0, inverse=poisoned), dec_s)
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    damping = optimizer.damping
+    optimizer.step(inputs=inputs, targets=targets)
+    for p, old, buffer in zip(model.parameters(), before, buffers, strict=True):
+        torch.testing.assert_close(p.detach(), old, rtol=0, atol=0)
+        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], buffer, rtol=0, atol=0)
+    assert optimizer.step_info["skipped"] == 1.0 and optimizer.step_info["update_norm"] == 0.0
+    assert optimizer.counters["skipped_steps"] == 1
+    assert optimizer.damping == pytest.approx(damping / 0.5)
+
+
+def test_a_non_finite_trial_loss_is_a_failed_step(monkeypatch):
+    model = _mlp()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=0.1,
+                     damping=1e-2, adapt_damping=True, damping_adaptation_period=1,
+                     damping_decay=0.5)
+    monkeypatch.setattr(Linearization, "evaluate_loss",
+                        lambda self, **_: torch.tensor(math.nan, dtype=DTYPE))
+    inputs, targets = _batch(9)
+    optimizer.step(inputs=inputs, targets=targets)
+    assert optimizer.step_info["reduction_ratio"] == -math.inf
+    assert optimizer.damping == pytest.approx(2e-2)
 
 
 def test_clipping_bounds_the_step():
