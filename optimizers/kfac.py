@@ -426,8 +426,12 @@ class KFAC(CurvatureOptimizer):
                 model_change = self._quadratic_model(linearization, parameters, grads, deltas)
         if finite:
             with self.phase_timer.phase("update"), torch.no_grad():
-                for p, d in zip(parameters, directions, strict=True):
-                    p.add_(d, alpha=-self._group_of(p)["lr"])
+                rates = [self._group_of(p)["lr"] for p in parameters]
+                if len(set(rates)) == 1:  # one fused update for the usual single rate
+                    torch._foreach_add_(parameters, directions, alpha=-rates[0])
+                else:
+                    for p, d, rate in zip(parameters, directions, rates, strict=True):
+                        p.add_(d, alpha=-rate)
         if finite and linearization is not None:
             with self.phase_timer.phase("damping"):
                 reduction_ratio = self._adapt_damping(linearization, parameters, deltas,
