@@ -372,13 +372,18 @@ EXPLANATIONS = {
     ("kfac +LM damping", ""): (
         "Levenberg–Marquardt adaptation, which no peer does: every 5th step builds the "
         "linearisation, one Jδ through the layers' tangent rules and one more forward pass "
-        "for the reduction ratio (about one SGD step per adaptation, so ~0.2 SGD steps per step)"),
+        "for the reduction ratio (about one SGD step per adaptation, ~0.2 per step; its "
+        "'damping' phase below)"),
+    ("kfac", "mlp"): (
+        "the same two products per layer as ASDL (the 'update' phase: S⁻¹V is 256·256·785 and "
+        "(S⁻¹V)A⁻¹ 256·785·785 multiply-adds for the first layer, more than its forward); "
+        "0.97 and 1.01 in two runs at load 7–9, so within run-to-run noise"),
     ("kfac-empirical", "mlp"): (
-        "the same products as ASDL (per-step profiles equal to ~3%); the remainder is the KL "
-        "clipping's inner products and the per-step update norm, which ASDL does not compute"),
+        "the same products as ASDL (profiles of both within ~3%); the rest is the KL "
+        "clipping's inner products and the update norm, which ASDL does not compute"),
     ("kfac-empirical", "digits-cnn"): (
-        "a 3.7 ms SGD step: small-operation overhead (KL clipping, per-layer bias handling, "
-        "step statistics) that ASDL does not have; the factor products are equal"),
+        "a ~3 ms SGD step, so small-operation overhead (KL clipping, the bias column, step "
+        "statistics) that ASDL does not have; the factor products are the same"),
 }
 
 
