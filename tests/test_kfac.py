@@ -8,6 +8,7 @@ registry at test time).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -431,3 +432,25 @@ def copy_module(module: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(module)
+
+
+def test_state_dict_keeps_a_cholesky_factor():
+    """A factor kept for triangular solves survives a state_dict round trip."""
+    torch.manual_seed(11)
+    model = nn.Linear(300, 3).to(DTYPE)
+    generator = torch.Generator().manual_seed(12)
+    inputs = torch.randn(32, 300, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (32,), generator=generator)
+    copy_of_model = copy.deepcopy(model)
+    first = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", inverse_method="cholesky")
+    first.step(inputs=inputs, targets=targets)
+    assert first._decompositions[model][0].factor is not None
+    second = KFAC(copy_of_model, loss=CrossEntropyLoss(), curvature="kflr",
+                  inverse_method="cholesky")
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    with torch.no_grad():
+        copy_of_model.weight.copy_(model.weight)
+        copy_of_model.bias.copy_(model.bias)
+    first.step(inputs=inputs, targets=targets)
+    second.step(inputs=inputs, targets=targets)
+    torch.testing.assert_close(copy_of_model.weight, model.weight, rtol=0, atol=0)
