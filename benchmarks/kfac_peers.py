@@ -17,8 +17,11 @@ load from other processes hits all rows alike. Run it with one thread (the defau
 
 Printed per row: step ÷ SGD step, optimizer state ÷ parameter bytes, ours ÷ the fastest peer
 that computes the same curvature (``kfac``: ASDL MC and nngeometry MC; ``kflr`` and ``kfra``:
-ASDL exact; ``kfac-empirical``: ASDL empirical); then, for every row of ours slower than that
-peer, where our time goes (phases of our step ÷ SGD step) against the peer's total.
+ASDL exact; ``kfac-empirical``: ASDL empirical); then the issue's step ÷ SGD goals (≤ 1.5 on
+the MLP and ≤ 2.0 on the CNNs at 5/20, ≤ 4 every step) with pass or miss for every
+implementation, peers included; then, for every row of ours slower than that peer, by how
+much, why (from profiles, :data:`EXPLANATIONS`) and where our time goes (phases of our step ÷
+SGD step).
 
 A row is one entry of :data:`ENTRIES`: a name, the curvature it computes (so ours and peers
 are matched by it), and a builder that returns a step function and a state-size function.
@@ -28,12 +31,14 @@ ASDL wraps its computations in CUDA NVTX profiling markers, which fail on a CPU-
 they are replaced by no-ops in this process (:func:`tests.peers.silence_asdl_profiling_markers`).
 
     python benchmarks/kfac_peers.py [--repeats 5] [--threads 1] [--workloads mlp cnn digits-cnn]
+        [--every-step yes|no|only] [--save rows.json]
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import math
 import os
 import statistics
@@ -358,20 +363,94 @@ def compare(rows: list[dict]) -> list[dict]:
     return rows
 
 
+#: The issue's step ÷ SGD goals: (periods, workload prefix) → limit.
+SGD_GOALS = {("5/20", "mlp"): 1.5, ("5/20", "cnn"): 2.0, ("5/20", "digits-cnn"): 2.0}
+EVERY_STEP_GOAL = 4.0
+
+#: Why a row of ours is still slower than its peer, from profiles of both side by side
+#: (torch.profiler and cProfile over whole update cycles, one thread); keyed by row name
+#: and workload prefix. Printed next to the measured gap.
+EXPLANATIONS = {
+    ("kfac +LM damping", ""): (
+        "Levenberg–Marquardt adaptation, which no peer does: every 5th step builds the "
+        "linearisation, one Jδ through the layers' tangent rules and one more forward pass "
+        "for the reduction ratio (about one SGD step per adaptation, ~0.2 per step; its "
+        "'damping' phase below)"),
+    ("kfac", "mlp"): (
+        "the same two products per layer as ASDL (the 'update' phase: S⁻¹V is 256·256·785 and "
+        "(S⁻¹V)A⁻¹ 256·785·785 multiply-adds for the first layer, more than its forward); "
+        "0.97 and 1.01 in two runs at load 7–9, so within run-to-run noise"),
+    ("kfac-empirical", "mlp"): (
+        "the same products as ASDL (profiles of both within ~3%); the rest is the KL "
+        "clipping's inner products and the update norm, which ASDL does not compute"),
+    ("kfac-empirical", "digits-cnn"): (
+        "a ~3 ms SGD step, so small-operation overhead (KL clipping, the bias column, step "
+        "statistics) that ASDL does not have; the factor products are the same"),
+}
+
+
+def _explanation(row: dict) -> str:
+    for (name, prefix), text in EXPLANATIONS.items():
+        if row["row"] == name and row["workload"].startswith(prefix):
+            return text
+    return "not profiled: see its phases"
+
+
+def sgd_goal(row: dict) -> float | None:
+    """The step ÷ SGD limit the issue sets for a row's workload and periods, if any."""
+    if row["periods"] == "1/1":
+        return EVERY_STEP_GOAL
+    for (periods, prefix), limit in SGD_GOALS.items():
+        if row["periods"] == periods and row["workload"].split()[0] == prefix:
+            return limit
+    return None
+
+
 def _goals(row: dict) -> str:
     """The issue's goals for a row of ours, as a short verdict."""
     misses = []
     if row.get("ours/peer", 0) > 1.0:
         misses.append(f"{row['ours/peer']:.2f}x the fastest peer")
-    if row["periods"] == "1/1" and row["step/sgd"] > 4.0:
-        misses.append(f"every-step {row['step/sgd']:.2f} > 4x SGD")
-    if row["periods"] == "5/20":
-        limit = 1.5 if row["workload"].startswith("mlp") else 2.0
-        if row["step/sgd"] > limit:
-            misses.append(f"{row['step/sgd']:.2f} > {limit}x SGD")
+    limit = sgd_goal(row)
+    if limit is not None and row["step/sgd"] > limit:
+        misses.append(f"{row['step/sgd']:.2f} > {limit}x SGD")
     if row.get("state/peer", 0) > 1.1:
         misses.append(f"state {row['state/peer']:.2f}x peer")
     return "; ".join(misses) or "met"
+
+
+def goal_lines(rows: list[dict]) -> list[str]:
+    """Per workload and periods: the step ÷ SGD goal, pass or miss for every implementation,
+    so the reader sees whether any library reaches it."""
+    lines = []
+    for key in dict.fromkeys((r["workload"], r["periods"]) for r in rows):
+        group = [r for r in rows if (r["workload"], r["periods"]) == key]
+        limit = sgd_goal(group[0])
+        if limit is None:
+            continue
+        verdicts = ", ".join(f"{r['row']} {r['step/sgd']:.2f} "
+                             f"{'pass' if r['step/sgd'] <= limit else 'miss'}" for r in group)
+        reached = [r["row"] for r in group if r["step/sgd"] <= limit]
+        who = ("reached by " + ", ".join(reached)) if reached else "reached by no library"
+        lines.append(f"- {key[0]} {key[1]}: goal ≤ {limit}x SGD, {who}. {verdicts}")
+    return lines
+
+
+def slower_lines(rows: list[dict]) -> list[str]:
+    """For every row of ours slower than its fastest peer: by how much, why, and its phases."""
+    lines = []
+    for r in rows:
+        if r.get("ours/peer", 0) <= 1.0:
+            continue
+        peer = next(p for p in rows if p["row"] == r["peer"]
+                    and p["workload"] == r["workload"] and p["periods"] == r["periods"])
+        excess = r["step/sgd"] - peer["step/sgd"]
+        phases = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+            r["phases"].items(), key=lambda kv: -kv[1]))
+        lines.append(f"- {r['workload']} {r['periods']} {r['row']}: {r['ours/peer']:.2f}x "
+                     f"{r['peer']} ({r['step/sgd']:.2f} vs {peer['step/sgd']:.2f}, "
+                     f"+{excess:.2f} SGD steps). Why: {_explanation(r)}. Phases: {phases}")
+    return lines
 
 
 def main() -> None:
@@ -381,6 +460,7 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn", "digits-cnn"])
     parser.add_argument("--every-step", choices=("yes", "no", "only"), default="yes",
                         help="also (or only) time factors and inverses every step")
+    parser.add_argument("--save", help="also write the rows as JSON to this file")
     args = parser.parse_args()
     from tabulate import tabulate
 
@@ -403,17 +483,17 @@ def main() -> None:
         "goals": _goals(r) if r["ours"] else "", "sgd ms": r["sgd ms"],
     } for r in rows]
     print(tabulate(table, headers="keys", floatfmt=".2f"))
-    slower = [r for r in rows if r.get("ours/peer", 0) > 1.0]
+    print("\nStep ÷ SGD goals (every implementation; pass ≤ the goal):")
+    print("\n".join(goal_lines(rows)))
+    slower = slower_lines(rows)
     if slower:
-        print("\nWhere our time goes where we are slower than the peer (our step's phases, "
-              "as shares of its CPU time, ÷ SGD step; the peer's whole step ÷ SGD step):")
-        for r in slower:
-            phases = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
-                r["phases"].items(), key=lambda kv: -kv[1]))
-            peer = next(p for p in rows if p["row"] == r["peer"]
-                        and p["workload"] == r["workload"] and p["periods"] == r["periods"])
-            print(f"- {r['workload']} {r['periods']} {r['row']}: {r['ours/peer']:.2f}x "
-                  f"{r['peer']} ({r['step/sgd']:.2f} vs {peer['step/sgd']:.2f}); {phases}")
+        print("\nRows of ours slower than the fastest peer: by how much, why (profiles), and "
+              "our step's phases (shares of its CPU time, ÷ SGD step):")
+        print("\n".join(slower))
+    if args.save:
+        with open(args.save, "w") as handle:
+            json.dump({"load": load, "threads": torch.get_num_threads(),
+                       "repeats": args.repeats, "rows": rows}, handle, indent=1)
 
 
 if __name__ == "__main__":

@@ -226,7 +226,7 @@ def input_factor(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     if isinstance(module, _CONV):
         patches = _unfold(module, inputs)  # (N, d, T)
         d, positions = patches.shape[1], patches.shape[2]
-        if positions < _PER_EXAMPLE_POSITIONS:
+        if d * positions < _PER_EXAMPLE_WORK:
             return _input_factor_from_rows(module, patches.transpose(1, 2).reshape(-1, d), scale)
         inner = patches.new_zeros(d, d)
         for example in patches:
@@ -240,8 +240,12 @@ def input_factor(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return _input_factor_from_rows(module, inputs.reshape(-1, module.in_features), scale)
 
 
-#: Convolutions with at least this many output positions accumulate ``A`` example by example.
-_PER_EXAMPLE_POSITIONS = 16
+#: Convolutions whose patches per example (``d_in · T`` values) reach this size accumulate
+#: ``A`` example by example; smaller ones copy the patches into rows once and take one
+#: product. Measured (one thread, batch 128, ms per factor): 8×8 input, d 9, T 64: 0.85 by
+#: example against 0.31 by rows; d 144, T 16: 2.1 against 2.2; 28×28, d 9, T 784: 2.5
+#: against 5.5; d 288, T 196: 44 against 53.
+_PER_EXAMPLE_WORK = 4096
 
 
 def _input_factor_from_rows(module: nn.Module, rows: torch.Tensor,

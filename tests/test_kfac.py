@@ -8,18 +8,21 @@ registry at test time).
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
 import torch
 from torch import nn
 
+from curvebench.curvature import Linearization
 from curvebench.harness import run
 from curvebench.kronecker import UnsupportedModelError, kronecker_factors
 from curvebench.losses import CrossEntropyLoss, MSELoss
 from curvebench.optimizers import OPTIMIZERS, HyperparameterError
 from curvebench.optimizers.kfac import (
     KFAC,
+    Decomposition,
     damped_decomposition,
     pi_correction,
 )
@@ -109,12 +112,19 @@ def test_optimizer_survives_an_indefinite_factor():
     assert all(torch.isfinite(p).all() for p in model.parameters())
 
 
-@pytest.mark.parametrize("inverse_method", ["eigh", "cholesky"])
+@pytest.mark.parametrize("inverse_method", ["eigh", "cholesky", "cholesky-solves"])
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
-    model = _mlp(seed=2)
+    if inverse_method == "cholesky-solves":  # a wide input: A is kept as its Cholesky factor
+        torch.manual_seed(2)
+        model = nn.Sequential(nn.Linear(24, 2), nn.Tanh(), nn.Linear(2, 3)).to(DTYPE)
+        generator = torch.Generator().manual_seed(3)
+        inputs = torch.randn(16, 24, generator=generator, dtype=DTYPE)
+        targets = torch.randint(0, 3, (16,), generator=generator)
+    else:
+        model = _mlp(seed=2)
+        inputs, targets = _batch(3)
     loss = CrossEntropyLoss()
-    inputs, targets = _batch(3)
     lr, damping = 0.5, 0.05
     before = [p.detach().clone() for p in model.parameters()]
     factors = kronecker_factors(model, loss, inputs, targets, curvature="kflr")
@@ -122,8 +132,13 @@ def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
 
     optimizer = KFAC(model, loss=loss, curvature="kflr", lr=lr, damping=damping,
                      weight_decay=weight_decay, momentum=0.0, clipping="none",
-                     inverse_method=inverse_method)
+                     inverse_method=inverse_method.removesuffix("-solves"),
+                     inv_update_period=1 if inverse_method == "cholesky-solves" else 10)
     optimizer.step(inputs=inputs, targets=targets)
+    kept = [[dec.factor is not None for dec in optimizer._decompositions[layer]]
+            for layer in optimizer.layers]
+    assert kept == ([[True, False], [False, False]] if inverse_method == "cholesky-solves"
+                    else [[False, False], [False, False]])
 
     for index, name in enumerate(("0", "2")):
         a, s = factors[name].A, factors[name].S
@@ -197,6 +212,47 @@ def test_damping_grows_when_steps_overshoot():
     assert optimizer.step_info["reduction_ratio"] < 0.25
     assert optimizer.damping == pytest.approx(2e-3)
     assert optimizer.counters["function_evaluations"] == 1
+
+
+@pytest.mark.parametrize("clipping", ["kl", "norm", "none"])
+def test_a_non_finite_direction_is_skipped_not_applied(clipping):
+    """A non-finite preconditioned direction used to pass the KL clipping unscaled (its inner
+    product is NaN, and ``NaN > 0`` is false) and turn every parameter into NaN."""
+    model = _mlp()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=1.0, momentum=0.5,
+                     clipping=clipping, inverse_method="cholesky", adapt_damping=True,
+                     damping_adaptation_period=1, damping_decay=0.5)
+    inputs, targets = _batch(8)
+    optimizer.step(inputs=inputs, targets=targets)
+    layer = model[0]
+    dec_a, dec_s = optimizer._decompositions[layer]
+    poisoned = dec_a.inverse.clone()
+    poisoned[0, 0] = math.inf
+    optimizer._decompositions[layer] = (Decomposition(method="cholesky", shift=dec_a.shift,
+                                                      retries=0, inverse=poisoned), dec_s)
+    before = [p.detach().clone() for p in model.parameters()]
+    buffers = [optimizer.state[p]["momentum_buffer"].clone() for p in model.parameters()]
+    damping = optimizer.damping
+    optimizer.step(inputs=inputs, targets=targets)
+    for p, old, buffer in zip(model.parameters(), before, buffers, strict=True):
+        torch.testing.assert_close(p.detach(), old, rtol=0, atol=0)
+        torch.testing.assert_close(optimizer.state[p]["momentum_buffer"], buffer, rtol=0, atol=0)
+    assert optimizer.step_info["skipped"] == 1.0 and optimizer.step_info["update_norm"] == 0.0
+    assert optimizer.counters["skipped_steps"] == 1
+    assert optimizer.damping == pytest.approx(damping / 0.5)
+
+
+def test_a_non_finite_trial_loss_is_a_failed_step(monkeypatch):
+    model = _mlp()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=0.1,
+                     damping=1e-2, adapt_damping=True, damping_adaptation_period=1,
+                     damping_decay=0.5)
+    monkeypatch.setattr(Linearization, "evaluate_loss",
+                        lambda self, **_: torch.tensor(math.nan, dtype=DTYPE))
+    inputs, targets = _batch(9)
+    optimizer.step(inputs=inputs, targets=targets)
+    assert optimizer.step_info["reduction_ratio"] == -math.inf
+    assert optimizer.damping == pytest.approx(2e-2)
 
 
 def test_clipping_bounds_the_step():
@@ -376,3 +432,25 @@ def copy_module(module: nn.Module) -> nn.Module:
     import copy
 
     return copy.deepcopy(module)
+
+
+def test_state_dict_keeps_a_cholesky_factor():
+    """A factor kept for triangular solves survives a state_dict round trip."""
+    torch.manual_seed(11)
+    model = nn.Linear(300, 3).to(DTYPE)
+    generator = torch.Generator().manual_seed(12)
+    inputs = torch.randn(32, 300, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (32,), generator=generator)
+    copy_of_model = copy.deepcopy(model)
+    first = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", inverse_method="cholesky")
+    first.step(inputs=inputs, targets=targets)
+    assert first._decompositions[model][0].factor is not None
+    second = KFAC(copy_of_model, loss=CrossEntropyLoss(), curvature="kflr",
+                  inverse_method="cholesky")
+    second.load_state_dict(copy.deepcopy(first.state_dict()))
+    with torch.no_grad():
+        copy_of_model.weight.copy_(model.weight)
+        copy_of_model.bias.copy_(model.bias)
+    first.step(inputs=inputs, targets=targets)
+    second.step(inputs=inputs, targets=targets)
+    torch.testing.assert_close(copy_of_model.weight, model.weight, rtol=0, atol=0)

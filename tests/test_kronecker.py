@@ -15,10 +15,12 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
+from curvebench import kronecker
 from curvebench.kronecker import (
     CURVATURE_TYPES,
     UnsupportedModelError,
     dense_ggn_block,
+    input_factor,
     kfra_support,
     kronecker_approximation_error,
     kronecker_factors,
@@ -514,3 +516,17 @@ def test_a_layer_used_twice_is_refused_in_one_line(curvature):
         kronecker_factors(model, CrossEntropyLoss(), torch.randn(2, 3), torch.tensor([0, 1]),
                           curvature=curvature)
     assert "\n" not in str(error.value)
+
+
+@pytest.mark.parametrize(("channels", "size"), [(2, 5), (8, 12)])
+def test_conv_input_factor_by_rows_and_by_example(channels, size):
+    """Small patches go through one product of copied rows, large ones example by example."""
+    torch.manual_seed(12)
+    conv = nn.Conv2d(channels, 3, 3, padding=1).to(DTYPE)
+    images = torch.randn(4, channels, size, size, dtype=DTYPE)
+    by_example = channels * 9 * size * size >= kronecker._PER_EXAMPLE_WORK
+    assert by_example == (channels == 8)
+    patches = _explicit_patches(images, conv)
+    homogeneous = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
+    expected = torch.einsum("nti,ntj->ij", homogeneous, homogeneous) / 4
+    torch.testing.assert_close(input_factor(conv, images), expected, rtol=1e-10, atol=1e-12)
