@@ -7,6 +7,8 @@ times ``--steps`` steps of the torch optimizer, then of the JAX one, in process 
 (``time.process_time``) with one thread each (torch ``set_num_threads(1)``; XLA's CPU client
 without its Eigen thread pool, set below before jax is imported); medians are printed.
 Compilation is timed apart (the JAX stepper's ``compile_seconds``, wall time) and excluded.
+Both sides step through the one step protocol (:mod:`curvebench.stepping`); the JAX batches
+are placed on the device once, as the JAX backend does.
 
     python benchmarks/backend_costs.py [--batch 512] [--repeats 5] [--steps 10]
 """
@@ -26,9 +28,11 @@ import time  # noqa: E402
 
 import torch  # noqa: E402
 
+from curvebench import stepping  # noqa: E402
 from curvebench.batches import ShuffledBatches  # noqa: E402
 from curvebench.jax_backend.models import from_torch  # noqa: E402
 from curvebench.jax_backend.optimizers import build_jax_optimizer  # noqa: E402
+from curvebench.jax_backend.training import as_array  # noqa: E402
 from curvebench.losses import loss_by_name  # noqa: E402
 from curvebench.optimizers import get_optimizer  # noqa: E402
 from curvebench.problems import get_problem, models  # noqa: E402
@@ -54,20 +58,6 @@ def _workloads(batch: int):
            ShuffledBatches(x, y, batch_size=batch, seed=0))
 
 
-def _torch_step(optimizer, model, loss):
-    if hasattr(optimizer, "curvature_step"):
-        return lambda x, y: optimizer.step(inputs=x, targets=y)
-
-    def step(x, y):
-        optimizer.zero_grad()
-        value = loss(model(x), y)
-        value.backward()
-        optimizer.step()
-        return value
-
-    return step
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=512)
@@ -81,21 +71,25 @@ def main() -> None:
           f"{'jax/torch':>9} {'compile s':>9}")
     for workload, factory, loss_name, batches in _workloads(args.batch):
         fixed = [next(batches) for _ in range(args.steps)]
+        on_jax = [(as_array(x), as_array(y)) for x, y in fixed]  # placed once, as the backend does
         for torch_name, jax_name, hyperparameters in PAIRS:
             torch.manual_seed(0)
             model = factory()
             loss = loss_by_name(loss_name)
             architecture, params = from_torch(model)
-            optimizer = get_optimizer(torch_name).build(model=model, loss=loss,
-                                                        hyperparameters=hyperparameters)
-            torch_step = _torch_step(optimizer, model, loss)
+            stepper = stepping.build_stepper(get_optimizer(torch_name), model=model, loss=loss,
+                                             hyperparameters=hyperparameters)
+
+            def torch_step(x, y, stepper=stepper):
+                return stepper.step(inputs=x, targets=y)
+
             jax_optimizer = build_jax_optimizer(jax_name, architecture=architecture,
                                                 params=params, loss=loss_name,
                                                 hyperparameters=hyperparameters)
             warm = 11 if torch_name == "sgn" else 2  # past SGN's 10 warm-up steps
-            for x, y in fixed[:1] * warm:
+            for (x, y), (jx, jy) in zip(fixed[:1] * warm, on_jax[:1] * warm, strict=True):
                 torch_step(x, y)
-                jax_optimizer.step(inputs=x, targets=y)
+                jax_optimizer.step(inputs=jx, targets=jy)
             times: dict[str, list[float]] = {"torch": [], "jax": []}
             for _ in range(args.repeats):
                 start = time.process_time()
@@ -103,7 +97,7 @@ def main() -> None:
                     torch_step(x, y)
                 times["torch"].append((time.process_time() - start) / len(fixed))
                 start = time.process_time()
-                for x, y in fixed:
+                for x, y in on_jax:
                     jax_optimizer.step(inputs=x, targets=y)
                 times["jax"].append((time.process_time() - start) / len(fixed))
             t, j = statistics.median(times["torch"]), statistics.median(times["jax"])
