@@ -231,7 +231,8 @@ class Study:
                                                          self.backends):
             reason = self._unsupported_reason(problem, sweep.optimizer, backend)
             if reason is not None:
-                where = f" (on {backend})" if len(self.backends) > 1 else ""
+                named = len(self.backends) == 1 or f"the {backend} backend" in reason
+                where = "" if named else f" (on {backend})"
                 skipped.append((problem, sweep.optimizer, reason + where))
         return skipped
 
