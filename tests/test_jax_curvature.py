@@ -73,13 +73,21 @@ _SMALL_MODELS = {  # small enough for a dense GGN: one per layer kind and loss
         torch.nn.Unflatten(1, (1, 9)), torch.nn.Conv1d(1, 2, 3, stride=2, padding=1),
         torch.nn.Sigmoid(), torch.nn.AvgPool1d(2), torch.nn.Flatten(),
         torch.nn.Linear(4, 3)), (9,), "bce_logits"),
+    "cnn2d-strided-mse": (lambda: torch.nn.Sequential(  # strides leave rows and columns over
+        torch.nn.Conv2d(2, 3, 2, padding=1), torch.nn.Tanh(),
+        torch.nn.Conv2d(3, 2, (3, 2), stride=(2, 3), padding=(1, 0)), torch.nn.Tanh(),
+        torch.nn.Flatten(), torch.nn.Linear(12, 3)), (2, 5, 6), "mse"),
 }
 
 
+@pytest.mark.parametrize("canonical", [False, True], ids=["jax-transposes", "canonical"])
 @pytest.mark.parametrize("case", sorted(_SMALL_MODELS))
-def test_ggn_products_match_a_dense_jacobian_and_hessian_reference(case: str) -> None:
+def test_ggn_products_match_a_dense_jacobian_and_hessian_reference(case: str,
+                                                                   canonical: bool) -> None:
     """``G = Jᵀ (∂²L/∂f²) J`` from ``jax.jacfwd`` and ``jax.hessian`` (independent of the
-    losses' closed-form Hessians), dense in float64, on small models of every layer kind."""
+    losses' closed-form Hessians), dense in float64, on small models of every layer kind;
+    ``Jᵀ`` as JAX's transpose of ``J`` or as the vector-Jacobian product of the model with
+    hand-written convolution transposes (``canonical_transposes``, what SGN uses)."""
     build, shape, loss_name = _SMALL_MODELS[case]
     torch.manual_seed(0)
     architecture, params = from_torch(build().double())
@@ -93,7 +101,8 @@ def test_ggn_products_match_a_dense_jacobian_and_hessian_reference(case: str) ->
     jacobian = jax.jacfwd(lambda p: apply(unravel(p), x).ravel())(flat)
     output_hessian = jax.hessian(lambda f: loss.value(f.reshape(output.shape), y))(output.ravel())
     dense = jacobian.T @ output_hessian @ jacobian
-    lin = linearize(apply, loss=loss, params=params, inputs=x, targets=y)
+    reverse = compile_architecture(architecture, canonical_transposes=True) if canonical else None
+    lin = linearize(apply, loss=loss, params=params, inputs=x, targets=y, reverse_apply=reverse)
     for v in jax.random.normal(key_v, (3, flat.size), dtype=flat.dtype):
         got, _ = jax.flatten_util.ravel_pytree(lin.ggn_vector_product(unravel(v)))
         assert relative_difference(np.asarray(got), np.asarray(dense @ v)) < 1e-10

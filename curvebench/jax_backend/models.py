@@ -16,6 +16,7 @@ current parameters of a user's own flat torch model instead.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -132,14 +133,27 @@ def params_to_numpy(architecture: Architecture, params: Params) -> list[np.ndarr
     return arrays
 
 
-def compile_architecture(architecture: Architecture) -> Apply:
+def compile_architecture(architecture: Architecture, *,
+                         canonical_transposes: bool = False) -> Apply:
     """The pure function ``apply(params, x) -> (N, D)`` of ``architecture``.
+
+    Args:
+        architecture: the declaration.
+        canonical_transposes: give every convolution a reverse-mode rule (``jax.custom_vjp``)
+            that writes its two transposes as ``NHWC``/``HWIO`` convolutions on transposed
+            operands. Same values and gradients; for reverse mode inside ``lax.while_loop`` or
+            ``lax.cond``, whose bodies XLA's CPU compiler does not canonicalise, so JAX's own
+            transposes (``01oi`` and ``f01b_i01o`` dimension labels) run there through a slow
+            generic loop (measured: a 1-D CNN's vector-Jacobian product about 20× slower than
+            outside a loop). The result supports reverse mode only (no ``jvp``/``linearize``)
+            and hides the convolutions from kfac-jax's graph matcher.
 
     Raises:
         ValueError: when ``params`` does not hold one entry per parameterised layer.
     """
     layers = architecture.layers
     count = len(architecture.parameterised)
+    convolve = _conv_canonical_transposes if canonical_transposes else _conv
 
     def apply(params: Params, x: jax.Array) -> jax.Array:
         if len(params) != count:
@@ -148,7 +162,7 @@ def compile_architecture(architecture: Architecture) -> Apply:
         position = 0
         for layer in layers:
             if isinstance(layer, Dense | Conv):
-                x = _parameterised(layer, params[position], x)
+                x = _parameterised(layer, params[position], x, convolve)
                 position += 1
             else:
                 x = _parameter_free(layer, x)
@@ -165,16 +179,64 @@ def _channels_last(x: jax.Array) -> jax.Array:
     return x[:, None] if x.ndim == 3 else x
 
 
-def _parameterised(layer: Dense | Conv, entry: dict[str, jax.Array], x: jax.Array) -> jax.Array:
+def _parameterised(layer: Dense | Conv, entry: dict[str, jax.Array], x: jax.Array,
+                   convolve: Callable[..., jax.Array]) -> jax.Array:
     if isinstance(layer, Dense):
         y = x @ entry["w"]
         return y + entry["b"] if layer.bias else y
-    stride = (1, *layer.stride) if len(layer.stride) == 1 else layer.stride
+    stride = (1, *layer.stride) if len(layer.stride) == 1 else tuple(layer.stride)
     padding = (0, *layer.padding) if len(layer.padding) == 1 else layer.padding
-    y = jax.lax.conv_general_dilated(x, entry["w"], window_strides=stride,
-                                     padding=[(p, p) for p in padding],
-                                     dimension_numbers=_DIMENSIONS)
+    y = convolve(x, entry["w"], stride, tuple((p, p) for p in padding))
     return y + entry["b"][None, None, None] if layer.bias else y
+
+
+def _conv(x: jax.Array, w: jax.Array, stride: tuple[int, ...],
+          padding: tuple[tuple[int, int], ...]) -> jax.Array:
+    """``NHWC`` input, ``HWIO`` kernel (the layouts kfac-jax recognises)."""
+    return jax.lax.conv_general_dilated(x, w, window_strides=stride, padding=padding,
+                                        dimension_numbers=_DIMENSIONS)
+
+
+@functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
+def _conv_canonical_transposes(x: jax.Array, w: jax.Array, stride: tuple[int, ...],
+                               padding: tuple[tuple[int, int], ...]) -> jax.Array:
+    """:func:`_conv` whose transposes are ``NHWC``/``HWIO`` convolutions too (see
+    :func:`compile_architecture`)."""
+    return _conv(x, w, stride, padding)
+
+
+def _conv_forward(x: jax.Array, w: jax.Array, stride: tuple[int, ...],
+                  padding: tuple[tuple[int, int], ...]):
+    return _conv(x, w, stride, padding), (x, w)
+
+
+def _conv_backward(stride: tuple[int, ...], padding: tuple[tuple[int, int], ...],
+                   residuals: tuple[jax.Array, jax.Array], cotangent: jax.Array):
+    """Per spatial axis (input length ``L``, kernel ``k``, stride ``s``, padding ``lo``, output
+    length ``O``, ``span = (O − 1)s + 1``): the input's cotangent convolves the cotangent
+    dilated by ``s`` with the flipped kernel, inputs and outputs swapped, padded by
+    ``(k − 1 − lo, L − span + lo)``; the kernel's convolves the input, batch and channels
+    swapped, with the cotangent dilated by ``s`` as kernel, padded by ``(lo, k − L − lo + span
+    − 1)`` (XLA's own canonical forms of the two transposes)."""
+    x, w = residuals
+    kernel, length, out = w.shape[:2], x.shape[1:3], cotangent.shape[1:3]
+    span = [(o - 1) * s + 1 for o, s in zip(out, stride, strict=True)]
+    flipped = jnp.swapaxes(jnp.flip(w, (0, 1)), 2, 3)
+    input_padding = [(k - 1 - lo, n - m + lo) for k, n, m, (lo, _) in
+                     zip(kernel, length, span, padding, strict=True)]
+    dx = jax.lax.conv_general_dilated(cotangent, flipped, window_strides=(1, 1),
+                                      padding=input_padding, lhs_dilation=stride,
+                                      dimension_numbers=_DIMENSIONS)
+    kernel_padding = [(lo, k - n - lo + m - 1) for k, n, m, (lo, _) in
+                      zip(kernel, length, span, padding, strict=True)]
+    dw = jax.lax.conv_general_dilated(jnp.transpose(x, (3, 1, 2, 0)),
+                                      jnp.transpose(cotangent, (1, 2, 0, 3)),
+                                      window_strides=(1, 1), padding=kernel_padding,
+                                      rhs_dilation=stride, dimension_numbers=_DIMENSIONS)
+    return dx, jnp.transpose(dw, (1, 2, 0, 3))
+
+
+_conv_canonical_transposes.defvjp(_conv_forward, _conv_backward)
 
 
 def _parameter_free(layer: Layer, x: jax.Array) -> jax.Array:

@@ -55,7 +55,10 @@ def build_jax_optimizer(name: str, *, architecture: Architecture, params: Params
             from curvebench.jax_backend.sgn import sgn_settings, sgn_state, sgn_update
 
             settings = sgn_settings(hyperparameters)
-            return JaxStepper(update=sgn_update(apply=apply, loss=jax_loss, settings=settings),
+            update = sgn_update(apply=apply, loss=jax_loss, settings=settings,
+                                reverse_apply=compile_architecture(
+                                    architecture, canonical_transposes=True))
+            return JaxStepper(update=update,
                               params=params, state=sgn_state(params, settings), name=name,
                               counts={"forward_passes": 1, "backward_passes": 1})
         if name == "kfac-jax":  # the registered spec's factory is the JAX stepper's
