@@ -63,6 +63,27 @@ def test_float64_trajectories_agree_through_the_harness(optimizer, lr):
     assert jax_record.environment["x64"] is True
 
 
+def _offline_problems() -> list[str]:
+    from curvebench.problems import PROBLEMS
+
+    return [name for name in PROBLEMS.names() if PROBLEMS.get(name).offline]
+
+
+@pytest.mark.parametrize("problem", _offline_problems())
+def test_every_offline_problem_runs_sgn_alike_on_both_backends(problem):
+    """Every offline problem on both backends through the harness: three float64 SGN steps
+    (forward, GGN products, CG, line search on each architecture) and the evaluations agree."""
+    kwargs = dict(problem=problem, optimizer="sgn", dtype="float64", batch_size=32,
+                  hyperparameters={"cg_iterations": 2}, budget=Budget(max_steps=3),
+                  eval_every=3, stop_at_target=False)
+    torch_record = run(**kwargs, backend="torch")
+    jax_record = run(**kwargs, backend="jax")
+    assert torch_record.status == jax_record.status == "budget", jax_record.error
+    assert _relative(jax_record.history["loss"], torch_record.history["loss"]) < 1e-8
+    assert _relative(jax_record.evaluations["train_loss"],
+                     torch_record.evaluations["train_loss"]) < 1e-8
+
+
 def test_compile_happens_before_the_first_timed_step(monkeypatch):
     """Structural: compilation runs before training, no step compiles, and its seconds are
     stored apart (``phase_seconds["compile"]``) and never in the steps' seconds."""
