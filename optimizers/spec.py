@@ -69,6 +69,7 @@ def torch_optimizer_factory(
     factory.__name__ = f"{cls.__name__}_factory"
     factory.__doc__ = f"Build ``{cls.__module__}.{cls.__name__}`` on the model's parameters."
     factory.settings = fixed  # type: ignore[attr-defined]
+    factory.optimizer_class = cls  # type: ignore[attr-defined]
     return factory
 
 
@@ -89,6 +90,7 @@ def curvature_optimizer_factory(cls: type[torch.optim.Optimizer], **fixed: Any) 
     factory.__name__ = f"{cls.__name__}_factory"
     factory.__doc__ = f"Build ``{cls.__module__}.{cls.__name__}`` for the model and loss."
     factory.settings = dict(fixed)  # type: ignore[attr-defined]
+    factory.optimizer_class = cls  # type: ignore[attr-defined]
     return factory
 
 

@@ -51,10 +51,39 @@ def test_fixed_knobs_of_the_optimizers_are_declared():
     assert get_optimizer("sophia-h").settings == {"estimator": "hutchinson"}
     assert get_optimizer("kflr").settings == {"curvature": "kflr"}
     assert get_optimizer("ngd-exact").settings == {"curvature": "empirical_fisher"}
-    assert get_optimizer("adam").settings == {"amsgrad": False}
-    assert get_optimizer("sgd").settings == {}
+    assert get_optimizer("adam").settings == {"amsgrad": False, "maximize": False,
+                                              "decoupled_weight_decay": False}
+    assert get_optimizer("sgd").settings == {"maximize": False}
     for spec in OPTIMIZERS:  # a setting is never also a hyperparameter
         assert not set(spec.settings) & set(spec.defaults), spec.name
+
+
+#: Constructor arguments that cannot change a run: torch's implementation switches, and the
+#: Monte-Carlo sample count of the K-FAC variants whose output factor is not sampled.
+_NOT_RESULT_SHAPING = {"foreach", "differentiable", "fused", "capturable"}
+_UNUSED_BY = {"kflr": {"mc_samples"}, "kfra": {"mc_samples"}, "kfac-empirical": {"mc_samples"}}
+
+
+def test_every_constructor_argument_is_a_hyperparameter_or_a_setting():
+    """A knob left at its class default is still part of a run's identity: a new constructor
+    argument must be declared (hyperparameter or setting), or changing its default in code
+    would silently reuse stale runs."""
+    import inspect
+
+    checked = 0
+    for spec in OPTIMIZERS:
+        cls = getattr(spec.factory, "optimizer_class", None)
+        if cls is None:  # a factory of its own (exact methods, kfac-jax): declared by hand
+            continue
+        parameters = inspect.signature(cls.__init__).parameters
+        knobs = {name for name, p in parameters.items()
+                 if p.default is not inspect.Parameter.empty and name != "params"}
+        packed = {"betas"} if {"beta1", "beta2"} <= set(spec.defaults) else set()
+        undeclared = (knobs - set(spec.defaults) - set(spec.settings) - packed
+                      - _NOT_RESULT_SHAPING - _UNUSED_BY.get(spec.name, set()))
+        assert not undeclared, f"{spec.name}: {sorted(undeclared)} undeclared"
+        checked += 1
+    assert checked >= 20
 
 
 def test_legacy_configs_keep_their_hash():
