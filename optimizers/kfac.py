@@ -36,7 +36,9 @@ learning rate and ``μ`` the momentum.
   plus ``½η‖θ‖²`` and ``δᵀGδ = (Jδ)ᵀ H (Jδ)`` from the step's
   :class:`~curvebench.curvature.Linearization` (built instead of the plain forward and backward
   pass on adaptation steps, so ``Jδ`` costs no extra forward pass) and the loss's output
-  Hessian; ``h(θ+δ)`` is one function evaluation with the same dropout masks;
+  Hessian; ``h(θ+δ)`` is one function evaluation with the same dropout masks, which skips a
+  wide input layer when the linearisation tracks it (its output at ``θ + δ`` is
+  ``f₁(θ) + J₁δ``, with ``J₁δ`` kept from the ``Jδ`` product);
   ``λ ← ω λ`` if ``ρ > 3/4``, ``λ ← λ / ω`` if ``ρ < 1/4`` (Martens & Grosse 2015, §6.5),
   with ``ω = damping_decay``.
 * Parameters of layers without a block (normalisation, embeddings, grouped convolutions, or a
@@ -423,7 +425,8 @@ class KFAC(CurvatureOptimizer):
             with self.phase_timer.phase("damping"):
                 deltas = [d * -self._group_of(p)["lr"]
                           for p, d in zip(parameters, directions, strict=True)]
-                model_change = self._quadratic_model(linearization, parameters, grads, deltas)
+                model_change, tangent = self._quadratic_model(linearization, parameters,
+                                                              grads, deltas)
         if finite:
             with self.phase_timer.phase("update"), torch.no_grad():
                 rates = [self._group_of(p)["lr"] for p in parameters]
@@ -435,7 +438,7 @@ class KFAC(CurvatureOptimizer):
         if finite and linearization is not None:
             with self.phase_timer.phase("damping"):
                 reduction_ratio = self._adapt_damping(linearization, parameters, deltas,
-                                                      model_change)
+                                                      model_change, tangent)
 
         state["step"] = step + 1
         lr = float(self.param_groups[0]["lr"])
@@ -620,12 +623,16 @@ class KFAC(CurvatureOptimizer):
     # -- Levenberg–Marquardt -----------------------------------------------------------------
 
     def _quadratic_model(self, linearization: Linearization, parameters, grads,
-                         deltas) -> float:
-        """``∇hᵀδ + ½ δᵀ(G + ηI)δ`` at the current parameters (before the update).
+                         deltas) -> tuple[float, torch.Tensor | None]:
+        """``∇hᵀδ + ½ δᵀ(G + ηI)δ`` at the current parameters (before the update), and
+        ``J₁δ`` (``None`` unless :attr:`Linearization.tracks_input_layer`).
 
         ``δᵀGδ = (Jδ)ᵀ H (Jδ)`` with ``Jδ`` from the step's linearisation (no extra forward).
+        ``δ`` is the update applied (learning rate, clipping and momentum included), so the
+        trial forward at ``θ + δ`` can take the input layer's output as ``f₁(θ) + J₁δ``.
         """
         jd = linearization.jacobian_vector_product(flatten(deltas, parameters))
+        tangent = linearization.input_layer_tangent if linearization.tracks_input_layer else None
         curvature = (jd * self.loss.hessian_vector_product(linearization.output, jd)).sum()
         self.counters["ggn_products"] += 1
         terms = [curvature * 0.5]
@@ -635,11 +642,12 @@ class KFAC(CurvatureOptimizer):
             if eta:
                 terms.append(eta * (torch.vdot(p.detach().reshape(-1), d.reshape(-1))
                                     + 0.5 * torch.vdot(d.reshape(-1), d.reshape(-1))))
-        return float(torch.stack(terms).sum())
+        return float(torch.stack(terms).sum()), tangent
 
     def _adapt_damping(self, linearization: Linearization, parameters, deltas,
-                       model_change: float) -> float:
-        new_loss = float(linearization.evaluate_loss())
+                       model_change: float, tangent: torch.Tensor | None) -> float:
+        # The parameters now hold θ + δ; with J₁δ only the layers after the input layer run.
+        new_loss = float(linearization.evaluate_loss(step=1.0, input_layer_tangent=tangent))
         self.counters["forward_passes"] += 1
         self.counters["function_evaluations"] += 1
         if not math.isfinite(new_loss):  # the step left the region where the loss is finite

@@ -15,6 +15,7 @@ import pytest
 import torch
 from torch import nn
 
+from curvebench import curvature
 from curvebench.curvature import Linearization
 from curvebench.harness import run
 from curvebench.kronecker import UnsupportedModelError, kronecker_factors
@@ -378,6 +379,51 @@ def test_damping_adaptation_reuses_the_step_forward_pass():
         forward.append(optimizer.counters["forward_passes"])
     assert forward == [1, 2, 1, 2]
     assert "reduction_ratio" in optimizer.step_info
+
+
+def _lm_trajectory(monkeypatch, *, shortcut: bool) -> tuple[list, list, list]:
+    """Trial losses, reduction ratios and dampings of 12 adaptation periods of K-FAC on a
+    128-input MLP (float64, momentum and KL clipping on), with or without the input-layer
+    shortcut of the trial forward pass."""
+    if not shortcut:
+        monkeypatch.setattr(curvature, "TRACKED_FAN_IN", 10**9)
+    torch.manual_seed(11)
+    model = nn.Sequential(nn.Linear(128, 16), nn.Tanh(), nn.Linear(16, 4)).to(DTYPE)
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kfac", lr=12.0, momentum=0.5,
+                     damping=1e-2, clipping="kl", clip_threshold=1.0, adapt_damping=True,
+                     damping_adaptation_period=2, damping_decay=0.8)
+    generator = torch.Generator().manual_seed(12)
+    inputs = torch.randn(64, 128, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 4, (64,), generator=generator)
+    trials, tangents = [], []
+    evaluate = Linearization.evaluate_loss
+
+    def recording(self, **options):
+        tangents.append(options.get("input_layer_tangent") is not None)
+        trials.append(float(evaluate(self, **options)))
+        return torch.tensor(trials[-1], dtype=DTYPE)
+
+    monkeypatch.setattr(Linearization, "evaluate_loss", recording)
+    ratios, dampings = [], []
+    for _ in range(24):
+        optimizer.step(inputs=inputs, targets=targets)
+        if "reduction_ratio" in optimizer.step_info:
+            ratios.append(optimizer.step_info.pop("reduction_ratio"))
+        dampings.append(optimizer.damping)
+    monkeypatch.undo()
+    assert tangents == [shortcut] * 12
+    return trials, ratios, dampings
+
+
+def test_damping_trial_loss_reuses_the_input_layer_exactly(monkeypatch):
+    """The trial loss at θ + δ takes a wide input layer's output as ``f₁(θ) + J₁δ`` from the
+    quadratic model's ``Jδ``: the same numbers as re-running that layer, so the same damping."""
+    fast = _lm_trajectory(monkeypatch, shortcut=True)
+    slow = _lm_trajectory(monkeypatch, shortcut=False)
+    for a, b in zip(fast, slow, strict=True):
+        torch.testing.assert_close(torch.tensor(a, dtype=DTYPE), torch.tensor(b, dtype=DTYPE),
+                                   rtol=1e-12, atol=0)
+    assert len(set(fast[2])) > 2  # the damping moved both ways, not a fixed trajectory
 
 
 # -- peer: ASDL (asdfghjkl) ------------------------------------------------------------------
