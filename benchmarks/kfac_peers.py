@@ -374,8 +374,8 @@ EXPLANATIONS = {
     ("kfac +LM damping", ""): (
         "Levenberg–Marquardt adaptation, which no peer does: every 5th step builds the "
         "linearisation, one Jδ through the layers' tangent rules and one more forward pass "
-        "for the reduction ratio (about one SGD step per adaptation, ~0.2 per step; its "
-        "'damping' phase below)"),
+        "for the reduction ratio, which skips a wide first Linear layer by reusing its J₁δ "
+        "(about one SGD step per adaptation, ~0.2 per step; its 'damping' phase below)"),
     ("kfac", "mlp"): (
         "the same two products per layer as ASDL (the 'update' phase: S⁻¹V is 256·256·785 and "
         "(S⁻¹V)A⁻¹ 256·785·785 multiply-adds for the first layer, more than its forward); "
