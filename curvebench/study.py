@@ -226,13 +226,17 @@ class Study:
     def incompatible(self) -> list[tuple[str, str, str]]:
         """``(problem, optimizer, reason)`` pairs the study skips (capability flags)."""
 
+        from curvebench.optimizers import get_optimizer
+
         skipped = []
         for problem, sweep, backend in itertools.product(self.problems, self.sweeps,
                                                          self.backends):
             reason = self._unsupported_reason(problem, sweep.optimizer, backend)
             if reason is not None:
-                named = len(self.backends) == 1 or f"the {backend} backend" in reason
-                where = "" if named else f" (on {backend})"
+                # an unsupported backend is the reason itself and names it; other reasons
+                # say which backend's run they skip when the study has several
+                about_backend = backend not in get_optimizer(sweep.optimizer).backends
+                where = "" if len(self.backends) == 1 or about_backend else f" (on {backend})"
                 skipped.append((problem, sweep.optimizer, reason + where))
         return skipped
 
