@@ -27,11 +27,16 @@ A row is one entry of :data:`ENTRIES`: a name, the curvature it computes (so our
 are matched by it), and a builder that returns a step function and a state-size function.
 Adding a method's peers (e.g. EKFAC, Shampoo, PSGD) is adding entries with a new curvature.
 
+With ``--device cuda`` every model, batch and optimizer state lives on the GPU and each timed
+stretch is bracketed by CUDA events (device time between the first launch and the last
+kernel's end, launch gaps included: what a training loop sees); phases are CUDA-event
+intervals too.
+
 ASDL wraps its computations in CUDA NVTX profiling markers, which fail on a CPU-only torch;
 they are replaced by no-ops in this process (:func:`tests.peers.silence_asdl_profiling_markers`).
 
     python benchmarks/kfac_peers.py [--repeats 5] [--threads 1] [--workloads mlp cnn digits-cnn]
-        [--every-step yes|no|only] [--save rows.json]
+        [--every-step yes|no|only] [--device cpu|cuda] [--save rows.json]
 """
 
 from __future__ import annotations
@@ -136,7 +141,7 @@ def _ours(preset: str, *, adapt_damping: bool = False) -> Callable[[Workload, Se
         optimizer = spec.build(model=model, loss=workload.loss, hyperparameters={
             "lr": TIMING_LR, "cov_update_period": settings.cov_period,
             "inv_update_period": settings.inv_period, "adapt_damping": adapt_damping})
-        optimizer.phase_timer = PhaseTimer("cpu")
+        optimizer.phase_timer = PhaseTimer(workload.inputs.device)
 
         def step() -> None:
             optimizer.step(inputs=workload.inputs, targets=workload.targets)
@@ -201,6 +206,7 @@ def _nngeometry(representation: str) -> Callable[[Workload, Settings], Runner]:
             batch_size=len(workload.inputs))
         sgd = torch.optim.SGD(model.parameters(), lr=TIMING_LR)
         kind = PMatKFAC if representation == "kfac" else PMatEKFAC
+        device = str(workload.inputs.device)
         held: dict[str, object] = {}
         counter = [0]
 
@@ -210,13 +216,13 @@ def _nngeometry(representation: str) -> Callable[[Workload, Settings], Runner]:
             if kind is PMatKFAC:
                 if t % settings.cov_period == 0:
                     held["matrix"] = FIM_MonteCarlo(model=model, loader=loader,
-                                                    representation=kind)
+                                                    representation=kind, device=device)
                 if t % settings.inv_period == 0:
                     held["inverse"] = held["matrix"].inverse(regul=DAMPING)
             else:
                 if t % settings.inv_period == 0:
                     held["matrix"] = FIM_MonteCarlo(model=model, loader=loader,
-                                                    representation=kind)
+                                                    representation=kind, device=device)
                 elif t % settings.cov_period == 0:
                     held["matrix"].update_diag(loader)
                 held["inverse"] = held["matrix"].inverse(regul=DAMPING)
@@ -261,7 +267,13 @@ def _cnn() -> nn.Sequential:
         nn.Flatten(), nn.Linear(64 * 7 * 7, 10))
 
 
-def workloads(names: list[str]) -> list[Workload]:
+def workloads(names: list[str], *, device: torch.device | str = "cpu") -> list[Workload]:
+    """The named workloads, drawn on the CPU from fixed seeds, then moved to ``device``."""
+    return [Workload(w.name, w.model.to(device), w.loss, w.inputs.to(device),
+                     w.targets.to(device)) for w in _cpu_workloads(names)]
+
+
+def _cpu_workloads(names: list[str]) -> list[Workload]:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
     result = []
@@ -294,7 +306,25 @@ def _cpu_seconds(fn: Callable[[], None], steps: int) -> float:
     return (time.process_time() - start) / steps
 
 
+def _cuda_seconds(fn: Callable[[], None], steps: int) -> float:
+    """Seconds per call on the GPU's clock: CUDA events around ``steps`` calls."""
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(steps):
+        fn()
+    end.record()
+    end.synchronize()
+    return start.elapsed_time(end) / 1e3 / steps
+
+
+def seconds_per_call(device: torch.device) -> Callable[[Callable[[], None], int], float]:
+    """The clock of this benchmark on ``device``: process CPU time, or CUDA events."""
+    return _cuda_seconds if device.type == "cuda" else _cpu_seconds
+
+
 def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dict]:
+    _seconds = seconds_per_call(workload.inputs.device)
     sgd_model = copy.deepcopy(workload.model)
     sgd = torch.optim.SGD(sgd_model.parameters(), lr=TIMING_LR)
 
@@ -311,18 +341,18 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             continue
     steps = max(settings.cycle, 5)
     for runner in runners.values():  # warm-up: first factors, inverses, allocations
-        _cpu_seconds(runner.step, steps)
+        _seconds(runner.step, steps)
         if runner.phases is not None:
             runner.phases()
-    _cpu_seconds(sgd_step, 5)
+    _seconds(sgd_step, 5)
 
     ratios: dict[str, list[float]] = {name: [] for name in runners}
     phase_ratios: dict[str, dict[str, list[float]]] = {name: {} for name in runners}
     sgd_ms = []
     for _ in range(repeats):
         for name, runner in runners.items():  # SGD next to every row: paired ratios
-            sgd_time = _cpu_seconds(sgd_step, 10)
-            elapsed = _cpu_seconds(runner.step, steps)
+            sgd_time = _seconds(sgd_step, 10)
+            elapsed = _seconds(runner.step, steps)
             sgd_ms.append(1e3 * sgd_time)
             ratios[name].append(elapsed / sgd_time)
             if runner.phases is not None:  # phases are wall time: report their shares
@@ -460,8 +490,12 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["mlp", "cnn", "digits-cnn"])
     parser.add_argument("--every-step", choices=("yes", "no", "only"), default="yes",
                         help="also (or only) time factors and inverses every step")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-event timing)")
     parser.add_argument("--save", help="also write the rows as JSON to this file")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch build sees no CUDA device")
     from tabulate import tabulate
 
     torch.set_num_threads(args.threads)
@@ -469,11 +503,13 @@ def main() -> None:
     settings = [] if args.every_step == "only" else [Settings(5, 20)]
     settings += [] if args.every_step == "no" else [Settings(1, 1)]
     rows = []
-    for workload in workloads(args.workloads):
+    for workload in workloads(args.workloads, device=device):
         for setting in settings:
             rows += compare(measure(workload, setting, repeats=args.repeats))
     load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), process CPU time, "
+    clock = (f"CUDA events on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else "process CPU time")
+    print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock}, "
           f"median of {args.repeats} interleaved rounds, load average {load:.1f}, "
           f"damping {DAMPING}, timing lr {TIMING_LR}")
     table = [{
@@ -492,7 +528,7 @@ def main() -> None:
         print("\n".join(slower))
     if args.save:
         with open(args.save, "w") as handle:
-            json.dump({"load": load, "threads": torch.get_num_threads(),
+            json.dump({"load": load, "device": str(device), "threads": torch.get_num_threads(),
                        "repeats": args.repeats, "rows": rows}, handle, indent=1)
 
 

@@ -145,9 +145,9 @@ class PSGDKron(CurvatureOptimizer):
         for i, size in enumerate(shape):
             other = shape[1 - i] if len(shape) == 2 else 1
             if size == 1 or size > self.max_size or size > self.max_skew * other:
-                factors.append(torch.full((size,), factor_scale, dtype=p.dtype))
+                factors.append(torch.full((size,), factor_scale, dtype=p.dtype, device=p.device))
             else:
-                factors.append(factor_scale * torch.eye(size, dtype=p.dtype))
+                factors.append(factor_scale * torch.eye(size, dtype=p.dtype, device=p.device))
         return factors
 
     def curvature_step(self, *, inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
