@@ -57,6 +57,7 @@ approximation for natural gradient descent".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -204,6 +205,28 @@ def _unfold(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     return F.unfold(x, kernel_size=kernel, dilation=dilation, padding=padding, stride=stride)
 
 
+def patch_rows(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+    """A convolution's patches as rows, ``(N·T, d_in)``, ordered as :func:`layer_inputs`.
+
+    Built from strided views of the (padded) input and one copy. On a GPU this is one kernel
+    where ``F.unfold`` launches one per example.
+    """
+    is_1d = isinstance(module, nn.Conv1d)
+    if module.padding_mode == "zeros" and not isinstance(module.padding, str):
+        pads = module.padding if not is_1d else (module.padding[0],)
+        x = F.pad(inputs, [p for pad in reversed(pads) for p in (pad, pad)]) if any(pads) \
+            else inputs
+    else:
+        mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+        x = F.pad(inputs, module._reversed_padding_repeated_twice, mode=mode)
+    for axis, (k, s, d) in enumerate(zip(module.kernel_size, module.stride, module.dilation,
+                                         strict=True)):
+        x = x.unfold(2 + axis, (k - 1) * d + 1, s)[..., ::d]  # (N, C, out..., k...)
+    spatial = len(module.kernel_size)
+    order = (0, *range(2, 2 + spatial), 1, *range(2 + spatial, 2 + 2 * spatial))
+    return x.permute(order).reshape(-1, module.in_channels * math.prod(module.kernel_size))
+
+
 def layer_pre_activations(module: nn.Module, outputs: torch.Tensor) -> torch.Tensor:
     """The layer outputs per position, ``(N, T, d_out)``, from ``(N, ..., d_out)`` (Linear) or
     ``(N, C_out, *spatial)`` (convolution)."""
@@ -223,6 +246,8 @@ def input_factor(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
     """
     n = inputs.shape[0]
     scale = 1.0 / n
+    if isinstance(module, _CONV) and inputs.is_cuda:  # one copy and one product on a GPU
+        return _input_factor_from_rows(module, patch_rows(module, inputs), scale)
     if isinstance(module, _CONV):
         patches = _unfold(module, inputs)  # (N, d, T)
         d, positions = patches.shape[1], patches.shape[2]

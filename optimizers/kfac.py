@@ -130,10 +130,16 @@ class Decomposition:
         return torch.linalg.solve_triangular(self.factor.T, half, upper=True)
 
 
-def prefer_triangular_solves(size: int, other: int, period: int) -> bool:
+def prefer_triangular_solves(size: int, other: int, period: int, *,
+                             device_type: str = "cpu") -> bool:
     """Whether to keep the Cholesky factor of an ``size × size`` Kronecker factor and solve
     with it, instead of forming its inverse, when the layer's other dimension is ``other``
-    and the decomposition is refreshed every ``period`` steps.
+    and the decomposition is refreshed every ``period`` steps, on a ``device_type`` device.
+
+    Never on a GPU: there a triangular solve with a few right-hand sides runs as many small
+    sequential kernels, and costs far more than a product with a stored inverse (measured on
+    an H200, the CNN's fc layer of ``benchmarks/kfac_peers.py``: 1.6 ms per step for the two
+    solves, 0.7 ms per decomposition for the inverse).
 
     Per step, two triangular solves cost about ``2·size²·other`` against ``size²·other`` for
     the product with a stored inverse, which itself costs about ``(2/3)·size³`` per
@@ -142,7 +148,7 @@ def prefer_triangular_solves(size: int, other: int, period: int) -> bool:
     factor plus 231 ms to invert, and 5.5 ms for the two solves against 8.5 ms for the product
     with the inverse.
     """
-    return 3 * other * period < 2 * size
+    return device_type != "cuda" and 3 * other * period < 2 * size
 
 
 def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -485,7 +491,8 @@ class KFAC(CurvatureOptimizer):
             for key, shift in zip(("A", "S"), shifts, strict=True):
                 other = sizes["S" if key == "A" else "A"]
                 keep = self.inverse_method == "cholesky" and prefer_triangular_solves(
-                    sizes[key], other, self.inv_update_period)
+                    sizes[key], other, self.inv_update_period,
+                    device_type=state[key].device.type)
                 result = damped_decomposition(state[key], shift=shift, method=self.inverse_method,
                                               keep_factor=keep)
                 if result is None:

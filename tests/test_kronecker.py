@@ -530,3 +530,26 @@ def test_conv_input_factor_by_rows_and_by_example(channels, size):
     homogeneous = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
     expected = torch.einsum("nti,ntj->ij", homogeneous, homogeneous) / 4
     torch.testing.assert_close(input_factor(conv, images), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", [
+    lambda: nn.Conv2d(2, 3, 3, padding=1),
+    lambda: nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), bias=False),
+    lambda: nn.Conv2d(2, 3, 3, dilation=2, padding=2, stride=2),
+    lambda: nn.Conv2d(2, 3, 3, padding="same", padding_mode="reflect"),
+    lambda: nn.Conv2d(2, 3, 2, padding=1, padding_mode="circular"),
+    lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1, dilation=2),
+    lambda: nn.Conv1d(2, 3, 4, padding="valid"),
+])
+def test_patch_rows_equal_the_unfolded_patches(conv):
+    """The GPU path's patches (strided views, one copy) are ``F.unfold``'s, and give the
+    same input factor."""
+    torch.manual_seed(13)
+    module = conv().to(DTYPE)
+    shape = (3, 2, 7, 6) if isinstance(module, nn.Conv2d) else (3, 2, 11)
+    inputs = torch.randn(*shape, dtype=DTYPE)
+    expected = layer_inputs(module, inputs)
+    rows = kronecker.patch_rows(module, inputs)
+    torch.testing.assert_close(rows, expected.reshape(-1, expected.shape[-1]), rtol=0, atol=0)
+    by_rows = kronecker._input_factor_from_rows(module, rows, 1 / shape[0])
+    torch.testing.assert_close(by_rows, input_factor(module, inputs), rtol=1e-12, atol=1e-12)
