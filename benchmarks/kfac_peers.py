@@ -63,7 +63,7 @@ from curvebench.losses import CrossEntropyLoss, CurvatureLoss  # noqa: E402
 from curvebench.optimizers import OPTIMIZERS  # noqa: E402
 from curvebench.problems import get_problem, models  # noqa: E402
 from curvebench.problems.torch_models import build_torch_model, torch_dataset  # noqa: E402
-from curvebench.timing import PhaseTimer  # noqa: E402
+from curvebench.timing import NullPhaseTimer, PhaseTimer  # noqa: E402
 from tests.peers import silence_asdl_profiling_markers  # noqa: E402
 
 #: Learning rate of every implementation while timing (small: the step's cost does not depend
@@ -98,11 +98,13 @@ class Settings:
 
 @dataclass
 class Runner:
-    """One implementation set up on one workload: ``step()`` and what it keeps in memory."""
+    """One implementation set up on one workload: ``step()`` and what it keeps in memory;
+    for ours, ``phases(steps)`` runs ``steps`` more steps with a phase timer on and returns
+    their seconds per phase (timed rounds run without one, as a plain training loop does)."""
 
     step: Callable[[], None]
     state_bytes: Callable[[], int]
-    phases: Callable[[], dict[str, float]] | None = None
+    phases: Callable[[int], dict[str, float]] | None = None
 
 
 @dataclass(frozen=True)
@@ -141,13 +143,17 @@ def _ours(preset: str, *, adapt_damping: bool = False) -> Callable[[Workload, Se
         optimizer = spec.build(model=model, loss=workload.loss, hyperparameters={
             "lr": TIMING_LR, "cov_update_period": settings.cov_period,
             "inv_update_period": settings.inv_period, "adapt_damping": adapt_damping})
-        optimizer.phase_timer = PhaseTimer(workload.inputs.device)
-
         def step() -> None:
             optimizer.step(inputs=workload.inputs, targets=workload.targets)
 
-        def phases() -> dict[str, float]:
-            return optimizer.phase_timer.collect()
+        def phases(steps: int) -> dict[str, float]:
+            optimizer.phase_timer = timer = PhaseTimer(workload.inputs.device)
+            try:
+                for _ in range(steps):
+                    step()
+                return timer.collect()
+            finally:
+                optimizer.phase_timer = NullPhaseTimer()
 
         return Runner(step, lambda: sum(tensor_bytes(s) for s in optimizer.state.values()),
                       phases)
@@ -342,12 +348,9 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
     steps = max(settings.cycle, 5)
     for runner in runners.values():  # warm-up: first factors, inverses, allocations
         _seconds(runner.step, steps)
-        if runner.phases is not None:
-            runner.phases()
     _seconds(sgd_step, 5)
 
     ratios: dict[str, list[float]] = {name: [] for name in runners}
-    phase_ratios: dict[str, dict[str, list[float]]] = {name: {} for name in runners}
     sgd_ms = []
     for _ in range(repeats):
         for name, runner in runners.items():  # SGD next to every row: paired ratios
@@ -355,12 +358,13 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             elapsed = _seconds(runner.step, steps)
             sgd_ms.append(1e3 * sgd_time)
             ratios[name].append(elapsed / sgd_time)
-            if runner.phases is not None:  # phases are wall time: report their shares
-                phases = runner.phases()
-                total = sum(phases.values()) or 1.0
-                for phase, seconds in phases.items():
-                    phase_ratios[name].setdefault(phase, []).append(
-                        seconds / total * elapsed / sgd_time)
+    phase_ratios: dict[str, dict[str, float]] = {}
+    for name, runner in runners.items():  # phases (wall or CUDA time): their shares of a step
+        if runner.phases is not None:
+            phases = runner.phases(steps)
+            total = sum(phases.values()) or 1.0
+            phase_ratios[name] = {phase: seconds / total * statistics.median(ratios[name])
+                                  for phase, seconds in phases.items()}
     parameter_bytes = sum(tensor_bytes(p) for p in workload.model.parameters())
     rows = []
     for entry in ENTRIES:
@@ -371,8 +375,7 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             "curvature": entry.curvature, "ours": entry.ours,
             "step/sgd": statistics.median(ratios[entry.name]),
             "state/params": runners[entry.name].state_bytes() / parameter_bytes,
-            "phases": {phase: statistics.median(values)
-                       for phase, values in phase_ratios[entry.name].items()},
+            "phases": phase_ratios.get(entry.name, {}),
             "sgd ms": statistics.median(sgd_ms),
         })
     return rows
@@ -524,7 +527,8 @@ def main() -> None:
     slower = slower_lines(rows)
     if slower:
         print("\nRows of ours slower than the fastest peer: by how much, why (profiles), and "
-              "our step's phases (shares of its CPU time, ÷ SGD step):")
+              "our step's phases (their shares of its time, from a separate pass with a "
+              "phase timer, ÷ SGD step):")
         print("\n".join(slower))
     if args.save:
         with open(args.save, "w") as handle:
