@@ -303,6 +303,8 @@ class KFAC(CurvatureOptimizer):
         self.clipping = clipping
         self.clip_threshold = clip_threshold
         self.inverse_method = inverse_method
+        if curvature == "kfac":  # Monte-Carlo labels come from the optimizer's own generator
+            self.seed_generator()
 
         optimised = {id(p) for p in self.parameters_list()}
         self.layers: list[nn.Module] = []
@@ -466,6 +468,7 @@ class KFAC(CurvatureOptimizer):
         a_new = self.collector.input_factors()
         s_new = self.collector.output_factors(
             curvature=self.curvature, loss=self.loss, output=output, mc_samples=self.mc_samples,
+            generator=self.generator,
             pre_activation_gradients=list(pre_activation_gradients) or None)
         for layer, a, s in zip(self.layers, a_new, s_new, strict=True):
             state = self.state[layer.weight]

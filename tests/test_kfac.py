@@ -500,3 +500,23 @@ def test_state_dict_keeps_a_cholesky_factor():
     first.step(inputs=inputs, targets=targets)
     second.step(inputs=inputs, targets=targets)
     torch.testing.assert_close(copy_of_model.weight, model.weight, rtol=0, atol=0)
+
+
+def test_monte_carlo_labels_come_from_the_optimizer_generator():
+    """``kfac`` samples from its own generator (seeded at construction, saved in its state):
+    other draws from the global generator between steps change nothing, so the trajectory
+    depends on the seed alone, on CPU and CUDA alike."""
+    inputs, targets = _batch()
+    trajectories = []
+    for perturb in (False, True):
+        torch.manual_seed(5)
+        model = _mlp()
+        optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kfac", lr=0.1,
+                         cov_update_period=1, inv_update_period=1)
+        for _ in range(3):
+            optimizer.step(inputs=inputs, targets=targets)
+            if perturb:
+                torch.rand(7)
+        trajectories.append([p.detach().clone() for p in model.parameters()])
+    for a, b in zip(*trajectories, strict=True):
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
