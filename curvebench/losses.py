@@ -150,8 +150,10 @@ class CrossEntropyLoss(CurvatureLoss):
         self, output: torch.Tensor, *, generator: torch.Generator | None = None
     ) -> torch.Tensor:
         p = torch.softmax(output.detach(), dim=1)
-        sampled = torch.multinomial(p, 1, generator=generator).squeeze(1)
-        one_hot = F.one_hot(sampled, num_classes=output.shape[1]).to(output.dtype)
+        # inverse-CDF sampling: torch.multinomial synchronises with the host on every call
+        u = torch.rand((p.shape[0], 1), generator=generator, dtype=p.dtype, device=p.device)
+        sampled = (p.cumsum(dim=1) <= u).sum(dim=1, keepdim=True).clamp_(max=p.shape[1] - 1)
+        one_hot = torch.zeros_like(p).scatter_(1, sampled, 1.0)  # F.one_hot synchronises too
         return (p - one_hot) / math.sqrt(output.shape[0])
 
 

@@ -172,32 +172,29 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
     if method not in INVERSE_METHODS:
         raise ValueError(f"inverse_method must be one of {INVERSE_METHODS}, got {method!r}")
     work = matrix.to(_decomposition_dtype(matrix.dtype))
-    scale = float(work.diagonal().abs().mean()) if work.numel() else 1.0
-    floor = max(1e-6 * scale, 1e-10) if math.isfinite(scale) else 1e-10
+    floor = None
     for retry in range(max_retries + 1):
         damped = work.clone()
         damped.diagonal().add_(shift)
-        try:
+        try:  # one host synchronisation per attempt: the success test is one device flag
             if method == "eigh":
                 values, vectors = torch.linalg.eigh(damped)
-                if torch.isfinite(values).all() and torch.isfinite(vectors).all():
+                if bool(torch.isfinite(values).all() & torch.isfinite(vectors).all()):
                     return Decomposition(method=method, shift=shift, retries=retry,
                                          values=values.clamp(min=0.0), vectors=vectors)
             else:
                 factor, info = torch.linalg.cholesky_ex(damped)
-                if int(info) == 0 and keep_factor:
-                    # a finite matrix gives |L_ij| ≤ √M_ii; a non-finite one a non-finite L_nn
-                    if torch.isfinite(factor.diagonal()).all():
-                        return Decomposition(method=method, shift=shift, retries=retry,
-                                             factor=factor)
-                elif int(info) == 0:
-                    inverse = torch.cholesky_inverse(factor)
-                    # SPD: |M_ij| ≤ √(M_ii M_jj), so a finite diagonal means a finite inverse
-                    if torch.isfinite(inverse.diagonal()).all():
-                        return Decomposition(method=method, shift=shift, retries=retry,
-                                             inverse=inverse)
+                # a finite matrix gives |L_ij| ≤ √M_ii, a non-finite one a non-finite L_nn;
+                # SPD: |M_ij| ≤ √(M_ii M_jj), so a finite diagonal means a finite inverse
+                result = factor if keep_factor else torch.cholesky_inverse(factor)
+                if bool((info == 0) & torch.isfinite(result.diagonal()).all()):
+                    return Decomposition(method=method, shift=shift, retries=retry,
+                                         **{"factor" if keep_factor else "inverse": result})
         except RuntimeError:  # torch.linalg.LinAlgError is a RuntimeError
             pass
+        if floor is None:  # only a failed attempt needs the matrix's scale
+            scale = float(work.diagonal().abs().mean()) if work.numel() else 1.0
+            floor = max(1e-6 * scale, 1e-10) if math.isfinite(scale) else 1e-10
         shift = max(10.0 * shift, floor)
     return None
 
@@ -208,8 +205,8 @@ def pi_correction(a: torch.Tensor, s: torch.Tensor) -> float:
     Martens & Grosse 2015, §6.3: splits the damping between the factors so that it has the
     same relative size in both.
     """
-    trace_a = float(a.diagonal().sum()) / a.shape[0]
-    trace_s = float(s.diagonal().sum()) / s.shape[0]
+    sums = torch.stack([a.diagonal().sum().to(s.dtype), s.diagonal().sum()]).tolist()  # one sync
+    trace_a, trace_s = sums[0] / a.shape[0], sums[1] / s.shape[0]
     if not (trace_a > 0 and trace_s > 0 and math.isfinite(trace_a) and math.isfinite(trace_s)):
         return 1.0
     return math.sqrt(trace_a / trace_s)

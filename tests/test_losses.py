@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import math
+
 import pytest
 import torch
 
-from curvebench.losses import LOSSES, loss_by_name
+from curvebench.losses import LOSSES, CrossEntropyLoss, loss_by_name
 from tests.dense_reference import dense_output_hessian
 
 N, D = 5, 4
@@ -70,3 +72,20 @@ def test_sampled_gradient_is_unbiased_for_hessian(case):
 def test_unknown_loss_lists_known():
     with pytest.raises(KeyError, match="known: bce_logits, cross_entropy, mse"):
         loss_by_name("hinge")
+
+
+def test_cross_entropy_samples_classes_with_the_model_probabilities():
+    """The sampled labels' frequencies are the softmax probabilities (inverse-CDF sampling,
+    with no host synchronisation), for every example of the batch."""
+    loss = CrossEntropyLoss()
+    output = torch.tensor([[2.0, -1.0, 0.5, 0.0], [-3.0, 0.0, 0.0, 3.0]], dtype=torch.float64)
+    p = torch.softmax(output, dim=1)
+    generator = torch.Generator().manual_seed(2)
+    draws = 20000
+    batch = output.repeat(draws, 1)  # every example drawn ``draws`` times in one call
+    one_hot = (p.repeat(draws, 1) - loss.sampled_output_gradient(batch, generator=generator)
+               * math.sqrt(len(batch))).reshape(draws, 2, 4)
+    assert torch.allclose(one_hot.sum(dim=2), torch.ones(draws, 2, dtype=torch.float64))
+    frequencies = one_hot.mean(dim=0)
+    sigma = (p * (1 - p) / draws).sqrt()
+    assert ((frequencies - p).abs() <= 4 * sigma + 1e-12).all(), (frequencies, p)
