@@ -64,7 +64,8 @@ class PhaseTimer:
     Phases may nest: time inside an inner phase counts for the inner phase only, so the
     phases of a step add up to at most the step's time (a stacked cost breakdown is honest).
     On CPU every transition reads ``perf_counter``; on CUDA it records an event, and the
-    intervals are resolved once, in :meth:`collect`.
+    intervals are resolved once, in :meth:`collect`, which hands the events back for reuse
+    (creating an event per transition costs a driver call each step).
     """
 
     def __init__(self, device: torch.device | str = "cpu") -> None:
@@ -72,6 +73,7 @@ class PhaseTimer:
         self._cuda = self.device.type == "cuda"
         self._cpu: dict[str, float] = defaultdict(float)
         self._intervals: list[tuple[str, torch.cuda.Event, torch.cuda.Event]] = []
+        self._free_events: list[torch.cuda.Event] = []
         self._stack: list[str] = []
         self._last: float | torch.cuda.Event = 0.0
         self._phases: dict[str, _Phase] = {}
@@ -85,7 +87,8 @@ class PhaseTimer:
 
     def _now(self) -> float | torch.cuda.Event:
         if self._cuda:
-            event = torch.cuda.Event(enable_timing=True)
+            event = (self._free_events.pop() if self._free_events
+                     else torch.cuda.Event(enable_timing=True))
             event.record()
             return event
         return time.perf_counter()
@@ -127,8 +130,12 @@ class PhaseTimer:
         totals = {name: seconds for name, seconds in self._cpu.items() if seconds}
         if self._intervals:
             synchronize(self.device)
+            read = {}
             for name, start, end in self._intervals:
                 totals[name] = totals.get(name, 0.0) + start.elapsed_time(end) / 1000.0
+                read.update({id(start): start, id(end): end})
+            read.pop(id(self._last), None)  # may still open the next interval
+            self._free_events.extend(read.values())
             self._intervals = []
         for name in self._cpu:
             self._cpu[name] = 0.0

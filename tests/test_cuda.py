@@ -136,3 +136,19 @@ def test_jax_on_a_gpu_matches_torch_on_cuda(optimizer):
     assert jax_record.status == "budget", jax_record.error
     assert jax_record.environment["device"].startswith("cuda")
     _assert_same(jax_record.history["loss"], torch_record.history["loss"])
+
+
+def test_phase_timer_reuses_its_events_and_times_nested_phases():
+    """CUDA-event phases, exclusive of nested ones, over several collects (events reused)."""
+    from curvebench.timing import PhaseTimer
+
+    timer = PhaseTimer(CUDA)
+    for _ in range(3):
+        with timer.phase("outer"):
+            torch.cuda._sleep(1_000_000)
+            with timer.phase("inner"):
+                torch.cuda._sleep(4_000_000)
+        seconds = timer.collect()
+        assert set(seconds) == {"outer", "inner"}
+        assert 0 < seconds["outer"] < seconds["inner"]
+    assert timer._free_events  # handed back for the next step
