@@ -32,7 +32,11 @@ training; otherwise whatever runs first after other work pays page faults on the
 work freed.
 
     python benchmarks/sgn_costs.py [--workloads mlp cnn] [--repeats 15] [--threads 1]
-                                   [--k 1 2 3 5 10] [--batch 512]
+                                   [--k 1 2 3 5 10] [--batch 512] [--device cpu|cuda]
+
+With ``--device cuda`` everything lives on the GPU and there is one clock, CUDA events around
+each timed call (launch gaps and CG's host synchronisations included), for the ratios and the
+phases alike.
 
 Measured (torch 2.13 CPU, one thread, 9 interleaved repeats, process CPU time, load average
 5–7 on two cores; two runs each of this script against the library before and after issue
@@ -119,7 +123,12 @@ class CPUPhaseTimer(PhaseTimer):
 Case = tuple[nn.Module, CurvatureLoss, torch.Tensor, torch.Tensor]
 
 
-def _cases(names: list[str], batch: int) -> dict[str, Case]:
+def _cases(names: list[str], batch: int, device: torch.device) -> dict[str, Case]:
+    return {name: (model.to(device), loss, inputs.to(device), targets.to(device))
+            for name, (model, loss, inputs, targets) in _cpu_cases(names, batch).items()}
+
+
+def _cpu_cases(names: list[str], batch: int) -> dict[str, Case]:
     cases = {}
     for name in names:
         if name in ("mlp", "cnn"):
@@ -168,10 +177,13 @@ def _curvlinops_product(model, loss, inputs, targets, vector) -> Callable[[], to
     return lambda: operator @ vector
 
 
-def measure(*, names: list[str], batch: int, repeats: int, ks: list[int]) -> None:
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, "
+def measure(*, names: list[str], batch: int, repeats: int, ks: list[int],
+            device: torch.device = torch.device("cpu")) -> None:
+    where = (f"CUDA events on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
+             else "CPU")
+    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {where}, "
           f"median of {repeats} interleaved repeats, load average {_load()}")
-    for name, (model, loss, inputs, targets) in _cases(names, batch).items():
+    for name, (model, loss, inputs, targets) in _cases(names, batch, device).items():
         _measure_case(name, model, loss, inputs, targets, repeats=repeats, ks=ks)
     print(f"\nload average at the end {_load()}")
 
@@ -193,7 +205,8 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
     linearizations = {method: Linearization(model, loss=loss, inputs=inputs,
                                             targets=targets, jvp_method=method)
                       for method in ("layers", "double_vjp")}
-    vector = torch.randn(linearizations["layers"].num_parameters)
+    vector = torch.randn(linearizations["layers"].num_parameters, device=inputs.device)
+    cuda = inputs.device.type == "cuda"
     work: dict[str, Callable[[], object]] = {"grad": gradient}
     for method, lin in linearizations.items():
         work[f"ggn[{method}]"] = lambda lin=lin: lin.ggn_vector_product(vector)
@@ -217,7 +230,7 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         sgn_model = copy.deepcopy(model)
         optimizer = GaussNewtonCG(sgn_model, loss=loss, cg_iterations=k, cg_tolerance=0.0,
                                   warmup_steps=0, damping=1e-2, damping_min=1e-2)
-        optimizer.phase_timer = CPUPhaseTimer()
+        optimizer.phase_timer = PhaseTimer(inputs.device) if cuda else CPUPhaseTimer()
         optimizers[k] = optimizer
         work[f"sgn_step[k={k}]"] = (
             lambda optimizer=optimizer: optimizer.step(inputs=inputs, targets=targets))
@@ -225,6 +238,8 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
 
     wall: dict[str, list[float]] = {key: [] for key in work}
     cpu: dict[str, list[float]] = {key: [] for key in work}
+    if cuda:
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     phases: dict[int, dict[str, list[float]]] = {k: {p: [] for p in PHASES} for k in ks}
     evaluations: dict[int, list[float]] = {k: [] for k in ks}
     for key, fn in work.items():  # warm-up
@@ -244,6 +259,14 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
                 by_key[key].phase_timer.collect()
                 by_key[key].counters.clear()
             setups.get(key, _nothing)()
+            if cuda:  # the GPU's clock: events around the call, idle launch gaps included
+                torch.cuda.synchronize()
+                start.record()
+                fn()
+                end.record()
+                end.synchronize()
+                wall[key].append(start.elapsed_time(end) / 1e3)
+                continue
             start_wall, start_cpu = time.perf_counter(), time.process_time()
             fn()
             cpu[key].append(time.process_time() - start_cpu)
@@ -254,7 +277,8 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
                 phases[k][phase].append(seconds.get(phase, 0.0))
             evaluations[k].append(optimizer.counters["function_evaluations"])
             optimizer.counters.clear()
-    for clock, times in (("wall", wall), ("cpu", cpu)):
+    clocks = (("cuda", wall),) if cuda else (("wall", wall), ("cpu", cpu))
+    for clock, times in clocks:
         median = {key: statistics.median(values) for key, values in times.items()}
         grad, ours, sgd_time = median["grad"], median["ggn[layers]"], median["sgd_step"]
         print(f"\n{name} [{clock} clock]: gradient {grad * 1e3:.2f} ms, "
@@ -272,7 +296,7 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
             ratio = ratios[k]
             verdict = "pass" if ratio <= goal(k) else f"MISS by {ratio - goal(k):.2f}"
             print(f"  sgn(k={k})".ljust(28) + f"{ratio:6.2f} {goal(k):6.1f}  {verdict}")
-        if clock == "cpu":
+        if clock in ("cpu", "cuda"):
             _print_phases(phases, evaluations, ratios=ratios, sgd_time=sgd_time, grad=grad,
                           ggn=ours, floor=linear_chain_floor(model))
 
@@ -299,7 +323,7 @@ def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[i
                   floor: float | None) -> None:
     """The SGN step's phases in SGD steps (medians over repeats, process CPU clock), and for
     every row that misses its goal, where the excess is."""
-    print("  phases in SGD steps (CPU): forward+backward = linearisation and gradient, "
+    print("  phases in SGD steps: forward+backward = linearisation and gradient, "
           "product = curvature ÷ k")
     print("  " + "k".ljust(6) + "".join(p.rjust(12) for p in (*PHASES, "product", "evals")))
     split = {k: {p: statistics.median(values) / sgd_time for p, values in by_phase.items()}
@@ -395,12 +419,19 @@ def main() -> None:
     parser.add_argument("--k", type=int, nargs="+", default=[1, 2, 3, 5, 10])
     parser.add_argument("--time-to-target", action="store_true")
     parser.add_argument("--eval-every", type=int, default=5)
+    parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-event timing)")
     args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch build sees no CUDA device")
+    if args.time_to_target and device.type != "cpu":
+        parser.error("--time-to-target runs on the CPU only")
     torch.set_num_threads(args.threads)
     if args.time_to_target:
         time_to_target(batch=args.batch, eval_every=args.eval_every)
     else:
-        measure(names=args.workloads, batch=args.batch, repeats=args.repeats, ks=args.k)
+        measure(names=args.workloads, batch=args.batch, repeats=args.repeats, ks=args.k,
+                device=device)
 
 
 if __name__ == "__main__":
