@@ -4,7 +4,8 @@ On a GPU a step whose kernels are small is bound by launching them (each operato
 host some microseconds, whether or not a kernel runs) and by host reads of device values, each
 of which waits for the queue to drain. Both are properties of the code, so they can be counted
 on a CPU, where timing them is not possible: :class:`OperatorCounter` counts every ATen
-operator by name and every host read, ``aten._local_scalar_dense`` (``float(t)``,
+operator by name (and how many of them are views, which launch no kernel on a GPU but
+cost the host as much dispatch) and every host read, ``aten._local_scalar_dense`` (``float(t)``,
 ``t.item()``, ``bool(t)``) and ``Tensor.tolist`` (which on a CPU tensor reaches no operator,
 so it is counted by wrapping the method while the counter is active).
 """
@@ -28,6 +29,7 @@ class OperatorCounter(TorchDispatchMode):
         super().__init__()
         self.operators: Counter[str] = Counter()
         self.tolist_calls = 0
+        self.views = 0
         self._tolist: Any = None
 
     @property
@@ -57,4 +59,5 @@ class OperatorCounter(TorchDispatchMode):
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.operators[str(func.overloadpacket)] += 1
+        self.views += func.is_view
         return func(*args, **(kwargs or {}))
