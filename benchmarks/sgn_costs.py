@@ -217,15 +217,7 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
     if theirs is not None:
         work["curvlinops"] = theirs
 
-    sgd_model = copy.deepcopy(model)
-    sgd = torch.optim.SGD(sgd_model.parameters(), lr=1e-3)
-
-    def sgd_step() -> None:
-        sgd.zero_grad(set_to_none=True)
-        loss(sgd_model(inputs), targets).backward()
-        sgd.step()
-
-    work["sgd_step"] = sgd_step
+    work["sgd_step"] = _sgd_step(model, loss, inputs, targets)
     setups: dict[str, Callable[[], None]] = {}
     optimizers: dict[int, GaussNewtonCG] = {}
     for k in ks:
@@ -302,6 +294,20 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
                           ggn=ours, floor=linear_chain_floor(model))
 
 
+def _sgd_step(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
+              targets: torch.Tensor) -> Callable[[], None]:
+    """A ``torch.optim.SGD`` step on a copy of ``model``, the unit of the ratios."""
+    sgd_model = copy.deepcopy(model)
+    sgd = torch.optim.SGD(sgd_model.parameters(), lr=1e-3)
+
+    def sgd_step() -> None:
+        sgd.zero_grad(set_to_none=True)
+        loss(sgd_model(inputs), targets).backward()
+        sgd.step()
+
+    return sgd_step
+
+
 def _sgn(model: nn.Module, loss: CurvatureLoss, k: int) -> GaussNewtonCG:
     """The SGN step measured: exactly ``k`` CG products (tolerance 0), line search and
     adaptive damping on, no warm-up."""
@@ -321,18 +327,10 @@ def count_operators(*, names: list[str], batch: int, ks: list[int], steps: int =
 def _count_case(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
                 targets: torch.Tensor, *, ks: list[int], steps: int) -> None:
     params = list(model.parameters())
-    sgd_model = copy.deepcopy(model)
-    sgd = torch.optim.SGD(sgd_model.parameters(), lr=1e-3)
-
-    def sgd_step() -> None:
-        sgd.zero_grad(set_to_none=True)
-        loss(sgd_model(inputs), targets).backward()
-        sgd.step()
-
     linearization = Linearization(model, loss=loss, inputs=inputs, targets=targets)
     vector = torch.randn(linearization.num_parameters)
     work: dict[str, Callable[[], object]] = {
-        "SGD step": sgd_step,
+        "SGD step": _sgd_step(model, loss, inputs, targets),
         "gradient": lambda: torch.autograd.grad(loss(model(inputs), targets), params),
         "linearisation": lambda: Linearization(model, loss=loss, inputs=inputs,
                                                targets=targets),
