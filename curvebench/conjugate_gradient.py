@@ -190,7 +190,7 @@ def _unsynchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: 
         return None
     g_norm = math.sqrt(g_squared_value)
     rz_value = g_squared_value
-    residuals, values = [1.0], [0.0]
+    residuals, values = [math.sqrt(rz_value) / g_norm], [0.0]
     value = 0.0
     stop: StopReason = "max_iterations"
     for iteration, (curvature_value, rz_new_value) in enumerate(zip(
