@@ -13,6 +13,15 @@ Stopping (whichever comes first): ``max_iterations``; the relative residual
 and, optionally, Martens' relative-progress rule: stop at iteration ``i`` when
 ``i > k`` and ``q_i < 0`` and ``(q_i − q_{i−k}) / q_i < k ε`` with ``k = max(10, ⌈0.1 i⌉)``.
 
+Host synchronisation: each of those tests needs a scalar on the host, and on a GPU every such
+read stalls the queue. With ``tolerance = 0``, no relative-progress rule, no preconditioner and
+no warm start, the only tests left are a zero residual and non-positive curvature, which a
+healthy solve never meets; CG then runs all ``max_iterations`` with its scalars (``α``, ``β``,
+``rᵀr``) as 0-dimensional tensors on the device and reads every scalar it reports in one
+transfer at the end. If that read shows a stopping condition before the last iteration, the
+pass is discarded (``on_restart``) and replayed with a test after every product, so the result
+is the same either way.
+
 Reference: Hestenes & Stiefel 1952; Nocedal & Wright 2006, "Numerical Optimization",
 Algorithm 5.3 (preconditioned CG); Martens 2010, "Deep learning via Hessian-free
 optimization", Section 4.4 (stopping rule, warm start).
@@ -79,7 +88,8 @@ def conjugate_gradient(
     preconditioner: torch.Tensor | None = None,
     relative_progress: bool = False,
     progress_epsilon: float = 5e-4,
-    on_step: Callable[[float], None] | None = None,
+    on_step: Callable[[float | torch.Tensor], None] | None = None,
+    on_restart: Callable[[], None] | None = None,
 ) -> CGResult:
     """Approximately solve ``(G + λI) d = −g`` by (preconditioned) conjugate gradient.
 
@@ -99,7 +109,12 @@ def conjugate_gradient(
             ``v`` is the vector of the latest ``matvec`` call (``α = 1`` when a warm start is
             accepted): a caller that keeps something linear in ``v`` from each product (e.g.
             the first layer's output tangent) can accumulate it for ``d`` without another
-            product.
+            product. ``α`` is a float, or a 0-dimensional tensor on the solve without host
+            synchronisation (see the module docstring), which needs ``on_restart`` too.
+        on_restart: called when CG discards the iterations done so far, before replaying
+            them with a test after each (see the module docstring); a caller accumulating
+            from ``on_step`` starts again from zero. Without it, a solve with ``on_step``
+            tests after every product.
 
     Returns:
         A :class:`CGResult`.
@@ -122,6 +137,88 @@ def conjugate_gradient(
     def apply(v: torch.Tensor) -> torch.Tensor:
         product = matvec(v)
         return product.add(v, alpha=damping) if damping else product
+
+    if (tolerance == 0 and not relative_progress and preconditioner is None and initial is None
+            and max_iterations > 0 and (on_step is None or on_restart is not None)):
+        result = _unsynchronised(apply, gradient=gradient, max_iterations=max_iterations,
+                                 on_step=on_step)
+        if result is not None:
+            return result
+        if on_restart is not None:
+            on_restart()
+    return _synchronised(apply, gradient=gradient, max_iterations=max_iterations,
+                         tolerance=tolerance, initial=initial, preconditioner=preconditioner,
+                         relative_progress=relative_progress, progress_epsilon=progress_epsilon,
+                         on_step=on_step)
+
+
+def _unsynchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: torch.Tensor,
+                    max_iterations: int, on_step: Callable[[torch.Tensor], None] | None
+                    ) -> CGResult | None:
+    """``max_iterations`` CG iterations from zero, unpreconditioned, with no test in between.
+
+    The scalars stay on the device and are read in one transfer at the end; the tests the
+    synchronised loop makes after each product are replayed on them. Returns ``None`` when one
+    of them would have stopped CG before the last iteration (then the caller replays it).
+    """
+    g_squared = torch.dot(gradient, gradient)
+    r = gradient.neg()
+    p = r.clone()
+    x: torch.Tensor | None = None
+    rz = g_squared
+    curvatures: list[torch.Tensor] = []
+    squared_residuals: list[torch.Tensor] = []
+    for iteration in range(1, max_iterations + 1):
+        ap = apply(p)
+        curvature = torch.dot(p, ap)
+        step = rz / curvature
+        x = torch.mul(p, step) if x is None else x.addcmul_(p, step)
+        if on_step is not None:
+            on_step(step)
+        r.addcmul_(ap, step, value=-1)
+        rz_new = torch.dot(r, r)
+        curvatures.append(curvature)
+        squared_residuals.append(rz_new)
+        if iteration < max_iterations:
+            torch.addcmul(r, p, rz_new / rz, out=p)
+            rz = rz_new
+    assert x is not None
+    scalars = torch.stack([g_squared, *curvatures, *squared_residuals, torch.dot(x, r),
+                           torch.dot(x, gradient)]).tolist()  # the one host synchronisation
+    g_squared_value, x_r, x_g = scalars[0], scalars[-2], scalars[-1]
+    if g_squared_value == 0.0:
+        return None
+    g_norm = math.sqrt(g_squared_value)
+    rz_value = g_squared_value
+    residuals, values = [math.sqrt(rz_value) / g_norm], [0.0]
+    value = 0.0
+    stop: StopReason = "max_iterations"
+    for iteration, (curvature_value, rz_new_value) in enumerate(zip(
+            scalars[1:1 + max_iterations], scalars[1 + max_iterations:-2], strict=True),
+            start=1):
+        if not curvature_value > 0 or not math.isfinite(curvature_value):
+            return None
+        value -= 0.5 * (rz_value / curvature_value) * rz_value
+        values.append(value)
+        residuals.append(math.sqrt(max(rz_new_value, 0.0)) / g_norm)
+        if residuals[-1] <= 0.0:
+            if iteration < max_iterations:
+                return None
+            stop = "tolerance"
+        rz_value = rz_new_value
+    quadratic_value = -0.5 * (x_r - x_g)
+    values[-1] = quadratic_value
+    return CGResult(direction=x, iterations=max_iterations, products=max_iterations,
+                    residual_history=tuple(residuals), model_values=tuple(values),
+                    quadratic_value=quadratic_value, curvature=-(x_r + x_g), stop_reason=stop)
+
+
+def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: torch.Tensor,
+                  max_iterations: int, tolerance: float, initial: torch.Tensor | None,
+                  preconditioner: torch.Tensor | None, relative_progress: bool,
+                  progress_epsilon: float, on_step: Callable[[float], None] | None
+                  ) -> CGResult:
+    """CG with the stopping tests after every product (one host read each)."""
 
     def precondition(r: torch.Tensor) -> torch.Tensor:
         return r / preconditioner if preconditioner is not None else r

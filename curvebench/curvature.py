@@ -222,24 +222,32 @@ class Linearization:
                 if output.dim() != 2:
                     raise ValueError(f"the model's output must be (N, D), got shape "
                                      f"{tuple(output.shape)}")
-                detached = output.detach().requires_grad_(True)
+                double_vjp = self.jvp_method == "double_vjp"
+                detached = output.detach().requires_grad_(True) if double_vjp else output
                 loss_value = loss(detached, targets)
             with timer.phase("backward"):
-                (output_gradient,) = torch.autograd.grad(loss_value, detached)
-                # The cotangent is a leaf so that the backward graph below is differentiable
-                # in it; its value ∂L/∂f makes the same pass return the gradient.
-                self._cotangent = output_gradient.detach().requires_grad_(
-                    self.jvp_method == "double_vjp")
-                grads = torch.autograd.grad(output, self.params, self._cotangent,
-                                            create_graph=self.jvp_method == "double_vjp",
-                                            retain_graph=True, allow_unused=True)
+                if double_vjp:
+                    (output_gradient,) = torch.autograd.grad(loss_value, detached)
+                    # The cotangent is a leaf so that the backward graph below is
+                    # differentiable in it; its value ∂L/∂f makes the same pass return the
+                    # gradient.
+                    self._cotangent = output_gradient.detach().requires_grad_(True)
+                    grads = torch.autograd.grad(output, self.params, self._cotangent,
+                                                create_graph=True, retain_graph=True,
+                                                allow_unused=True)
+                else:  # one backward pass gives ∂L/∂f and the gradient
+                    output_gradient, *grads = torch.autograd.grad(
+                        loss_value, [output, *self.params], retain_graph=True,
+                        allow_unused=True)
+                    self._cotangent = output_gradient
         self._output_graph = output
         self._vjp_graph = [g for g in grads if g is not None and g.requires_grad]
         self._vjp_index = [i for i, g in enumerate(grads) if g is not None and g.requires_grad]
         self.output = output.detach()
         self.loss_value = loss_value.detach()
-        self.output_gradient = output_gradient.detach()
-        self.gradient = flatten([None if g is None else g.detach() for g in grads], self.params)
+        self.output_gradient = output_gradient.detach() if double_vjp else output_gradient
+        with torch.no_grad():
+            self.gradient = flatten(grads, self.params)
         self._hessian_graph: list[torch.Tensor | None] | None = None
         self._input_layer = _input_layer_index(self._layers)
         self.input_layer_tangent: torch.Tensor | None = None
@@ -418,7 +426,7 @@ Tangent = torch.Tensor | None  # None: the zero tangent
 
 def _linear_rule(layer: _CapturedLayer, t: Tangent, chunks: list[torch.Tensor]) -> Tangent:
     module = layer.module
-    out = None if t is None else F.linear(t, module.weight.detach())
+    out = None if t is None else F.linear(t, module.weight)  # under no_grad
     if layer.weight is not None or layer.bias is not None:
         v_weight = chunks[layer.weight] if layer.weight is not None else None
         v_bias = chunks[layer.bias] if layer.bias is not None else None
@@ -432,7 +440,7 @@ def _linear_rule(layer: _CapturedLayer, t: Tangent, chunks: list[torch.Tensor]) 
 
 def _conv_rule(layer: _CapturedLayer, t: Tangent, chunks: list[torch.Tensor]) -> Tangent:
     module = layer.module
-    out = None if t is None else module._conv_forward(t, module.weight.detach(), None)
+    out = None if t is None else module._conv_forward(t, module.weight, None)  # no_grad
     if layer.weight is not None or layer.bias is not None:
         v_weight = chunks[layer.weight] if layer.weight is not None else None
         v_bias = chunks[layer.bias] if layer.bias is not None else None
@@ -539,8 +547,10 @@ def _capturing_forward(model: nn.Module, inputs: torch.Tensor, chain: list[_Capt
             layer = chain[position]
             if type(module) in _MAX_POOL:  # the pre-hook asked for the argmax: take it
                 output, layer.indices = output
-            layer.inputs = args[0].detach()
-            layer.output = output.detach()
+            # Kept as they are (in the graph): the tangent rules and evaluate_loss read them
+            # under no_grad, and a detached view per tensor is one more operation per layer.
+            layer.inputs = args[0]
+            layer.output = output
             order.append(position)
             return output
         return hook

@@ -44,7 +44,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import torch
@@ -230,7 +230,8 @@ class GaussNewtonCG(CurvatureOptimizer):
         self.counters.update(forward_passes=1, backward_passes=1, function_evaluations=1)
 
         with timer.phase("update"):
-            theta = flatten([p.detach() for p in params], params)
+            with torch.no_grad():
+                theta = flatten(params, params)
             grad = linearization.gradient
             if decay:
                 grad = grad.add(theta, alpha=decay)
@@ -257,12 +258,14 @@ class GaussNewtonCG(CurvatureOptimizer):
         # need not recompute that layer.
         along: list[torch.Tensor] = []
 
-        def on_step(step: float) -> None:
+        def on_step(step: float | torch.Tensor) -> None:
             tangent = linearization.input_layer_tangent
-            if along:
-                along[0].add_(tangent, alpha=step)
-            else:
+            if not along:
                 along.append(tangent * step)
+            elif isinstance(step, torch.Tensor):  # CG without host synchronisation
+                along[0].addcmul_(tangent, step)
+            else:
+                along[0].add_(tangent, alpha=step)
 
         iterations = (h["warmup_cg_iterations"] if state["step"] <= h["warmup_steps"]
                       else h["cg_iterations"])
@@ -275,21 +278,20 @@ class GaussNewtonCG(CurvatureOptimizer):
                 matvec, gradient=rhs, max_iterations=iterations,
                 tolerance=h["cg_tolerance"], initial=initial,
                 relative_progress=h["cg_relative_progress"],
-                on_step=on_step if track else None,
+                on_step=on_step if track else None, on_restart=along.clear,
             )
         self.counters.update(ggn_products=result.products, cg_iterations=result.iterations)
         direction = result.direction
         state["previous_direction"] = direction
 
-        f0 = float(linearization.loss_value) + (
-            0.5 * decay * float(theta @ theta) if decay else 0.0)
+        write_step = _step_writer(params, theta, direction)
         alpha, ratio, evaluations = self._choose_step(
-            linearization, theta, direction, result, f0=f0, damping=damping,
+            linearization, theta, write_step, result, damping=damping,
             input_layer_tangent=along[0] if along else None)
         self.counters.update(forward_passes=evaluations, function_evaluations=evaluations)
         if not evaluations:  # otherwise the parameters already hold θ + αd, the last one tried
             with timer.phase("update"):
-                _write_step(params, theta, direction, alpha)
+                write_step(alpha)
 
         self.step_info = {
             "cg_iterations": float(result.iterations),
@@ -303,26 +305,36 @@ class GaussNewtonCG(CurvatureOptimizer):
         return linearization.loss_value
 
     def _choose_step(self, linearization: Linearization, theta: torch.Tensor,
-                     direction: torch.Tensor, result: CGResult, *, f0: float,
-                     damping: float, input_layer_tangent: torch.Tensor | None
-                     ) -> tuple[float, float, int]:
-        """Reduction ratio, damping update and line search; returns ``(α, r, evaluations)``."""
+                     write_step: Callable[[float], None], result: CGResult, *, damping: float,
+                     input_layer_tangent: torch.Tensor | None) -> tuple[float, float, int]:
+        """Reduction ratio, damping update and line search; returns ``(α, r, evaluations)``.
+
+        Each function evaluation costs one host read (on a GPU, a synchronisation); the first
+        one also brings ``f(θ)`` (and ``‖θ‖²`` for weight decay).
+        """
         h = self.hyperparameters
         state = self.state[_STATE]
         alpha = h["step_size"]
         if not (h["adaptive_damping"] or h["line_search"]):
             return alpha, math.nan, 0
-        params = self.parameters_list()
         decay = h["weight_decay"]
         slope = result.quadratic_value - 0.5 * result.curvature  # gᵀd
 
+        def evaluate_on_device(step: float) -> torch.Tensor:
+            write_step(step)
+            return linearization.evaluate_loss(
+                regularizer=decay, step=step, input_layer_tangent=input_layer_tangent)
+
         def evaluate(step: float) -> float:
-            _write_step(params, theta, direction, step)
-            return float(linearization.evaluate_loss(
-                regularizer=decay, step=step, input_layer_tangent=input_layer_tangent))
+            return float(evaluate_on_device(step))
 
         with self.phase_timer.phase("line_search"):
-            first = evaluate(alpha)
+            # f(θ) = L(θ) + (ω/2)‖θ‖², read with the first evaluation in one transfer.
+            read = [linearization.loss_value, evaluate_on_device(alpha)]
+            if decay:
+                read.append(theta @ theta)
+            loss_value, first, *norm = torch.stack(read).tolist()
+            f0 = loss_value + (0.5 * decay * norm[0] if decay else 0.0)
             evaluations = 1
             predicted = alpha * slope + 0.5 * alpha * alpha * result.curvature
             ratio = (first - f0) / predicted if predicted < 0 else -math.inf
@@ -339,13 +351,20 @@ class GaussNewtonCG(CurvatureOptimizer):
         return alpha, ratio, evaluations
 
 
-def _write_step(params: list[torch.Tensor], theta: torch.Tensor, direction: torch.Tensor,
-                step: float) -> None:
-    """Write ``θ + α d`` (flat ``theta`` and ``direction``) into ``params`` in place."""
-    with torch.no_grad():
-        for p, start, move in zip(params, unflatten(theta, params), unflatten(direction, params),
-                                  strict=True):
-            torch.add(start, move, alpha=step, out=p)
+def _step_writer(params: list[torch.Tensor], theta: torch.Tensor,
+                 direction: torch.Tensor) -> Callable[[float], None]:
+    """``α ↦`` write ``θ + α d`` (flat ``theta`` and ``direction``) into ``params`` in place.
+
+    Two multi-tensor operations per write (one kernel each on a GPU) on views made once.
+    """
+    starts, moves = unflatten(theta, params), unflatten(direction, params)
+
+    @torch.no_grad()
+    def write(step: float) -> None:
+        torch._foreach_copy_(params, starts)
+        torch._foreach_add_(params, moves, alpha=step)
+
+    return write
 
 
 def _check_int(name: str, value: Any, *, minimum: int) -> None:

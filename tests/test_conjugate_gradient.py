@@ -189,3 +189,48 @@ def test_on_step_reports_the_iterate_as_a_combination_of_the_products_vectors(in
                                 initial=initial, on_step=on_step)
     assert result.warm_started == (initial_scale == 0.9)
     torch.testing.assert_close(total, result.direction, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize(("case", "iterations"), [
+    ("spd", 7),             # no test meets a stop: one pass without host reads
+    ("identity", 6),        # the residual is exactly 0 after one iteration: replayed
+    ("negative", 3),        # non-positive curvature at the first product: replayed
+    ("zero_gradient", 3),
+])
+def test_solve_without_host_reads_matches_the_tested_solve(case, iterations):
+    """Tolerance 0 runs CG's iterations with device scalars and replays the stopping tests on
+    them at the end; the result is the one of the loop that tests after every product (here
+    with a tolerance too small to matter), and a replayed pass restarts ``on_step``."""
+    n = 12
+    matrix = {"spd": _spd(n, condition=1e3), "identity": 2 * torch.eye(n, dtype=torch.float64),
+              "negative": -torch.diag(torch.arange(1.0, n + 1, dtype=torch.float64))}.get(case)
+    g = torch.zeros(n, dtype=torch.float64) if case == "zero_gradient" else _gradient(n)
+    latest: list[torch.Tensor] = []
+    totals = [torch.zeros(n, dtype=torch.float64)]
+    restarts: list[int] = []
+
+    def matvec(v: torch.Tensor) -> torch.Tensor:
+        latest[:] = [v.clone()]
+        return v if matrix is None else matrix @ v
+
+    def on_step(alpha) -> None:
+        totals[0] = totals[0] + alpha * latest[0]
+
+    def on_restart() -> None:
+        restarts.append(1)
+        totals[0] = torch.zeros(n, dtype=torch.float64)
+
+    fast = conjugate_gradient(matvec, gradient=g, max_iterations=iterations, on_step=on_step,
+                              on_restart=on_restart)
+    tested = conjugate_gradient(matvec, gradient=g, max_iterations=iterations,
+                                tolerance=1e-300)
+    assert len(restarts) == (case != "spd")
+    torch.testing.assert_close(totals[0], fast.direction, rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(fast.direction, tested.direction, rtol=1e-12, atol=1e-14)
+    assert fast.stop_reason == tested.stop_reason
+    assert (fast.iterations, fast.products) == (tested.iterations, tested.products)
+    for ours, theirs in ((fast.residual_history, tested.residual_history),
+                         (fast.model_values, tested.model_values),
+                         ((fast.quadratic_value, fast.curvature),
+                          (tested.quadratic_value, tested.curvature))):
+        assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-14)

@@ -12,6 +12,7 @@ from curvebench import curvature
 from curvebench.curvature import Linearization, UnsupportedModelError
 from curvebench.harness import run
 from curvebench.losses import CrossEntropyLoss, MSELoss
+from curvebench.operator_counts import OperatorCounter
 from curvebench.optimizers import HyperparameterError, get_optimizer
 from curvebench.optimizers.sgn import GaussNewtonCG, armijo_backtracking, update_damping
 from curvebench.problems import Budget, get_problem
@@ -351,3 +352,57 @@ def test_tracked_input_layer_gives_the_same_trajectory_with_warm_starts(monkeypa
         final[fan_in] = (flat_parameters(model), [info["reduction_ratio"] for info in infos])
     torch.testing.assert_close(final[1][0], final[10**9][0], rtol=1e-10, atol=1e-12)
     assert final[1][1] == pytest.approx(final[10**9][1], rel=1e-8)
+
+
+def _tracked_mlp_batch(batch: int = 16):
+    generator = torch.Generator().manual_seed(7)
+    x = torch.randn(batch, curvature.TRACKED_FAN_IN, generator=generator, dtype=torch.float64)
+    y = torch.randint(0, 3, (batch,), generator=generator)
+    torch.manual_seed(8)
+    model = nn.Sequential(nn.Linear(curvature.TRACKED_FAN_IN, 6), nn.Tanh(),
+                          nn.Linear(6, 3)).double()
+    return model, CrossEntropyLoss(), x, y
+
+
+@pytest.mark.parametrize("weight_decay", [0.0, 1e-2])
+def test_a_step_reads_the_host_once_plus_once_per_function_evaluation(weight_decay):
+    """With ``cg_tolerance = 0`` CG keeps its scalars on the device: a step's host reads (GPU
+    synchronisations) do not grow with the CG iterations ``k``. One for CG's scalars, one per
+    line-search evaluation (the first also brings ``f(θ)``)."""
+    steps = 3
+    for k in (1, 6):
+        model, loss, x, y = _tracked_mlp_batch()
+        optimizer = GaussNewtonCG(model, loss=loss, cg_iterations=k, cg_tolerance=0.0,
+                                  warmup_steps=0, step_size=100.0, weight_decay=weight_decay)
+        assert Linearization(model, loss=loss, inputs=x, targets=y).tracks_input_layer
+        with OperatorCounter() as counts:
+            for _ in range(steps):
+                optimizer.step(inputs=x, targets=y)
+        line_search = optimizer.counters["function_evaluations"] - steps  # less the linearising
+        assert optimizer.counters["cg_iterations"] == k * steps
+        assert line_search > steps  # it backtracked: evaluations are read one by one
+        assert counts.host_reads == steps + line_search, k
+
+
+def test_a_solve_without_host_reads_gives_the_trajectory_of_one_with_them():
+    """The same float64 trajectory (parameters, step sizes, ratios, CG's reported scalars)
+    whether CG tests after every product (a tolerance too small to matter) or runs its ``k``
+    iterations with its scalars on the device (tolerance 0)."""
+    runs = {}
+    for tolerance in (0.0, 1e-300):
+        model, loss, x, y = _tracked_mlp_batch()
+        optimizer = GaussNewtonCG(model, loss=loss, cg_iterations=4, cg_tolerance=tolerance,
+                                  warmup_steps=2, warmup_cg_iterations=7, step_size=4.0,
+                                  damping=1e-3, damping_min=1e-4, weight_decay=1e-3)
+        infos = []
+        for _ in range(6):
+            optimizer.step(inputs=x, targets=y)
+            infos.append(dict(optimizer.step_info))
+        runs[tolerance] = (flat_parameters(model), infos)
+    (fast, fast_infos), (checked, checked_infos) = runs[0.0], runs[1e-300]
+    torch.testing.assert_close(fast, checked, rtol=1e-12, atol=1e-14)
+    assert any(info["step_size"] < 4.0 for info in fast_infos)
+    for ours, theirs in zip(fast_infos, checked_infos, strict=True):
+        assert ours.keys() == theirs.keys()
+        for key in ours:
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-300), key
