@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
-from curvebench import kronecker
 from curvebench.kronecker import (
     CURVATURE_TYPES,
     UnsupportedModelError,
@@ -519,14 +518,31 @@ def test_a_layer_used_twice_is_refused_in_one_line(curvature):
 
 
 @pytest.mark.parametrize(("channels", "size"), [(2, 5), (8, 12)])
-def test_conv_input_factor_by_rows_and_by_example(channels, size):
-    """Small patches go through one product of copied rows, large ones example by example."""
+def test_conv_input_factor_equals_explicit_patches(channels, size):
     torch.manual_seed(12)
     conv = nn.Conv2d(channels, 3, 3, padding=1).to(DTYPE)
     images = torch.randn(4, channels, size, size, dtype=DTYPE)
-    by_example = channels * 9 * size * size >= kronecker._PER_EXAMPLE_WORK
-    assert by_example == (channels == 8)
     patches = _explicit_patches(images, conv)
     homogeneous = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
     expected = torch.einsum("nti,ntj->ij", homogeneous, homogeneous) / 4
     torch.testing.assert_close(input_factor(conv, images), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("conv", [
+    nn.Conv2d(2, 3, 3, dilation=2, padding=2), nn.Conv2d(2, 3, 4, padding="same", dilation=(2, 1)),
+    nn.Conv2d(2, 3, 3, stride=(2, 1), padding=1, padding_mode="circular"),
+    nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=False),
+    nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.Conv1d(2, 3, 4, padding="same", dilation=2),
+    nn.Conv1d(2, 3, 3, padding=2, padding_mode="replicate", bias=False),
+], ids=lambda conv: repr(conv))
+def test_conv_input_factor_equals_unfolded_patches(conv):
+    """Dilation, 1-D, 'same' and non-zero padding modes, no bias: ``A`` from the strided
+    windows equals ``(1/N) Σ ã ãᵀ`` over ``F.unfold``'s patches (:func:`layer_inputs`)."""
+    torch.manual_seed(13)
+    conv = conv.to(DTYPE)
+    x = torch.randn(*((5, 2, 11) if isinstance(conv, nn.Conv1d) else (5, 2, 7, 8)), dtype=DTYPE)
+    patches = layer_inputs(conv, x)
+    if conv.bias is not None:
+        patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
+    expected = torch.einsum("nti,ntj->ij", patches, patches) / 5
+    torch.testing.assert_close(input_factor(conv, x), expected, rtol=1e-10, atol=1e-12)
