@@ -381,17 +381,17 @@ EXPLANATIONS = {
         "or faster: ours keeps the bias in the input factor (A is 785 wide, ASDL's 784 with "
         "the bias preconditioned by S alone), so each step copies [∇W, ∇b] and multiplies "
         "by a 785-wide A (~0.13 ms), and the KL clipping's ⟨U, V⟩ reads the 256×785 U and V "
-        "once more (~0.14 ms), which ASDL does not compute; 0.98–1.00 in two runs at load 3"),
+        "once more (~0.14 ms), which ASDL does not compute; 0.98–1.00 in three runs at load 3"),
     ("kfac-empirical", "mlp"): (
         "the same as for kfac: the bias column in A (a [∇W, ∇b] copy and 785-wide products) "
-        "and the KL clipping's ⟨U, V⟩ on plain steps; factor steps are at par; 1.03–1.05 in "
-        "four runs at load 3"),
+        "and the KL clipping's ⟨U, V⟩ on plain steps; factor steps are at par; 1.02–1.04 in "
+        "three runs at load 3"),
     ("kfac-empirical", "digits-cnn"): (
         "a ~3 ms SGD step, so per-operation overhead shows: after the backward pass a plain "
         "step runs about 40 small operations against ASDL's 30 (the bias column, which ASDL "
         "leaves out of A, KL clipping's ⟨U, V⟩ and the update norm, which ASDL does not "
         "compute); factor steps are faster than ASDL's (patch columns from strided windows); "
-        "0.97–0.98 in three runs at load 2–3"),
+        "0.97–0.99 in five runs at load 2–3"),
 }
 
 
