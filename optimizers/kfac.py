@@ -342,6 +342,12 @@ class KFAC(CurvatureOptimizer):
             group = self._groups[id(parameter)]
         return group
 
+    def _groups_of(self, parameters: list[torch.Tensor]) -> list[dict[str, Any]]:
+        """The parameter group of each of ``parameters`` (one lookup for a single group)."""
+        if len(self.param_groups) == 1:
+            return [self.param_groups[0]] * len(parameters)
+        return [self._group_of(p) for p in parameters]
+
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
         """Load as ``torch.optim.Optimizer`` does; decompositions are restored from the state."""
         super().load_state_dict(state_dict)
@@ -408,16 +414,14 @@ class KFAC(CurvatureOptimizer):
             with self.phase_timer.phase("solve"):
                 self._update_decompositions()
 
+        groups = self._groups_of(parameters)
         with self.phase_timer.phase("update"):
-            directions, nu = self._directions(parameters, grads)
-            size = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions))))
+            directions, blocks, nu = self._directions(parameters, grads, groups)
+            size = _norm(blocks)
             finite = math.isfinite(size)
-            if finite:
-                momentum = [self._group_of(p)["momentum"] for p in parameters]
-                if any(momentum):
-                    directions = self._momentum(parameters, directions)
-                    size = float(torch.linalg.vector_norm(
-                        torch.stack(torch._foreach_norm(directions))))
+            if finite and any(group["momentum"] for group in groups):
+                directions = self._momentum(parameters, directions, groups)
+                size = _norm(directions)
 
         reduction_ratio = None
         if not finite:
@@ -428,13 +432,12 @@ class KFAC(CurvatureOptimizer):
                 self._set_damping(self.damping / self.damping_decay)
         elif linearization is not None:
             with self.phase_timer.phase("damping"):
-                deltas = [d * -self._group_of(p)["lr"]
-                          for p, d in zip(parameters, directions, strict=True)]
+                deltas = [d * -group["lr"] for d, group in zip(directions, groups, strict=True)]
                 model_change, tangent = self._quadratic_model(linearization, parameters,
                                                               grads, deltas)
         if finite:
             with self.phase_timer.phase("update"), torch.no_grad():
-                rates = [self._group_of(p)["lr"] for p in parameters]
+                rates = [group["lr"] for group in groups]
                 if len(set(rates)) == 1:  # one fused update for the usual single rate
                     torch._foreach_add_(parameters, directions, alpha=-rates[0])
                 else:
@@ -542,64 +545,72 @@ class KFAC(CurvatureOptimizer):
             self._inverse_keys[layer] = key
         return state["damped_inverse_A"], state["damped_inverse_S"]
 
-    def _precondition(self, layer: nn.Module, weight: torch.Tensor,
-                      bias: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``(S + γ_S I)⁻¹ [W, b] (A + γ_A I)⁻¹`` split back into weight and bias shapes.
+    def _precondition(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
+        """``(S + γ_S I)⁻¹ V (A + γ_A I)⁻¹`` of a layer's ``V = [∇W, ∇b]`` (``(d_out, d_in+1)``).
 
-        With stored inverses the bias column is never concatenated: ``[W, b] A⁻¹`` is computed
-        blockwise. A factor kept as a Cholesky factor (:func:`prefer_triangular_solves`) is
-        applied by two triangular solves on ``[W, b]``.
+        Two matrix products with stored inverses; a factor kept as a Cholesky factor
+        (:func:`prefer_triangular_solves`) is applied by two triangular solves instead.
         """
         dec_a, dec_s = self._decompositions[layer]
         if dec_a.factor is not None or dec_s.factor is not None:
             dtype = (dec_a.factor if dec_a.factor is not None else dec_a.inverse).dtype
-            matrix = weight.reshape(weight.shape[0], -1).to(dtype)
-            if bias is not None:
-                matrix = torch.cat([matrix, bias.to(dtype).unsqueeze(1)], dim=1)
-            result = dec_a.solve(dec_s.solve(matrix).T).T
-            if bias is None:
-                return result.to(weight.dtype).view_as(weight), None
-            return (result[:, :-1].to(weight.dtype).reshape(weight.shape),
-                    result[:, -1].to(bias.dtype))
+            work = matrix if matrix.dtype == dtype else matrix.to(dtype)
+            return dec_a.solve(dec_s.solve(work).T).T.to(matrix.dtype)
         inverse_a, inverse_s = self._damped_inverses(layer)
-        work = weight.reshape(weight.shape[0], -1).to(inverse_a.dtype)
-        left = inverse_s @ work
-        if bias is None:
-            return (left @ inverse_a).to(weight.dtype).view_as(weight), None
-        left_bias = inverse_s @ bias.to(inverse_a.dtype)
-        new_weight = (left @ inverse_a[:-1, :-1]).addmm_(left_bias.unsqueeze(1),
-                                                         inverse_a[-1:, :-1])
-        new_bias = torch.addmv(left_bias * inverse_a[-1, -1], left, inverse_a[:-1, -1])
-        return (new_weight.to(weight.dtype).view_as(weight), new_bias.to(bias.dtype))
+        if matrix.dtype != inverse_a.dtype:
+            return (inverse_s @ matrix.to(inverse_a.dtype) @ inverse_a).to(matrix.dtype)
+        return inverse_s @ matrix @ inverse_a
 
-    def _directions(self, parameters, grads) -> tuple[list[torch.Tensor], float]:
-        """Preconditioned, clipped directions ``νU`` per parameter, and ``ν``."""
-        raw = []
-        for p, g in zip(parameters, grads, strict=True):
-            decay = self._group_of(p)["weight_decay"]
-            raw.append(g.add(p.detach(), alpha=decay) if decay else g)
+    def _directions(self, parameters, grads, groups: list[dict[str, Any]]
+                    ) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
+        """Preconditioned, clipped directions ``νU`` per parameter, the same values as fewer
+        tensors (``blocks``: a layer's ``νU`` matrix instead of its weight and bias parts),
+        and ``ν``.
+
+        A layer's weight and bias directions are views of its one ``U`` matrix: ``V`` is
+        assembled once (one copy), preconditioned by two products and never split into
+        copies; the KL clipping takes ``⟨U, V⟩`` once per layer on those matrices.
+        """
+        raw = [g.add(p.detach(), alpha=group["weight_decay"]) if group["weight_decay"] else g
+               for p, g, group in zip(parameters, grads, groups, strict=True)]
         directions = list(raw)  # fallback: the gradient itself
+        kl = self.clipping == "kl"
+        inners, blocks = [], []
+        covered = set()
         for layer, (w, b) in self._layer_index(parameters).items():
             if layer not in self._decompositions:
                 continue
-            directions[w], bias = self._precondition(layer, raw[w],
-                                                     raw[b] if b is not None else None)
+            weight = raw[w]
+            matrix = weight.reshape(weight.shape[0], -1)
             if b is not None:
-                directions[b] = bias
+                matrix = torch.cat([matrix, raw[b].unsqueeze(1)], dim=1)
+            result = self._precondition(layer, matrix)
+            blocks.append(result)
+            if kl:
+                inners.append(torch.vdot(result.reshape(-1), matrix.reshape(-1)))
+            if b is None:
+                directions[w] = result.reshape(weight.shape)
+            else:
+                directions[w] = result[:, :-1].reshape(weight.shape)
+                directions[b] = result[:, -1]
+                covered.add(b)
+            covered.add(w)
+        blocks += [directions[i] for i in range(len(raw)) if i not in covered]
         nu = 1.0
         lr = float(self.param_groups[0]["lr"])
-        if self.clipping == "kl":
-            inner = float(torch.stack([torch.vdot(d.reshape(-1), r.reshape(-1))
-                                       for d, r in zip(directions, raw, strict=True)]).sum())
+        if kl:
+            inners += [torch.vdot(directions[i].reshape(-1), raw[i].reshape(-1))
+                       for i in range(len(raw)) if i not in covered]
+            inner = float(torch.stack(inners).sum())
             if inner > 0 and lr**2 * inner > self.clip_threshold:
                 nu = math.sqrt(self.clip_threshold / (lr**2 * inner))
         elif self.clipping == "norm":
-            norm = float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(directions))))
+            norm = _norm(blocks)
             if lr * norm > self.clip_threshold:
                 nu = self.clip_threshold / (lr * norm)
         if nu != 1.0:
-            directions = torch._foreach_mul(directions, nu)
-        return directions, nu
+            directions = blocks = torch._foreach_mul(directions, nu)
+        return directions, blocks, nu
 
     def _layer_index(self, parameters) -> dict[nn.Module, tuple[int, int | None]]:
         """``layer -> (index of its weight, of its bias or None)`` in ``parameters``."""
@@ -612,11 +623,10 @@ class KFAC(CurvatureOptimizer):
             self._index_key = key
         return self._index
 
-    def _momentum(self, parameters, directions) -> list[torch.Tensor]:
+    def _momentum(self, parameters, directions, groups) -> list[torch.Tensor]:
         """The momentum buffers ``m ← μ m + νU`` (the direction itself without momentum)."""
         result = []
-        for p, d in zip(parameters, directions, strict=True):
-            group = self._group_of(p)
+        for p, d, group in zip(parameters, directions, groups, strict=True):
             if group["momentum"]:
                 state = self.state[p]
                 if "momentum_buffer" in state:
@@ -680,6 +690,11 @@ class KFAC(CurvatureOptimizer):
         damping = min(max(damping, 1e-8), _MAX_DAMPING)
         for group in self.param_groups:
             group["damping"] = damping
+
+
+def _norm(tensors: list[torch.Tensor]) -> float:
+    """``‖(t₁, t₂, …)‖₂`` of a list of tensors, as a float."""
+    return float(torch.linalg.vector_norm(torch.stack(torch._foreach_norm(tensors))))
 
 
 def _pack(state: dict[str, Any], key: str, decomposition: Decomposition) -> None:

@@ -273,6 +273,42 @@ def test_clipping_bounds_the_step():
     assert free.step_info["update_norm"] > kl.step_info["update_norm"]
 
 
+@pytest.mark.parametrize("inverse_method", ["eigh", "cholesky"])
+def test_kl_clipping_and_update_norm_over_blocks_and_fallback_parameters(inverse_method):
+    """ν = √(κ / (α² Σ⟨U, V⟩)) with the sum over every parameter (a layer with a bias, one
+    without, and fallback parameters), and ``update_norm`` = ‖θ_new − θ‖."""
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Tanh(),
+                          nn.Linear(4, 3, bias=False)).to(DTYPE)
+    loss = CrossEntropyLoss()
+    inputs, targets = _batch(6)
+    lr, decay, threshold = 0.7, 0.1, 1e-4
+    before = [p.detach().clone() for p in model.parameters()]
+    gradients = torch.autograd.grad(loss(model(inputs), targets), list(model.parameters()))
+    steps = {}
+    for clipping in ("none", "kl"):
+        copy_ = copy.deepcopy(model)
+        optimizer = KFAC(copy_, loss=loss, curvature="kflr", lr=lr, weight_decay=decay,
+                         clipping=clipping, clip_threshold=threshold,
+                         inverse_method=inverse_method)
+        optimizer.step(inputs=inputs, targets=targets)
+        steps[clipping] = ([(b - p.detach()) / lr for b, p in zip(before, copy_.parameters(),
+                                                                   strict=True)],
+                           optimizer.step_info)
+    directions, free_info = steps["none"]
+    inner = sum(float(torch.vdot(u.reshape(-1), (g + decay * b).reshape(-1)))
+                for u, g, b in zip(directions, gradients, before, strict=True))
+    nu = math.sqrt(threshold / (lr**2 * inner))
+    assert nu < 0.5
+    clipped, kl_info = steps["kl"]
+    assert kl_info["step_size"] == pytest.approx(lr * nu, rel=1e-10)
+    for u, v in zip(directions, clipped, strict=True):
+        torch.testing.assert_close(v, nu * u, rtol=1e-8, atol=1e-12)
+    norm = math.sqrt(sum(float(u.square().sum()) for u in directions))
+    assert free_info["update_norm"] == pytest.approx(lr * norm, rel=1e-10)
+    assert kl_info["update_norm"] == pytest.approx(lr * nu * norm, rel=1e-10)
+
+
 def test_layers_without_a_block_fall_back_to_sgd():
     torch.manual_seed(8)
     model = nn.Sequential(nn.Linear(5, 4), nn.LayerNorm(4), nn.Tanh(), nn.Linear(4, 3)).to(DTYPE)

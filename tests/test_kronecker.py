@@ -15,7 +15,6 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
-from curvebench import kronecker
 from curvebench.kronecker import (
     CURVATURE_TYPES,
     UnsupportedModelError,
@@ -519,13 +518,10 @@ def test_a_layer_used_twice_is_refused_in_one_line(curvature):
 
 
 @pytest.mark.parametrize(("channels", "size"), [(2, 5), (8, 12)])
-def test_conv_input_factor_by_rows_and_by_example(channels, size):
-    """Small patches go through one product of copied rows, large ones example by example."""
+def test_conv_input_factor_equals_explicit_patches(channels, size):
     torch.manual_seed(12)
     conv = nn.Conv2d(channels, 3, 3, padding=1).to(DTYPE)
     images = torch.randn(4, channels, size, size, dtype=DTYPE)
-    by_example = channels * 9 * size * size >= kronecker._PER_EXAMPLE_WORK
-    assert by_example == (channels == 8)
     patches = _explicit_patches(images, conv)
     homogeneous = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
     expected = torch.einsum("nti,ntj->ij", homogeneous, homogeneous) / 4
@@ -533,23 +529,20 @@ def test_conv_input_factor_by_rows_and_by_example(channels, size):
 
 
 @pytest.mark.parametrize("conv", [
-    lambda: nn.Conv2d(2, 3, 3, padding=1),
-    lambda: nn.Conv2d(2, 3, (3, 2), stride=(2, 1), padding=(1, 0), bias=False),
-    lambda: nn.Conv2d(2, 3, 3, dilation=2, padding=2, stride=2),
-    lambda: nn.Conv2d(2, 3, 3, padding="same", padding_mode="reflect"),
-    lambda: nn.Conv2d(2, 3, 2, padding=1, padding_mode="circular"),
-    lambda: nn.Conv1d(2, 3, 3, stride=2, padding=1, dilation=2),
-    lambda: nn.Conv1d(2, 3, 4, padding="valid"),
-])
-def test_patch_rows_equal_the_unfolded_patches(conv):
-    """The GPU path's patches (strided views, one copy) are ``F.unfold``'s, and give the
-    same input factor."""
+    nn.Conv2d(2, 3, 3, dilation=2, padding=2), nn.Conv2d(2, 3, 4, padding="same", dilation=(2, 1)),
+    nn.Conv2d(2, 3, 3, stride=(2, 1), padding=1, padding_mode="circular"),
+    nn.Conv2d(2, 3, 3, padding=1, padding_mode="reflect", bias=False),
+    nn.Conv1d(2, 3, 3, stride=2, padding=1), nn.Conv1d(2, 3, 4, padding="same", dilation=2),
+    nn.Conv1d(2, 3, 3, padding=2, padding_mode="replicate", bias=False),
+], ids=lambda conv: repr(conv))
+def test_conv_input_factor_equals_unfolded_patches(conv):
+    """Dilation, 1-D, 'same' and non-zero padding modes, no bias: ``A`` from the strided
+    windows equals ``(1/N) Σ ã ãᵀ`` over ``F.unfold``'s patches (:func:`layer_inputs`)."""
     torch.manual_seed(13)
-    module = conv().to(DTYPE)
-    shape = (3, 2, 7, 6) if isinstance(module, nn.Conv2d) else (3, 2, 11)
-    inputs = torch.randn(*shape, dtype=DTYPE)
-    expected = layer_inputs(module, inputs)
-    rows = kronecker.patch_rows(module, inputs)
-    torch.testing.assert_close(rows, expected.reshape(-1, expected.shape[-1]), rtol=0, atol=0)
-    by_rows = kronecker._input_factor_from_rows(module, rows, 1 / shape[0])
-    torch.testing.assert_close(by_rows, input_factor(module, inputs), rtol=1e-12, atol=1e-12)
+    conv = conv.to(DTYPE)
+    x = torch.randn(*((5, 2, 11) if isinstance(conv, nn.Conv1d) else (5, 2, 7, 8)), dtype=DTYPE)
+    patches = layer_inputs(conv, x)
+    if conv.bias is not None:
+        patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
+    expected = torch.einsum("nti,ntj->ij", patches, patches) / 5
+    torch.testing.assert_close(input_factor(conv, x), expected, rtol=1e-10, atol=1e-12)
