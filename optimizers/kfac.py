@@ -416,8 +416,7 @@ class KFAC(CurvatureOptimizer):
 
         groups = self._groups_of(parameters)
         with self.phase_timer.phase("update"):
-            directions, blocks, nu = self._directions(parameters, grads, groups)
-            size = _norm(blocks)
+            directions, nu, size = self._directions(parameters, grads, groups)
             finite = math.isfinite(size)
             if finite and any(group["momentum"] for group in groups):
                 directions = self._momentum(parameters, directions, groups)
@@ -562,10 +561,11 @@ class KFAC(CurvatureOptimizer):
         return inverse_s @ matrix @ inverse_a
 
     def _directions(self, parameters, grads, groups: list[dict[str, Any]]
-                    ) -> tuple[list[torch.Tensor], list[torch.Tensor], float]:
-        """Preconditioned, clipped directions ``νU`` per parameter, the same values as fewer
-        tensors (``blocks``: a layer's ``νU`` matrix instead of its weight and bias parts),
-        and ``ν``.
+                    ) -> tuple[list[torch.Tensor], float, float]:
+        """Preconditioned, clipped directions ``νU`` per parameter, ``ν``, and ``‖νU‖``.
+
+        The clipping's scalars and the norm are read from the device in one transfer (one
+        host synchronisation per step on a GPU); ``‖νU‖ = ν‖U‖``.
 
         A layer's weight and bias directions are views of its one ``U`` matrix: ``V`` is
         assembled once (one copy), preconditioned by two products and never split into
@@ -598,19 +598,21 @@ class KFAC(CurvatureOptimizer):
         blocks += [directions[i] for i in range(len(raw)) if i not in covered]
         nu = 1.0
         lr = float(self.param_groups[0]["lr"])
+        norm_tensor = torch.linalg.vector_norm(torch.stack(torch._foreach_norm(blocks)))
         if kl:
             inners += [torch.vdot(directions[i].reshape(-1), raw[i].reshape(-1))
                        for i in range(len(raw)) if i not in covered]
-            inner = float(torch.stack(inners).sum())
+            inner, norm = torch.stack([torch.stack(inners).sum().to(norm_tensor.dtype),
+                                       norm_tensor]).tolist()
             if inner > 0 and lr**2 * inner > self.clip_threshold:
                 nu = math.sqrt(self.clip_threshold / (lr**2 * inner))
-        elif self.clipping == "norm":
-            norm = _norm(blocks)
-            if lr * norm > self.clip_threshold:
+        else:
+            norm = float(norm_tensor)
+            if self.clipping == "norm" and lr * norm > self.clip_threshold:
                 nu = self.clip_threshold / (lr * norm)
         if nu != 1.0:
-            directions = blocks = torch._foreach_mul(directions, nu)
-        return directions, blocks, nu
+            directions = torch._foreach_mul(directions, nu)
+        return directions, nu, nu * norm
 
     def _layer_index(self, parameters) -> dict[nn.Module, tuple[int, int | None]]:
         """``layer -> (index of its weight, of its bias or None)`` in ``parameters``."""

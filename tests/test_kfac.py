@@ -556,3 +556,20 @@ def test_monte_carlo_labels_come_from_the_optimizer_generator():
         trajectories.append([p.detach().clone() for p in model.parameters()])
     for a, b in zip(*trajectories, strict=True):
         torch.testing.assert_close(a, b, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("clipping", ["kl", "norm", "none"])
+def test_a_step_reads_the_host_once_between_factor_updates(clipping):
+    """Between factor and inverse updates a step reads one transfer from the device (the
+    clipping's scalars and the update norm together): on a GPU, one synchronisation."""
+    from curvebench.operator_counts import OperatorCounter
+
+    inputs, targets = _batch()
+    optimizer = KFAC(_mlp(), loss=CrossEntropyLoss(), curvature="kfac", lr=0.1,
+                     cov_update_period=5, inv_update_period=5, clipping=clipping)
+    optimizer.step(inputs=inputs, targets=targets)  # factors and decompositions
+    for _ in range(3):
+        with OperatorCounter() as counts:
+            optimizer.step(inputs=inputs, targets=targets)
+        assert counts.host_reads == 1
+    assert optimizer.step_info["update_norm"] > 0
