@@ -26,10 +26,11 @@ interleaved repeats of:
 Ratios are printed for wall-clock time and for process CPU time (``time.process_time``); on a
 shared machine the CPU-time ratios are the robust ones, because preemption by other processes
 hits long operations (an SGN step) more often than short ones (an SGD step). Use one thread
-(the default) so that CPU time equals work done. The phases are timed with the process CPU
-clock. Every timed call follows an untimed call of the same work, as a step follows a step in
-training; otherwise whatever runs first after other work pays page faults on the memory that
-work freed.
+(the default) so that CPU time equals work done. Every timed call follows an untimed call of
+the same work, as a step follows a step in training; otherwise whatever runs first after other
+work pays page faults on the memory that work freed. The phases come from that untimed call,
+timed with the process CPU clock (CUDA events on a GPU); the timed call runs without a phase
+timer, as in a plain training loop.
 
     python benchmarks/sgn_costs.py [--workloads mlp cnn] [--repeats 15] [--threads 1]
                                    [--k 1 2 3 5 10] [--batch 512] [--device cpu|cuda]
@@ -129,7 +130,7 @@ from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers.sgn import GaussNewtonCG  # noqa: E402
 from curvebench.problems import get_problem  # noqa: E402
 from curvebench.problems.torch_models import torch_dataset  # noqa: E402
-from curvebench.timing import PhaseTimer  # noqa: E402
+from curvebench.timing import NullPhaseTimer, PhaseTimer  # noqa: E402
 
 #: The phases of an SGN step, in the order printed (names of :mod:`curvebench.timing`).
 PHASES = ("forward", "backward", "curvature", "solve", "line_search", "update")
@@ -249,7 +250,6 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
     for k in ks:
         sgn_model = copy.deepcopy(model)
         optimizer = _sgn(sgn_model, loss, k)
-        optimizer.phase_timer = PhaseTimer(inputs.device) if cuda else CPUPhaseTimer()
         optimizers[k] = optimizer
         work[f"sgn_step[k={k}]"] = (
             lambda optimizer=optimizer: optimizer.step(inputs=inputs, targets=targets))
@@ -265,18 +265,27 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         setups.get(key, _nothing)()
         fn()
     for optimizer in optimizers.values():
-        optimizer.phase_timer.collect()
-    by_key = {f"sgn_step[k={k}]": optimizer for k, optimizer in optimizers.items()}
+        optimizer.counters.clear()
+    by_key = {f"sgn_step[k={k}]": (k, optimizer) for k, optimizer in optimizers.items()}
     for _ in range(repeats):
         for key, fn in work.items():
             # An untimed run of the same work first, as in training, where a step follows a
             # step: else the first item after others pays page faults on the memory they freed
             # (measured: the CNN's first SGN step in a round +0.1 SGD steps of forward pass).
+            # Phases come from this untimed run, with a phase timer on; the timed run has none,
+            # as in a plain training loop (on a GPU each phase boundary records an event).
             setups.get(key, _nothing)()
+            if key in by_key:
+                k, optimizer = by_key[key]
+                optimizer.phase_timer = PhaseTimer(inputs.device) if cuda else CPUPhaseTimer()
             fn()
             if key in by_key:
-                by_key[key].phase_timer.collect()
-                by_key[key].counters.clear()
+                seconds = optimizer.phase_timer.collect()
+                for phase in PHASES:
+                    phases[k][phase].append(seconds.get(phase, 0.0))
+                evaluations[k].append(optimizer.counters["function_evaluations"])
+                optimizer.counters.clear()
+                optimizer.phase_timer = NullPhaseTimer()
             setups.get(key, _nothing)()
             if cuda:  # the GPU's clock: events around the call, idle launch gaps included
                 torch.cuda.synchronize()
@@ -290,11 +299,7 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
             fn()
             cpu[key].append(time.process_time() - start_cpu)
             wall[key].append(time.perf_counter() - start_wall)
-        for k, optimizer in optimizers.items():
-            seconds = optimizer.phase_timer.collect()
-            for phase in PHASES:
-                phases[k][phase].append(seconds.get(phase, 0.0))
-            evaluations[k].append(optimizer.counters["function_evaluations"])
+        for optimizer in optimizers.values():
             optimizer.counters.clear()
     clocks = (("cuda", wall),) if cuda else (("wall", wall), ("cpu", cpu))
     for clock, times in clocks:

@@ -110,15 +110,26 @@ def test_every_optimizer_runs_on_cuda_as_on_the_cpu(name):
     if _draws_random_numbers(name, problem):
         assert on_gpu.evaluations["train_loss"][-1] < on_gpu.evaluations["train_loss"][0]
         return
-    _assert_same(on_gpu.history["loss"], on_cpu.history["loss"])
-    _assert_same(on_gpu.evaluations["train_loss"], on_cpu.evaluations["train_loss"])
+    # How far the summation order alone moves this method's trajectory: the same run on the
+    # CPU with two threads (long CG solves, e.g. HF's, amplify rounding by orders of magnitude).
+    reordered = run(device="cpu", threads=2, **kwargs)
+    for key in ("history", "evaluations"):
+        field = "loss" if key == "history" else "train_loss"
+        _assert_same(getattr(on_gpu, key)[field], getattr(on_cpu, key)[field],
+                     spread=getattr(reordered, key)[field])
 
 
-def _assert_same(ours: list[float], expected: list[float]) -> None:
-    """Float64 values (recorded as Python floats) equal up to summation order."""
-    torch.testing.assert_close(torch.tensor(ours, dtype=torch.float64),
-                               torch.tensor(expected, dtype=torch.float64),
-                               rtol=1e-7, atol=1e-10)
+def _assert_same(ours: list[float], expected: list[float],
+                 spread: list[float] | None = None) -> None:
+    """Float64 values (recorded as Python floats) equal up to summation order: within 1e-7
+    relative, or 100 times the difference ``spread`` (the same computation summed in another
+    order) shows."""
+    ours_t, expected_t = (torch.tensor(v, dtype=torch.float64) for v in (ours, expected))
+    tolerance = 1e-7 * expected_t.abs() + 1e-10
+    if spread is not None:
+        moved = (torch.tensor(spread, dtype=torch.float64) - expected_t).abs()
+        tolerance = torch.maximum(tolerance, 100 * moved)
+    assert ((ours_t - expected_t).abs() <= tolerance).all(), (ours, expected, spread)
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adam", "sgn"])
@@ -139,16 +150,22 @@ def test_jax_on_a_gpu_matches_torch_on_cuda(optimizer):
 
 
 def test_phase_timer_reuses_its_events_and_times_nested_phases():
-    """CUDA-event phases, exclusive of nested ones, over several collects (events reused)."""
+    """CUDA-event phases, exclusive of nested ones, over several collects (events reused):
+    together they cover the bracketed work once (no interval counted twice)."""
     from curvebench.timing import PhaseTimer
 
     timer = PhaseTimer(CUDA)
     for _ in range(3):
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
         with timer.phase("outer"):
             torch.cuda._sleep(1_000_000)
             with timer.phase("inner"):
                 torch.cuda._sleep(4_000_000)
+        end.record()
         seconds = timer.collect()
+        total = start.elapsed_time(end) / 1e3
         assert set(seconds) == {"outer", "inner"}
-        assert 0 < seconds["outer"] < seconds["inner"]
+        assert min(seconds.values()) > 0
+        assert 0.9 * total <= sum(seconds.values()) <= total + 1e-5
     assert timer._free_events  # handed back for the next step
