@@ -7,14 +7,19 @@ Made for the GPU, where these workloads are bound by kernel launches and synchro
 rather than arithmetic; on a CPU the device columns are empty.
 
     python benchmarks/kfac_gpu_profile.py [--device cuda] [--workloads cnn mlp]
-        [--rows kfac "asdl kfac mc"] [--steps 20]
+        [--rows kfac "asdl kfac mc"] [--steps 20] [--sync-sources]
+
+With ``--sync-sources`` (CUDA) it also lists where each row's host synchronisations come from
+(``torch.cuda.set_sync_debug_mode``), by the innermost frames of the call stack.
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import os
 import sys
+import traceback
 import warnings
 
 import torch
@@ -32,6 +37,8 @@ def main() -> None:
     parser.add_argument("--workloads", nargs="+", default=["cnn", "mlp"])
     parser.add_argument("--rows", nargs="+", default=["kfac", "asdl kfac mc"])
     parser.add_argument("--steps", type=int, default=20, help="profiled steps (a cycle: 20)")
+    parser.add_argument("--sync-sources", action="store_true",
+                        help="list where the host synchronisations come from (CUDA)")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -65,10 +72,44 @@ def main() -> None:
                                    max_name_column_width=48))
             print(events.table(sort_by="cpu_time_total", row_limit=12,
                                max_name_column_width=48))
+            if args.sync_sources and device.type == "cuda":
+                print("host synchronisations per step, by source:")
+                for where, count in sync_sources(runner.step, args.steps).most_common(8):
+                    print(f"  {count / args.steps:5.2f}  {where}")
             if runner.phases is not None:
                 phases = runner.phases(args.steps)
                 print("phases, ms per step:", {k: round(v * 1e3 / args.steps, 3)
                                                for k, v in phases.items()})
+
+
+def sync_sources(step, steps: int) -> collections.Counter[str]:
+    """Where ``steps`` calls of ``step`` synchronise with the host: the two innermost frames
+    outside torch of each synchronisation ``torch.cuda.set_sync_debug_mode`` reports."""
+    sources: collections.Counter[str] = collections.Counter()
+    shown = warnings.showwarning
+
+    def record(message, category, *args, **kwargs) -> None:
+        frames = [f for f in traceback.extract_stack()[:-1]
+                  if f"{os.sep}torch{os.sep}" not in f.filename and "warnings" not in f.filename]
+        sources[" < ".join(f"{os.path.basename(f.filename)}:{f.lineno} {f.name}"
+                           for f in frames[-2:][::-1])] += 1
+
+    torch.cuda.synchronize()
+    warnings.showwarning = record
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("always")
+            warnings.showwarning = record
+            torch.cuda.set_sync_debug_mode("warn")
+            try:
+                for _ in range(steps):
+                    step()
+                torch.cuda.synchronize()
+            finally:
+                torch.cuda.set_sync_debug_mode("default")
+    finally:
+        warnings.showwarning = shown
+    return sources
 
 
 if __name__ == "__main__":

@@ -284,7 +284,7 @@ def _with_homogeneous(inner: torch.Tensor, sums: torch.Tensor, count: float) -> 
     factor[:d, :d] = inner
     factor[:d, d] = sums
     factor[d, :d] = sums
-    factor[d, d] = count
+    factor[d, d].fill_(count)  # a fill kernel: item assignment copies a host scalar (a sync)
     return factor
 
 
