@@ -374,13 +374,19 @@ class KroneckerFactorCollector:
         self._outputs: dict[nn.Module, torch.Tensor] = {}
         self._reused: list[nn.Module] = []
         self._activation_inputs: list[torch.Tensor] = []
-        self._handles = [layer.register_forward_hook(self._layer_hook) for layer in self.layers]
+        self._handles: list[torch.utils.hooks.RemovableHandle] = []
         self._chain = _leaves(model) if kfra_support(model) is None else None
-        if self._chain is not None:
-            elementwise = {id(leaf): leaf for leaf in self._chain
-                           if isinstance(leaf, KFRA_ELEMENTWISE)}
+        self._elementwise = [] if self._chain is None else list({
+            id(leaf): leaf for leaf in self._chain if isinstance(leaf, KFRA_ELEMENTWISE)
+        }.values())
+
+    def _register(self, *, activations: bool) -> None:
+        """Hooks for one capture: the forward passes between captures run without any (a
+        module with hooks takes a slower call path, every step)."""
+        self._handles = [layer.register_forward_hook(self._layer_hook) for layer in self.layers]
+        if activations:
             self._handles += [leaf.register_forward_pre_hook(self._activation_hook)
-                              for leaf in elementwise.values()]
+                              for leaf in self._elementwise]
 
     def _layer_hook(self, module, inputs, output):
         if not self._capturing:
@@ -407,11 +413,13 @@ class KroneckerFactorCollector:
     def capture(self, *, activations: bool = False) -> Iterator[None]:
         """Record the next forward pass (one per capture)."""
         self.clear()
+        self._register(activations=activations)
         self._capturing, self._activations = True, activations
         try:
             yield
         finally:
             self._capturing, self._activations = False, False
+            self.remove()
 
     def clear(self) -> None:
         """Drop recorded tensors (frees the graph references)."""
