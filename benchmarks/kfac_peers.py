@@ -3,7 +3,8 @@
 Rows: our presets ``kfac``, ``kflr``, ``kfra`` (MLPs only) and ``kfac-empirical`` (from the
 optimizer registry, their defaults except the update periods, a small timing-only learning
 rate and no Levenberg–Marquardt damping adaptation, which no peer has; the row
-``kfac +LM damping`` keeps it, as the presets do) against ASDL (``asdfghjkl``: K-FAC with
+``kfac +LM damping`` keeps it, as the presets do, and the row ``kfac, no KL clipping`` also
+drops the KL clipping, which no peer does either) against ASDL (``asdfghjkl``: K-FAC with
 Monte-Carlo, exact and empirical Fisher) and nngeometry (K-FAC with a Monte-Carlo Fisher,
 and EKFAC). Workloads: an MLP 784-256-256-10 at batch 512, a CNN conv32-pool-conv64-pool-fc
 on 1×28×28 at batch 128 (random data, ten classes) and the registered ``digits-cnn`` problem
@@ -131,9 +132,11 @@ def tensor_bytes(value) -> int:
 
 # -- ours ---------------------------------------------------------------------------------------
 
-def _ours(preset: str, *, adapt_damping: bool = False) -> Callable[[Workload, Settings], Runner]:
+def _ours(preset: str, *, adapt_damping: bool = False,
+          clipping: str | None = None) -> Callable[[Workload, Settings], Runner]:
     """Our preset at its defaults except the periods, the timing learning rate and, unless
-    ``adapt_damping``, without Levenberg–Marquardt damping adaptation (no peer adapts)."""
+    ``adapt_damping``, without Levenberg–Marquardt damping adaptation (no peer adapts); with
+    ``clipping`` set, that clipping instead of the preset's."""
     def build(workload: Workload, settings: Settings) -> Runner:
         spec = OPTIMIZERS.get(preset)
         has_conv = any(isinstance(m, nn.Conv2d) for m in workload.model.modules())
@@ -142,7 +145,8 @@ def _ours(preset: str, *, adapt_damping: bool = False) -> Callable[[Workload, Se
         model = copy.deepcopy(workload.model)
         optimizer = spec.build(model=model, loss=workload.loss, hyperparameters={
             "lr": TIMING_LR, "cov_update_period": settings.cov_period,
-            "inv_update_period": settings.inv_period, "adapt_damping": adapt_damping})
+            "inv_update_period": settings.inv_period, "adapt_damping": adapt_damping,
+            **({} if clipping is None else {"clipping": clipping})})
         def step() -> None:
             optimizer.step(inputs=workload.inputs, targets=workload.targets)
 
@@ -256,6 +260,7 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("kfra", "fisher-exact", True, _ours("kfra")),
     Entry("kfac-empirical", "fisher-empirical", True, _ours("kfac-empirical")),
     Entry("kfac +LM damping", "fisher-mc", True, _ours("kfac", adapt_damping=True)),
+    Entry("kfac, no KL clipping", "fisher-mc", True, _ours("kfac", clipping="none")),
     Entry("asdl kfac mc", "fisher-mc", False, _asdl("fisher_mc")),
     Entry("asdl kfac exact", "fisher-exact", False, _asdl("fisher_exact")),
     Entry("asdl kfac empirical", "fisher-empirical", False, _asdl("fisher_emp")),
@@ -376,7 +381,7 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             "step/sgd": statistics.median(ratios[entry.name]),
             "state/params": runners[entry.name].state_bytes() / parameter_bytes,
             "phases": phase_ratios.get(entry.name, {}),
-            "sgd ms": statistics.median(sgd_ms),
+            "sgd ms": statistics.median(sgd_ms), "device": workload.inputs.device.type,
         })
     return rows
 
@@ -401,9 +406,23 @@ SGD_GOALS = {("5/20", "mlp"): 1.5, ("5/20", "cnn"): 2.0, ("5/20", "digits-cnn"):
 EVERY_STEP_GOAL = 4.0
 
 #: Why a row of ours is still slower than its peer, from profiles of both side by side
-#: (torch.profiler and cProfile over whole update cycles, one thread); keyed by row name
-#: and workload prefix. Printed next to the measured gap.
+#: (torch.profiler and cProfile over whole update cycles, one thread; on a GPU
+#: ``benchmarks/kfac_gpu_profile.py``); keyed by row name and workload prefix, and for the GPU
+#: by ``(row, prefix, "cuda")``, which takes precedence there. Printed next to the gap.
+_GPU_DISPATCH = (
+    "on a GPU these workloads are bound by the host (an SGD step is about 1 ms for a few µs "
+    "of arithmetic), so every kernel and synchronisation counts: per step of an update cycle "
+    "ours launched 85 kernels against ASDL's 78 on the MLP (the [∇W, ∇b] copy for the bias "
+    "column in A, the KL clipping's ⟨U, V⟩ and the update norm; 'kfac, no KL clipping' is the "
+    "equal-settings row) with 1.5–2 host synchronisations against ASDL's 1.5–2 "
+    "(kfac_gpu_profile.py --sync-sources)")
 EXPLANATIONS = {
+    ("kfac", "mlp", "cuda"): _GPU_DISPATCH,
+    ("kfac-empirical", "mlp", "cuda"): _GPU_DISPATCH,
+    ("kfac-empirical", "cnn", "cuda"): _GPU_DISPATCH,
+    ("kfac-empirical", "digits-cnn", "cuda"): _GPU_DISPATCH,
+    ("kfac", "cnn", "cuda"): _GPU_DISPATCH,
+    ("kfac", "digits-cnn", "cuda"): _GPU_DISPATCH,
     ("kfac +LM damping", ""): (
         "Levenberg–Marquardt adaptation, which no peer does: every 5th step builds the "
         "linearisation, one Jδ through the layers' tangent rules and one more forward pass "
@@ -429,8 +448,11 @@ EXPLANATIONS = {
 
 
 def _explanation(row: dict) -> str:
-    for (name, prefix), text in EXPLANATIONS.items():
-        if row["row"] == name and row["workload"].startswith(prefix):
+    device = row.get("device", "cpu")
+    for (name, prefix, *on), text in sorted(EXPLANATIONS.items(), key=lambda kv: -len(kv[0])):
+        if (row["row"] == name and row["workload"].split()[0] == (prefix or
+                                                                  row["workload"].split()[0])
+                and on in ([], [device])):
             return text
     return "not profiled: see its phases"
 
