@@ -40,9 +40,7 @@ def main() -> None:
     parser.add_argument("--sync-sources", action="store_true",
                         help="list where the host synchronisations come from (CUDA)")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this torch build sees no CUDA device")
+    device = kfac_peers.parse_device(parser, args.device)
     warnings.filterwarnings("ignore", message="Using a non-full backward hook")
     activities = [torch.profiler.ProfilerActivity.CPU]
     if device.type == "cuda":

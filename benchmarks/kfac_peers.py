@@ -329,6 +329,15 @@ def _cuda_seconds(fn: Callable[[], None], steps: int) -> float:
     return start.elapsed_time(end) / 1e3 / steps
 
 
+def parse_device(parser: argparse.ArgumentParser, name: str) -> torch.device:
+    """``--device`` as a device, or the parser's one-line error where CUDA is asked for and
+    this torch build has none (the benchmarks' one check)."""
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("--device cuda: this torch build sees no CUDA device")
+    return device
+
+
 def seconds_per_call(device: torch.device) -> Callable[[Callable[[], None], int], float]:
     """The clock of this benchmark on ``device``: process CPU time, or CUDA events."""
     return _cuda_seconds if device.type == "cuda" else _cpu_seconds
@@ -524,9 +533,7 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-event timing)")
     parser.add_argument("--save", help="also write the rows as JSON to this file")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this torch build sees no CUDA device")
+    device = parse_device(parser, args.device)
     from tabulate import tabulate
 
     torch.set_num_threads(args.threads)

@@ -122,7 +122,7 @@ from torch.func import functional_call, jvp, vjp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kfac_peers import workloads  # noqa: E402
+from kfac_peers import parse_device, workloads  # noqa: E402
 
 from curvebench.curvature import Linearization, flatten, unflatten  # noqa: E402
 from curvebench.losses import CurvatureLoss  # noqa: E402
@@ -510,9 +510,7 @@ def main() -> None:
     parser.add_argument("--count-operators", action="store_true",
                         help="count operators and host reads per call instead of timing")
     args = parser.parse_args()
-    device = torch.device(args.device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        parser.error("--device cuda: this torch build sees no CUDA device")
+    device = parse_device(parser, args.device)
     if args.time_to_target and device.type != "cpu":
         parser.error("--time-to-target runs on the CPU only")
     torch.set_num_threads(args.threads)
