@@ -70,15 +70,19 @@ class LogUniform(_Range):
         return math.log(self.high) - math.log(self.low)
 
 
+class _Integer:
+    """Rounds a range's draws and grid points to integers (mixed in before the range)."""
+
+    def from_unit(self, u: float) -> int:
+        return int(round(super().from_unit(u)))  # type: ignore[misc]
+
+    def grid(self, n: int) -> list[int]:
+        return sorted({int(round(v)) for v in super().grid(n)})  # type: ignore[misc]
+
+
 @dataclass(frozen=True)
-class IntLogUniform(LogUniform):
+class IntLogUniform(_Integer, LogUniform):
     """Integer-valued log-uniform range (CG iterations)."""
-
-    def from_unit(self, u: float) -> int:  # type: ignore[override]
-        return int(round(super().from_unit(u)))
-
-    def grid(self, n: int) -> list[int]:  # type: ignore[override]
-        return sorted({int(round(v)) for v in super().grid(n)})
 
 
 @dataclass(frozen=True)
@@ -103,14 +107,8 @@ class Uniform(_Range):
 
 
 @dataclass(frozen=True)
-class IntUniform(Uniform):
+class IntUniform(_Integer, Uniform):
     """Integer-valued uniform range (batch sizes on a linear grid, layer counts)."""
-
-    def from_unit(self, u: float) -> int:  # type: ignore[override]
-        return int(round(super().from_unit(u)))
-
-    def grid(self, n: int) -> list[int]:  # type: ignore[override]
-        return sorted({int(round(v)) for v in super().grid(n)})
 
 
 @dataclass(frozen=True)
