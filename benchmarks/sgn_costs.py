@@ -19,9 +19,9 @@ interleaved repeats of:
   (``curvature``; ÷ ``k`` to compare with ``ggn/grad``), CG's own vector work (``solve``), the
   reduction-ratio/Armijo function evaluations (``line_search``) and the rest (``update``);
   and, for each row that misses, a line splitting the excess into the fixed part (goal 1.2)
-  and the part per product (goal 1.1). For a chain of Linear layers it also prints the
-  multiply-adds of a product ÷ those of an SGD step, the arithmetic floor of the per-product
-  part.
+  and the part per product (goal 1.1); and the arithmetic (:mod:`curvebench.arithmetic`:
+  flops of matrix products) of each SGN step, of a product and of the rest of a step, ÷ an
+  SGD step's: what the goals demand of the arithmetic alone.
 
 Ratios are printed for wall-clock time and for process CPU time (``time.process_time``); on a
 shared machine the CPU-time ratios are the robust ones, because preemption by other processes
@@ -124,6 +124,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 from kfac_peers import parse_device, workloads  # noqa: E402
 
+from curvebench.arithmetic import count_flops  # noqa: E402
 from curvebench.curvature import Linearization, flatten, unflatten  # noqa: E402
 from curvebench.losses import CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
@@ -301,6 +302,11 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
             wall[key].append(time.perf_counter() - start_wall)
         for optimizer in optimizers.values():
             optimizer.counters.clear()
+    sgd_flops = count_flops(work["sgd_step"]).flops
+    arithmetic = {"product": count_flops(work["ggn[layers]"]).flops / sgd_flops}
+    for k in ks:  # from the state the timed steps started from
+        setups[f"sgn_step[k={k}]"]()
+        arithmetic[k] = count_flops(work[f"sgn_step[k={k}]"]).flops / sgd_flops
     clocks = (("cuda", wall),) if cuda else (("wall", wall), ("cpu", cpu))
     for clock, times in clocks:
         median = {key: statistics.median(values) for key, values in times.items()}
@@ -315,14 +321,15 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         # processes drifts, and hits both sides of a ratio alike only within one repeat.
         ratios = {k: statistics.median(step / sgd for step, sgd in zip(
             times[f"sgn_step[k={k}]"], times["sgd_step"], strict=True)) for k in ks}
-        print("  sgn(k) ÷ SGD step          ratio   goal  verdict")
+        print("  sgn(k) ÷ SGD step          ratio   goal  flops  verdict")
         for k in ks:
             ratio = ratios[k]
             verdict = "pass" if ratio <= goal(k) else f"MISS by {ratio - goal(k):.2f}"
-            print(f"  sgn(k={k})".ljust(28) + f"{ratio:6.2f} {goal(k):6.1f}  {verdict}")
+            print(f"  sgn(k={k})".ljust(28) + f"{ratio:6.2f} {goal(k):6.1f} "
+                  f"{arithmetic[k]:6.2f}  {verdict}")
         if clock in ("cpu", "cuda"):
             _print_phases(phases, evaluations, ratios=ratios, sgd_time=sgd_time, grad=grad,
-                          ggn=ours, floor=linear_chain_floor(model))
+                          ggn=ours, arithmetic=arithmetic)
 
 
 def _sgd_step(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
@@ -407,7 +414,7 @@ def _restart(model: nn.Module, optimizer: GaussNewtonCG) -> Callable[[], None]:
 
 def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[int, list[float]],
                   *, ratios: dict[int, float], sgd_time: float, grad: float, ggn: float,
-                  floor: float | None) -> None:
+                  arithmetic: dict) -> None:
     """The SGN step's phases in SGD steps (medians over repeats, process CPU clock), and for
     every row that misses its goal, where the excess is."""
     print("  phases in SGD steps: forward+backward = linearisation and gradient, "
@@ -421,10 +428,13 @@ def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[i
               + f"{statistics.median(evaluations[k]):12.0f}")
     print(f"  for comparison: one gradient {grad / sgd_time:.2f}, one product alone "
           f"{ggn / sgd_time:.2f} SGD steps")
-    if floor is not None:
-        print(f"  multiply-adds of one GGN product (J v, then Jᵀu) ÷ those of an SGD step "
-              f"(forward, backward): {floor:.2f}")
     ks = sorted(split)
+    product_flops = arithmetic["product"]
+    fixed_flops = {k: arithmetic[k] - k * product_flops for k in ks}
+    print(f"  arithmetic (flops of products and decompositions ÷ an SGD step's): one GGN "
+          f"product (J v, then Jᵀu) {product_flops:.2f} (goal 1.1); the rest of an SGN step "
+          f"with k products {min(fixed_flops.values()):.2f}–{max(fixed_flops.values()):.2f} "
+          f"(goal 1.2): the linearisation's gradient, the line search's function evaluations")
     # CG's own vector work per iteration: the slope of the solve phase over k.
     work = ((split[ks[-1]]["solve"] - split[ks[0]]["solve"]) / (ks[-1] - ks[0])
             if len(ks) > 1 else 0.0)
@@ -442,22 +452,6 @@ def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[i
               f"{evals} function evaluation(s) {median['line_search']:.2f} + CG set-up and "
               f"update {rest:.2f}; per product {product + work:.2f} (goal 1.1) = product "
               f"{product:.2f} (alone: {ggn / sgd_time:.2f}) + CG's vector work {work:.2f}")
-
-
-def linear_chain_floor(model: nn.Module) -> float | None:
-    """Multiply-adds of a GGN product ÷ those of an SGD step, for a chain of Linear layers.
-
-    With ``c_l`` the multiply-adds of layer ``l``'s forward: an SGD step is ``Σ c`` forward,
-    ``Σ c`` for the weight gradients and ``Σ_{l>1} c`` for the input gradients; a product is
-    ``c_1 + 2 Σ_{l>1} c`` for ``J v`` (the first layer has no input tangent) and as much as
-    the backward for ``Jᵀu``. ``None`` when the model has other layers with parameters.
-    """
-    layers = [m for m in model.modules() if any(True for _ in m.parameters(recurse=False))]
-    if not layers or not all(isinstance(m, nn.Linear) for m in layers):
-        return None
-    costs = [m.in_features * m.out_features for m in layers]
-    total, later = sum(costs), sum(costs[1:])
-    return (costs[0] + 2 * later + total + later) / (2 * total + later)
 
 
 SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

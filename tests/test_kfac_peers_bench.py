@@ -19,9 +19,10 @@ import kfac_peers  # noqa: E402
 
 def _row(name: str, ours: bool, ratio: float, *, curvature: str = "fisher-mc",
          workload: str = "mlp 784-256-256-10 b512", periods: str = "5/20",
-         device: str = "cpu") -> dict:
+         device: str = "cpu", flops: float = 2.0) -> dict:
     return {"workload": workload, "periods": periods, "row": name, "curvature": curvature,
             "ours": ours, "step/sgd": ratio, "state/params": 6.5 if ours else 6.0,
+            "flops/sgd": flops, "plain flops/sgd": flops - 0.3, "uncounted": {},
             "phases": {"update": 0.5}, "sgd ms": 5.0, "device": device}
 
 
@@ -40,6 +41,16 @@ def test_ours_is_compared_with_the_fastest_peer_of_its_curvature():
     assert "1.10x asdl kfac mc" in line and "+0.20 SGD steps" in line
     goals = kfac_peers.goal_lines(rows)
     assert goals == [goals[0]] and "reached by asdl kfac exact" in goals[0]
+
+
+def test_a_goal_below_every_rows_arithmetic_says_so():
+    rows = kfac_peers.compare([_row("kfac", True, 2.2, flops=2.1),
+                               _row("asdl kfac mc", False, 2.3, flops=1.9)])
+    (line,) = kfac_peers.goal_lines(rows)
+    assert "reached by no library" in line
+    assert "the least: asdl kfac mc, 1.90x its flops, 1.60x on its cheapest step" in line
+    (line,) = kfac_peers.goal_lines([_row("kfac", True, 2.2, flops=1.4)])
+    assert "arithmetic" not in line  # 1.4x the flops: the goal is not below it
 
 
 def test_reasons_are_chosen_by_row_workload_and_device():
@@ -74,6 +85,8 @@ def test_every_row_builds_and_steps_on_a_small_cnn():
         for _ in range(2):
             runner.step()
         assert runner.state_bytes() > 0
+        arithmetic = kfac_peers._arithmetic(runner.step, 2)  # hooks and all, counted
+        assert arithmetic["flops"] >= arithmetic["plain"] > 0
         if runner.phases is not None:
             assert set(runner.phases(1)) >= {"forward", "backward", "update"}
         built.append(entry.name)
