@@ -23,6 +23,7 @@ def _row(name: str, ours: bool, ratio: float, *, curvature: str = "fisher-mc",
     return {"workload": workload, "periods": periods, "row": name, "curvature": curvature,
             "ours": ours, "step/sgd": ratio, "state/params": 6.5 if ours else 6.0,
             "flops/sgd": flops, "plain flops/sgd": flops - 0.3, "uncounted": {},
+            "ops/sgd": flops + 1.0,
             "phases": {"update": 0.5}, "sgd ms": 5.0, "device": device}
 
 
@@ -49,8 +50,12 @@ def test_a_goal_below_every_rows_arithmetic_says_so():
     (line,) = kfac_peers.goal_lines(rows)
     assert "reached by no library" in line
     assert "the least: asdl kfac mc, 1.90x its flops, 1.60x on its cheapest step" in line
+    assert "kernels" not in line  # a CPU's rows: launches do not bound them
     (line,) = kfac_peers.goal_lines([_row("kfac", True, 2.2, flops=1.4)])
     assert "arithmetic" not in line  # 1.4x the flops: the goal is not below it
+    (line,) = kfac_peers.goal_lines([_row("kfac", True, 2.2, flops=1.9, device="cuda")])
+    assert "arithmetic" not in line
+    assert "launches more than 1.5x an SGD step's kernels" in line and "kfac, 2.90x" in line
 
 
 def test_reasons_are_chosen_by_row_workload_and_device():
@@ -86,7 +91,7 @@ def test_every_row_builds_and_steps_on_a_small_cnn():
             runner.step()
         assert runner.state_bytes() > 0
         arithmetic = kfac_peers._arithmetic(runner.step, 2)  # hooks and all, counted
-        assert arithmetic["flops"] >= arithmetic["plain"] > 0
+        assert arithmetic["flops"] >= arithmetic["plain"] > 0 and arithmetic["operators"] > 0
         if runner.phases is not None:
             assert set(runner.phases(1)) >= {"forward", "backward", "update"}
         built.append(entry.name)
