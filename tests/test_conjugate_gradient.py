@@ -7,7 +7,9 @@ import dataclasses
 import pytest
 import torch
 
+from curvebench import conjugate_gradient as cg_module
 from curvebench.conjugate_gradient import CGResult, conjugate_gradient
+from curvebench.operator_counts import OperatorCounter
 
 
 def _spd(n: int, *, condition: float = 100.0, seed: int = 0) -> torch.Tensor:
@@ -191,18 +193,25 @@ def test_on_step_reports_the_iterate_as_a_combination_of_the_products_vectors(in
     torch.testing.assert_close(total, result.direction, rtol=1e-12, atol=1e-14)
 
 
-@pytest.mark.parametrize(("case", "iterations"), [
-    ("spd", 7),             # no test meets a stop: one pass without host reads
-    ("identity", 6),        # the residual is exactly 0 after one iteration: replayed
-    ("negative", 3),        # non-positive curvature at the first product: replayed
-    ("zero_gradient", 3),
+@pytest.mark.parametrize(("case", "iterations", "tolerance"), [
+    ("spd", 7, 0.0),              # no test meets a stop: one pass without host reads
+    ("spd", 7, 1e-6),             # the tolerance is not met before the last iteration
+    ("identity", 6, 0.0),         # the residual is exactly 0 after one iteration: replayed
+    ("two_eigenvalues", 5, 1e-8),  # the tolerance is met at the second iteration: replayed
+    ("two_eigenvalues", 2, 1e-8),  # ... at the last one: no replay
+    ("negative", 3, 0.0),         # non-positive curvature at the first product: replayed
+    ("zero_gradient", 3, 0.0),
 ])
-def test_solve_without_host_reads_matches_the_tested_solve(case, iterations):
-    """Tolerance 0 runs CG's iterations with device scalars and replays the stopping tests on
-    them at the end; the result is the one of the loop that tests after every product (here
-    with a tolerance too small to matter), and a replayed pass restarts ``on_step``."""
+def test_solve_without_host_reads_matches_the_tested_solve(case, iterations, tolerance,
+                                                           monkeypatch):
+    """Without a preconditioner, warm start or relative-progress rule, CG runs its iterations
+    with device scalars and replays the stopping tests on them at the end; the result is the
+    one of the loop that tests after every product, and a replayed pass restarts
+    ``on_step``."""
     n = 12
+    two = torch.diag(torch.tensor([1.0] * 6 + [3.0] * 6, dtype=torch.float64))
     matrix = {"spd": _spd(n, condition=1e3), "identity": 2 * torch.eye(n, dtype=torch.float64),
+              "two_eigenvalues": two,
               "negative": -torch.diag(torch.arange(1.0, n + 1, dtype=torch.float64))}.get(case)
     g = torch.zeros(n, dtype=torch.float64) if case == "zero_gradient" else _gradient(n)
     latest: list[torch.Tensor] = []
@@ -220,11 +229,17 @@ def test_solve_without_host_reads_matches_the_tested_solve(case, iterations):
         restarts.append(1)
         totals[0] = torch.zeros(n, dtype=torch.float64)
 
-    fast = conjugate_gradient(matvec, gradient=g, max_iterations=iterations, on_step=on_step,
-                              on_restart=on_restart)
+    with OperatorCounter() as counts:
+        fast = conjugate_gradient(matvec, gradient=g, max_iterations=iterations,
+                                  on_step=on_step, on_restart=on_restart, tolerance=tolerance)
+    monkeypatch.setattr(cg_module, "_unsynchronised", lambda *args, **kwargs: None)
     tested = conjugate_gradient(matvec, gradient=g, max_iterations=iterations,
-                                tolerance=1e-300)
-    assert len(restarts) == (case != "spd")
+                                tolerance=tolerance)
+    assert len(restarts) == (case not in ("spd", "two_eigenvalues") or iterations == 5)
+    if not restarts:
+        assert counts.host_reads == 1  # every scalar in one transfer
+    if case == "two_eigenvalues":
+        assert (fast.stop_reason, fast.iterations) == ("tolerance", 2)
     torch.testing.assert_close(totals[0], fast.direction, rtol=1e-12, atol=1e-14)
     torch.testing.assert_close(fast.direction, tested.direction, rtol=1e-12, atol=1e-14)
     assert fast.stop_reason == tested.stop_reason
