@@ -205,9 +205,10 @@ def test_on_step_reports_the_iterate_as_a_combination_of_the_products_vectors(in
 def test_solve_without_host_reads_matches_the_tested_solve(case, iterations, tolerance,
                                                            monkeypatch):
     """Without a preconditioner, warm start or relative-progress rule, CG runs its iterations
-    with device scalars and replays the stopping tests on them at the end; the result is the
-    one of the loop that tests after every product, and a replayed pass restarts
-    ``on_step``."""
+    with device scalars and replays the stopping tests on them at the end (here as where host
+    reads stall); the result is the one of the loop that tests after every product, and a
+    replayed pass restarts ``on_step``."""
+    monkeypatch.setattr(cg_module, "host_reads_stall", lambda device: True)
     n = 12
     two = torch.diag(torch.tensor([1.0] * 6 + [3.0] * 6, dtype=torch.float64))
     matrix = {"spd": _spd(n, condition=1e3), "identity": 2 * torch.eye(n, dtype=torch.float64),
@@ -249,3 +250,17 @@ def test_solve_without_host_reads_matches_the_tested_solve(case, iterations, tol
                          ((fast.quadratic_value, fast.curvature),
                           (tested.quadratic_value, tested.curvature))):
         assert ours == pytest.approx(theirs, rel=1e-12, abs=1e-14)
+
+
+def test_a_positive_tolerance_tests_after_every_product_on_the_cpu():
+    """On a CPU a host read costs nothing and a replay would waste products: a positive
+    tolerance tests (reads) after each product; tolerance 0 reads once."""
+    matrix, g = _spd(12, condition=1e3), _gradient(12)
+    reads = {}
+    for tolerance in (1e-6, 0.0):
+        with OperatorCounter() as counts:
+            result = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=5,
+                                        tolerance=tolerance)
+        assert result.iterations == 5
+        reads[tolerance] = counts.host_reads
+    assert reads[0.0] == 1 and reads[1e-6] > 5

@@ -169,3 +169,32 @@ def test_phase_timer_reuses_its_events_and_times_nested_phases():
         assert min(seconds.values()) > 0
         assert 0.9 * total <= sum(seconds.values()) <= total + 1e-5
     assert timer._free_events  # handed back for the next step
+
+
+def test_sgn_with_its_default_tolerance_reads_the_gpu_once_for_cg():
+    """On a GPU a positive CG tolerance (``sgn``'s default) keeps CG's scalars on the device:
+    a step's host reads do not grow with the CG iterations, and the float64 trajectory is the
+    CPU's (which tests after every product)."""
+    from curvebench.operator_counts import OperatorCounter
+    from curvebench.optimizers.sgn import GaussNewtonCG
+
+    torch.manual_seed(0)
+    x, y = torch.randn(32, 6, dtype=torch.float64), torch.randint(0, 3, (32,))
+    reads, parameters = {}, {}
+    for device, k in ((CUDA, 2), (CUDA, 6), (torch.device("cpu"), 6)):
+        torch.manual_seed(1)
+        model = torch.nn.Sequential(torch.nn.Linear(6, 8), torch.nn.Tanh(),
+                                    torch.nn.Linear(8, 3)).double().to(device)
+        optimizer = GaussNewtonCG(model, loss=CrossEntropyLoss(), cg_iterations=k,
+                                  cg_tolerance=1e-6, warmup_steps=0)
+        with OperatorCounter() as counts:
+            for _ in range(3):
+                optimizer.step(inputs=x.to(device), targets=y.to(device))
+        reads[device.type, k] = counts.host_reads - optimizer.counters["function_evaluations"]
+        parameters[device.type, k] = torch.cat([p.detach().cpu().flatten()
+                                                for p in model.parameters()])
+    # one read for CG per step, one per line-search evaluation; function_evaluations counts
+    # those and the linearising forward pass, one per step
+    assert reads["cuda", 2] == reads["cuda", 6] == 0
+    assert reads["cpu", 6] > reads["cuda", 6]
+    torch.testing.assert_close(parameters["cuda", 6], parameters["cpu", 6], rtol=1e-9, atol=1e-12)

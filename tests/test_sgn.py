@@ -366,11 +366,13 @@ def _tracked_mlp_batch(batch: int = 16):
 
 
 @pytest.mark.parametrize(("weight_decay", "tolerance"), [(0.0, 0.0), (1e-2, 0.0), (0.0, 1e-6)])
-def test_a_step_reads_the_host_once_plus_once_per_function_evaluation(weight_decay, tolerance):
+def test_a_step_reads_the_host_once_plus_once_per_function_evaluation(weight_decay, tolerance,
+                                                                       monkeypatch):
     """CG keeps its scalars on the device (with tolerance 0 and with the default 10⁻⁶, which
     these solves do not meet): a step's host reads (GPU synchronisations) do not grow with the
     CG iterations ``k``. One for CG's scalars, one per line-search evaluation (the first also
-    brings ``f(θ)``)."""
+    brings ``f(θ)``). A positive tolerance does so where host reads stall (here as if)."""
+    monkeypatch.setattr(cg_module, "host_reads_stall", lambda device: True)
     steps = 3
     for k in (1, 6):
         model, loss, x, y = _tracked_mlp_batch()
@@ -391,7 +393,9 @@ def test_a_solve_without_host_reads_gives_the_trajectory_of_one_with_them(tolera
                                                                            monkeypatch):
     """The same float64 trajectory (parameters, step sizes, ratios, CG's reported scalars)
     whether CG runs its ``k`` iterations with its scalars on the device or tests after every
-    product (forced here); 0.3 stops some solves early, which the first way replays."""
+    product (forced here); 0.3 stops some solves early, which the first way replays. Positive
+    tolerances take the first way where host reads stall (here as if)."""
+    monkeypatch.setattr(cg_module, "host_reads_stall", lambda device: True)
     runs = {}
     for synchronised in (False, True):
         if synchronised:
