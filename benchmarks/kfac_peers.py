@@ -27,7 +27,7 @@ least arithmetic (whole cycle and cheapest step: on the MLP at 5/20, SGD's produ
 applying two Kronecker factors per layer already cost more than 1.5 SGD steps' flops). The
 flop ratio is what one CPU thread's time follows where both steps are matrix products of
 similar sizes (the MLP at 5/20: within 5% for ours and ASDL); on the CNNs an SGD step's
-thin convolutions run several times slower per flop than K-FAC's square products, so step
+thin convolutions run about 1.3–1.4x slower per flop than K-FAC's larger products, so step
 times fall below flop ratios there. ``ops/sgd`` is the same for operators that are not views
 (:mod:`curvebench.operator_counts`), each a kernel launch on a GPU, where these small
 workloads are bound by launches: with ``--device cuda`` a goal below every row's launches
