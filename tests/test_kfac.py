@@ -161,19 +161,21 @@ def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
 # -- bias_factor="separate": the bias a block T·S of its own, as in ASDL ----------------------
 
 def _separate_case(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
-    """A tiny MLP; one whose factors are kept for triangular solves (``"wide"``: the first
-    layer's S and the second layer's A, with inverses every step); a tiny CNN (two
-    convolutions with 16 and 4 output positions, then a Linear layer)."""
+    """A tiny MLP; a tiny CNN (two convolutions with 16 and 4 output positions, then a Linear
+    layer); a CNN whose factors are kept for triangular solves with inverses every step
+    (``"wide"``: S of its convolution, 4 output positions, and A of its Linear layer)."""
     torch.manual_seed(30)
     generator = torch.Generator().manual_seed(31)
     if kind == "cnn":
         model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(),
                               nn.Conv2d(3, 2, 2, stride=2), nn.Flatten(), nn.Linear(8, 3))
         inputs = torch.randn(6, 2, 4, 4, generator=generator, dtype=DTYPE)
+    elif kind == "wide":
+        model = nn.Sequential(nn.Conv2d(1, 12, 2), nn.Tanh(), nn.Flatten(), nn.Linear(48, 3))
+        inputs = torch.randn(8, 1, 3, 3, generator=generator, dtype=DTYPE)
     else:
-        d_in, hidden = (3, 24) if kind == "wide" else (5, 4)
-        model = nn.Sequential(nn.Linear(d_in, hidden), nn.Tanh(), nn.Linear(hidden, 3))
-        inputs = torch.randn(16, d_in, generator=generator, dtype=DTYPE)
+        model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+        inputs = torch.randn(16, 5, generator=generator, dtype=DTYPE)
     return model.to(DTYPE), inputs, torch.randint(0, 3, (len(inputs),), generator=generator)
 
 
@@ -201,7 +203,7 @@ def test_separate_bias_step_is_the_dense_block_diagonal_solve(kind, inverse_meth
                      weight_decay=weight_decay, clipping="none", inverse_method=inverse_method,
                      inv_update_period=1, bias_factor="separate")
     optimizer.step(inputs=inputs, targets=targets)
-    if kind == "wide":  # S of the first layer and A of the second: triangular solves
+    if kind == "wide":  # S of the convolution and A of the Linear layer: triangular solves
         kept = [[dec.factor is not None for dec in optimizer._decompositions[layer]]
                 for layer in optimizer.layers]
         assert kept == [[False, True], [True, False]]
