@@ -221,8 +221,8 @@ def input_factor(module: nn.Module, inputs: torch.Tensor, *,
     """``A = (1/N) Σ_n Σ_t ã_{n,t} ã_{n,t}ᵀ`` of one layer from its batch input.
 
     ``ã = [a; 1]`` when the layer has a bias and ``homogeneous`` is set, else ``ã = a`` (for
-    a bias preconditioned by ``S`` alone, as ASDL does). ``inputs`` is what the layer
-    received, ``(N, ...)``. Convolutions take one product of their patch columns
+    a bias given a block of its own, as ASDL does). ``inputs`` is what the layer received,
+    ``(N, ...)``. Convolutions take one product of their patch columns
     (:func:`_patch_columns`), the homogeneous coordinate filled in from the column sums.
     """
     n = inputs.shape[0]

@@ -627,25 +627,25 @@ class KFAC(CurvatureOptimizer):
                 continue
             weight = raw[w]
             matrix = weight.reshape(weight.shape[0], -1)
-            if b is not None and not separate:
+            bias_column = b is not None and not separate
+            if bias_column:
                 matrix = torch.cat([matrix, raw[b].unsqueeze(1)], dim=1)
             result = self._precondition(layer, matrix)
             blocks.append(result)
             if kl:
                 inners.append(torch.vdot(result.reshape(-1), matrix.reshape(-1)))
-            if b is None or separate:
-                directions[w] = result.reshape(weight.shape)
-            else:
-                directions[w] = result[:, :-1].reshape(weight.shape)
+            directions[w] = (result[:, :-1] if bias_column else result).reshape(weight.shape)
+            covered.add(w)
+            if b is None:
+                continue
+            covered.add(b)
+            if bias_column:
                 directions[b] = result[:, -1]
-                covered.add(b)
-            if b is not None and separate:
+            else:
                 directions[b] = self._precondition_bias(layer, raw[b])
                 blocks.append(directions[b])
                 if kl:
                     inners.append(torch.vdot(directions[b], raw[b]))
-                covered.add(b)
-            covered.add(w)
         blocks += [directions[i] for i in range(len(raw)) if i not in covered]
         nu = 1.0
         lr = float(self.param_groups[0]["lr"])
