@@ -57,6 +57,7 @@ approximation for natural gradient descent".
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -215,26 +216,30 @@ def layer_pre_activations(module: nn.Module, outputs: torch.Tensor) -> torch.Ten
     return outputs.reshape(n, module.out_channels, -1).transpose(1, 2)
 
 
-def input_factor(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
+def input_factor(module: nn.Module, inputs: torch.Tensor, *,
+                 homogeneous: bool = True) -> torch.Tensor:
     """``A = (1/N) Σ_n Σ_t ã_{n,t} ã_{n,t}ᵀ`` of one layer from its batch input.
 
-    ``ã = [a; 1]`` when the layer has a bias. ``inputs`` is what the layer received,
+    ``ã = [a; 1]`` when the layer has a bias and ``homogeneous`` is set, else ``ã = a`` (for
+    a bias given a block of its own, as ASDL does). ``inputs`` is what the layer received,
     ``(N, ...)``. Convolutions take one product of their patch columns
     (:func:`_patch_columns`), the homogeneous coordinate filled in from the column sums.
     """
     n = inputs.shape[0]
     scale = 1.0 / n
+    ones = homogeneous and module.bias is not None
     if isinstance(module, _CONV):
         columns = _patch_columns(module, inputs)  # (d, N·T)
         d = columns.shape[0]
         inner = torch.addmm(columns.new_empty(d, d), columns, columns.T, beta=0, alpha=scale)
-        if module.bias is None:
+        if not ones:
             return inner
         return _with_homogeneous(inner, columns.sum(dim=1).mul_(scale),
                                  columns.shape[1] * scale)
     if not isinstance(module, nn.Linear):
         raise TypeError(f"no Kronecker block for {type(module).__name__}")
-    return _input_factor_from_rows(module, inputs.reshape(-1, module.in_features), scale)
+    return _input_factor_from_rows(inputs.reshape(-1, module.in_features), scale,
+                                   homogeneous=ones)
 
 
 def _patch_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -264,15 +269,16 @@ def _patch_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
                                                       n * height * width)
 
 
-def _input_factor_from_rows(module: nn.Module, rows: torch.Tensor,
-                            scale: float) -> torch.Tensor:
-    """``scale · Σ_r ã_r ã_rᵀ`` over the rows ``a_r`` of ``rows`` (``ã = [a; 1]`` with a bias)."""
-    append = module.bias is not None and rows.shape[0] <= rows.shape[1]  # copies less than d²
+def _input_factor_from_rows(rows: torch.Tensor, scale: float, *,
+                            homogeneous: bool) -> torch.Tensor:
+    """``scale · Σ_r ã_r ã_rᵀ`` over the rows ``a_r`` of ``rows`` (``ã = [a; 1]`` if
+    ``homogeneous``, else ``a``)."""
+    append = homogeneous and rows.shape[0] <= rows.shape[1]  # copies less than d²
     if append:
         rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
     k = rows.shape[1]
     inner = torch.addmm(rows.new_empty(k, k), rows.T, rows, beta=0, alpha=scale)
-    if module.bias is None or append:
+    if not homogeneous or append:
         return inner
     return _with_homogeneous(inner, rows.sum(dim=0).mul_(scale), rows.shape[0] * scale)
 
@@ -433,6 +439,14 @@ class KroneckerFactorCollector:
         self._check_recorded()
         return [self._outputs[layer] for layer in self.layers]
 
+    def positions(self) -> list[int]:
+        """``T`` of every layer in the recorded pass, the positions per example that share its
+        weight (1 for a Linear layer on ``(N, d)`` inputs, the output pixels of a convolution):
+        ``A``'s homogeneous entry, and the bias's factor when ``A`` has none."""
+        self._check_recorded()
+        return [math.prod(self._outputs[layer].shape[1:]) // layer.weight.shape[0]
+                for layer in self.layers]
+
     def _check_recorded(self) -> None:
         if self._reused:
             raise UnsupportedModelError(
@@ -443,10 +457,12 @@ class KroneckerFactorCollector:
             raise RuntimeError("no forward pass was recorded for "
                                f"{len(missing)} layer(s); run the model inside capture()")
 
-    def input_factors(self) -> list[torch.Tensor]:
-        """``A`` of every layer from the recorded inputs (:func:`input_factor`)."""
+    def input_factors(self, *, homogeneous: bool = True) -> list[torch.Tensor]:
+        """``A`` of every layer from the recorded inputs (:func:`input_factor`; without the
+        homogeneous coordinate unless ``homogeneous``)."""
         self._check_recorded()
-        return [input_factor(layer, self._inputs[layer]) for layer in self.layers]
+        return [input_factor(layer, self._inputs[layer], homogeneous=homogeneous)
+                for layer in self.layers]
 
     def output_factors(
         self,

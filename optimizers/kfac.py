@@ -7,7 +7,20 @@ Every layer with a block (:func:`curvebench.kronecker.has_kronecker_block`) gets
     U = (S + γ_S I)⁻¹ V (A + γ_A I)⁻¹,   γ_A = π √(λ + η),   γ_S = √(λ + η) / π,
     π = √( (tr A / dim A) / (tr S / dim S) )                    (factored Tikhonov, π-correction)
 
-then ``U ← ν U`` (clipping), ``m ← μ m + U``, ``θ ← θ − α m``, with ``λ`` the damping, ``η`` the
+With ``bias_factor="separate"`` (ASDL's choice) ``A`` is built from the inputs ``a`` without
+the homogeneous coordinate (``dim A = d_in``, also in ``π``) and the bias gets a block of its
+own, ``T S``, damped as ``S`` is:
+
+    U_W = (S + γ_S I)⁻¹ V_W (A + γ_A I)⁻¹,   u_b = (S + γ_S I)⁻¹ (∇b + η b) / T,
+
+with ``T`` the positions per example that share the weight (1 for a Linear layer on ``(N, d)``
+inputs, the output pixels of a convolution; ASDL's factors of a convolution are ``A / T``
+and ``T S``). That is the block-diagonal curvature ``diag(A ⊗ S, T S)`` of ``(vec W, b)``:
+the default, ``"homogeneous"`` (Martens & Grosse), has the same bias block ``T S`` (``T`` is
+``A``'s homogeneous entry) but couples it to the weight through ``A``'s last row, which
+costs a ``[∇W, ∇b]`` copy and a wider ``A`` per step.
+
+Then ``U ← ν U`` (clipping), ``m ← μ m + U``, ``θ ← θ − α m``, with ``λ`` the damping, ``η`` the
 weight decay (an L2 term of the objective, which is why it also enters the damping), ``α`` the
 learning rate and ``μ`` the momentum.
 
@@ -94,8 +107,11 @@ from curvebench.optimizers.spec import (
 )
 
 __all__ = ["KFAC", "Decomposition", "damped_decomposition", "pi_correction",
-           "prefer_triangular_solves", "CLIPPING", "INVERSE_METHODS", "MAX_DECOMPOSITION_RETRIES"]
+           "prefer_triangular_solves", "BIAS_FACTORS", "CLIPPING", "INVERSE_METHODS",
+           "MAX_DECOMPOSITION_RETRIES"]
 
+#: How a layer's bias is preconditioned (see the module docstring).
+BIAS_FACTORS = ("homogeneous", "separate")
 CLIPPING = ("none", "kl", "norm")
 INVERSE_METHODS = ("eigh", "cholesky")
 #: Retries of a failed decomposition, each with a ten times larger shift.
@@ -235,6 +251,8 @@ class KFAC(CurvatureOptimizer):
         clipping: ``"kl"``, ``"norm"`` or ``"none"``.
         clip_threshold: the KL bound or the update-norm bound.
         inverse_method: ``"eigh"`` or ``"cholesky"``.
+        bias_factor: ``"homogeneous"`` (one block for ``[W, b]``, ``A`` of ``[a; 1]``) or
+            ``"separate"`` (``A`` of ``a``; the bias a block ``T S`` of its own, as in ASDL).
         params: parameters (default: all of the model's trainable parameters).
 
     Raises:
@@ -263,6 +281,7 @@ class KFAC(CurvatureOptimizer):
         clipping: str = "kl",
         clip_threshold: float = 1e-2,
         inverse_method: str = "eigh",
+        bias_factor: str = "homogeneous",
         params: Iterable[torch.Tensor] | None = None,
     ) -> None:
         _check(curvature in CURVATURE_TYPES,
@@ -281,6 +300,8 @@ class KFAC(CurvatureOptimizer):
         _check(clip_threshold > 0, f"clip_threshold must be positive, got {clip_threshold}")
         _check(inverse_method in INVERSE_METHODS,
                f"inverse_method must be one of {INVERSE_METHODS}, got {inverse_method!r}")
+        _check(bias_factor in BIAS_FACTORS,
+               f"bias_factor must be one of {BIAS_FACTORS}, got {bias_factor!r}")
         if curvature == "kfra" and (reason := kfra_support(model)) is not None:
             raise UnsupportedModelError(reason)
         if adapt_damping:  # the quadratic model comes from the curvature core's linearisation
@@ -300,6 +321,7 @@ class KFAC(CurvatureOptimizer):
         self.clipping = clipping
         self.clip_threshold = clip_threshold
         self.inverse_method = inverse_method
+        self.bias_factor = bias_factor
         if curvature == "kfac":  # Monte-Carlo labels come from the optimizer's own generator
             self.seed_generator()
 
@@ -464,18 +486,24 @@ class KFAC(CurvatureOptimizer):
         return loss.detach()
 
     def _update_factors(self, output: torch.Tensor, pre_activation_gradients) -> None:
-        a_new = self.collector.input_factors()
+        separate = self.bias_factor == "separate"
+        a_new = self.collector.input_factors(homogeneous=not separate)
+        positions = self.collector.positions() if separate else []
         s_new = self.collector.output_factors(
             curvature=self.curvature, loss=self.loss, output=output, mc_samples=self.mc_samples,
             generator=self.generator,
             pre_activation_gradients=list(pre_activation_gradients) or None)
-        for layer, a, s in zip(self.layers, a_new, s_new, strict=True):
+        for index, (layer, a, s) in enumerate(zip(self.layers, a_new, s_new, strict=True)):
             state = self.state[layer.weight]
             for key, value in (("A", a.detach()), ("S", s.detach())):
                 if key in state:
                     state[key].lerp_(value, 1 - self.ema_decay)
                 else:
                     state[key] = value
+            if separate:  # the bias's factor is T·S, T averaged as A's homogeneous entry is
+                new = positions[index]
+                old = state.get("positions", new)
+                state["positions"] = old + (1 - self.ema_decay) * (new - old)
         self.counters["factor_updates"] += 1
         if self.curvature == "kflr":
             self.counters["backward_passes"] += output.shape[1]
@@ -545,7 +573,8 @@ class KFAC(CurvatureOptimizer):
         return state["damped_inverse_A"], state["damped_inverse_S"]
 
     def _precondition(self, layer: nn.Module, matrix: torch.Tensor) -> torch.Tensor:
-        """``(S + γ_S I)⁻¹ V (A + γ_A I)⁻¹`` of a layer's ``V = [∇W, ∇b]`` (``(d_out, d_in+1)``).
+        """``(S + γ_S I)⁻¹ V (A + γ_A I)⁻¹`` of a layer's ``V = [∇W, ∇b]`` (``(d_out, d_in+1)``;
+        ``∇W`` alone, ``(d_out, d_in)``, with ``bias_factor="separate"``).
 
         Two matrix products with stored inverses; a factor kept as a Cholesky factor
         (:func:`prefer_triangular_solves`) is applied by two triangular solves instead.
@@ -560,6 +589,19 @@ class KFAC(CurvatureOptimizer):
             return (inverse_s @ matrix.to(inverse_a.dtype) @ inverse_a).to(matrix.dtype)
         return inverse_s @ matrix @ inverse_a
 
+    def _precondition_bias(self, layer: nn.Module, vector: torch.Tensor) -> torch.Tensor:
+        """``(S + γ_S I)⁻¹ v / T`` of a layer's ``v = ∇b + ηb`` (``bias_factor="separate"``),
+        ``T`` its positions per example (one product)."""
+        dec_s = self._decompositions[layer][1]
+        scale = 1.0 / self.state[layer.weight]["positions"]
+        stored = dec_s.factor if dec_s.factor is not None else self._damped_inverses(layer)[1]
+        work = vector if vector.dtype == stored.dtype else vector.to(stored.dtype)
+        if dec_s.factor is not None:
+            result = dec_s.solve(work.unsqueeze(1)).squeeze(1).mul_(scale)
+        else:  # beta = 0: the input (any tensor of the result's shape) is not read
+            result = torch.addmv(work, stored, work, beta=0, alpha=scale)
+        return result if result.dtype == vector.dtype else result.to(vector.dtype)
+
     def _directions(self, parameters, grads, groups: list[dict[str, Any]]
                     ) -> tuple[list[torch.Tensor], float, float]:
         """Preconditioned, clipped directions ``νU`` per parameter, ``ν``, and ``‖νU‖``.
@@ -569,12 +611,15 @@ class KFAC(CurvatureOptimizer):
 
         A layer's weight and bias directions are views of its one ``U`` matrix: ``V`` is
         assembled once (one copy), preconditioned by two products and never split into
-        copies; the KL clipping takes ``⟨U, V⟩`` once per layer on those matrices.
+        copies; the KL clipping takes ``⟨U, V⟩`` once per layer on those matrices. With
+        ``bias_factor="separate"`` the weight's matrix is a view of its gradient (no copy)
+        and the bias takes one matrix-vector product with ``(S + γ_S I)⁻¹``.
         """
         raw = [g.add(p.detach(), alpha=group["weight_decay"]) if group["weight_decay"] else g
                for p, g, group in zip(parameters, grads, groups, strict=True)]
         directions = list(raw)  # fallback: the gradient itself
         kl = self.clipping == "kl"
+        separate = self.bias_factor == "separate"
         inners, blocks = [], []
         covered = set()
         for layer, (w, b) in self._layer_index(parameters).items():
@@ -582,19 +627,25 @@ class KFAC(CurvatureOptimizer):
                 continue
             weight = raw[w]
             matrix = weight.reshape(weight.shape[0], -1)
-            if b is not None:
+            bias_column = b is not None and not separate
+            if bias_column:
                 matrix = torch.cat([matrix, raw[b].unsqueeze(1)], dim=1)
             result = self._precondition(layer, matrix)
             blocks.append(result)
             if kl:
                 inners.append(torch.vdot(result.reshape(-1), matrix.reshape(-1)))
-            if b is None:
-                directions[w] = result.reshape(weight.shape)
-            else:
-                directions[w] = result[:, :-1].reshape(weight.shape)
-                directions[b] = result[:, -1]
-                covered.add(b)
+            directions[w] = (result[:, :-1] if bias_column else result).reshape(weight.shape)
             covered.add(w)
+            if b is None:
+                continue
+            covered.add(b)
+            if bias_column:
+                directions[b] = result[:, -1]
+            else:
+                directions[b] = self._precondition_bias(layer, raw[b])
+                blocks.append(directions[b])
+                if kl:
+                    inners.append(torch.vdot(directions[b], raw[b]))
         blocks += [directions[i] for i in range(len(raw)) if i not in covered]
         nu = 1.0
         lr = float(self.param_groups[0]["lr"])
@@ -725,7 +776,8 @@ def _check(condition: bool, message: str) -> None:
 #: Preset defaults: a damped Gauss-Newton step (lr 1, no momentum) whose damping adapts by
 #: Levenberg–Marquardt from 1e-3, KL-clipped at 1e-2; factors every 5 steps, decompositions
 #: every 20 (chosen on digits-mlp and digits-autoencoder; see the README's K-FAC section);
-#: Cholesky inverses (half the state of eigh and a quarter of its decomposition time).
+#: Cholesky inverses (half the state of eigh and a quarter of its decomposition time); the
+#: bias in one block with the weight (Martens & Grosse; "separate" is ASDL's choice).
 _COMMON_DEFAULTS: dict[str, float | int | bool | str] = {
     "lr": 1.0,
     "damping": 1e-3,
@@ -741,6 +793,7 @@ _COMMON_DEFAULTS: dict[str, float | int | bool | str] = {
     "clipping": "kl",
     "clip_threshold": 1e-2,
     "inverse_method": "cholesky",
+    "bias_factor": "homogeneous",
 }
 _SEARCH_SPACE = {
     "lr": LogUniform(1e-2, 2.0),

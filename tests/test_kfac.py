@@ -67,7 +67,7 @@ def test_kfra_on_a_cnn_is_a_clear_error():
 @pytest.mark.parametrize("bad", [
     {"lr": 0.0}, {"damping": -1.0}, {"momentum": 1.0}, {"ema_decay": 1.0},
     {"cov_update_period": 0}, {"clipping": "sometimes"}, {"inverse_method": "qr"},
-    {"curvature": "hessian"}, {"mc_samples": 0},
+    {"curvature": "hessian"}, {"mc_samples": 0}, {"bias_factor": "both"},
 ])
 def test_bad_options_raise(bad):
     with pytest.raises(ValueError):
@@ -156,6 +156,103 @@ def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
         layer = model[2 * index]
         torch.testing.assert_close(layer.weight.detach(), expected_w, rtol=1e-9, atol=1e-12)
         torch.testing.assert_close(layer.bias.detach(), expected_b, rtol=1e-9, atol=1e-12)
+
+
+# -- bias_factor="separate": the bias a block T·S of its own, as in ASDL ----------------------
+
+def _separate_case(kind: str) -> tuple[nn.Module, torch.Tensor, torch.Tensor]:
+    """A tiny MLP; a tiny CNN (two convolutions with 16 and 4 output positions, then a Linear
+    layer); a CNN whose factors are kept for triangular solves with inverses every step
+    (``"wide"``: S of its convolution, 4 output positions, and A of its Linear layer)."""
+    torch.manual_seed(30)
+    generator = torch.Generator().manual_seed(31)
+    if kind == "cnn":
+        model = nn.Sequential(nn.Conv2d(2, 3, 3, padding=1), nn.Tanh(),
+                              nn.Conv2d(3, 2, 2, stride=2), nn.Flatten(), nn.Linear(8, 3))
+        inputs = torch.randn(6, 2, 4, 4, generator=generator, dtype=DTYPE)
+    elif kind == "wide":
+        model = nn.Sequential(nn.Conv2d(1, 12, 2), nn.Tanh(), nn.Flatten(), nn.Linear(48, 3))
+        inputs = torch.randn(8, 1, 3, 3, generator=generator, dtype=DTYPE)
+    else:
+        model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+        inputs = torch.randn(16, 5, generator=generator, dtype=DTYPE)
+    return model.to(DTYPE), inputs, torch.randint(0, 3, (len(inputs),), generator=generator)
+
+
+def _layer_vector(weight: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """``(vec W, b)``, ``vec`` column-major over ``W`` as a ``(d_out, d_in)`` matrix."""
+    return torch.cat([weight.reshape(weight.shape[0], -1).T.reshape(-1), bias])
+
+
+@pytest.mark.parametrize(("kind", "inverse_method"), [
+    ("mlp", "eigh"), ("mlp", "cholesky"), ("wide", "cholesky"), ("cnn", "eigh"),
+    ("cnn", "cholesky")])
+def test_separate_bias_step_is_the_dense_block_diagonal_solve(kind, inverse_method):
+    """``bias_factor="separate"``: the first step solves with the block-diagonal matrix of
+    ``(A_W + γ_A I) ⊗ (S + γ_S I)`` and ``T (S + γ_S I)`` per layer, ``π`` from
+    ``dim A_W = d_in``. ``A_W`` and ``T`` are read off the homogeneous factors (``A``'s
+    leading block and its last diagonal entry: 1 for a Linear layer, the output positions
+    of a convolution); one dense float64 solve of the whole matrix."""
+    model, inputs, targets = _separate_case(kind)
+    loss = CrossEntropyLoss()
+    lr, damping, weight_decay = 0.5, 0.05, 0.1
+    before = [p.detach().clone() for p in model.parameters()]
+    factors = kronecker_factors(model, loss, inputs, targets, curvature="kflr")
+    gradients = torch.autograd.grad(loss(model(inputs), targets), list(model.parameters()))
+    optimizer = KFAC(model, loss=loss, curvature="kflr", lr=lr, damping=damping,
+                     weight_decay=weight_decay, clipping="none", inverse_method=inverse_method,
+                     inv_update_period=1, bias_factor="separate")
+    optimizer.step(inputs=inputs, targets=targets)
+    if kind == "wide":  # S of the convolution and A of the Linear layer: triangular solves
+        kept = [[dec.factor is not None for dec in optimizer._decompositions[layer]]
+                for layer in optimizer.layers]
+        assert kept == [[False, True], [True, False]]
+
+    root = math.sqrt(damping + weight_decay)
+    blocks, vectors = [], []
+    for index, block in enumerate(factors.values()):
+        a, positions, s = block.A[:-1, :-1], block.A[-1, -1], block.S
+        pi = math.sqrt((a.trace() / a.shape[0]) / (s.trace() / s.shape[0]))
+        damped_s = s + root / pi * torch.eye(s.shape[0], dtype=DTYPE)
+        blocks += [torch.kron(a + pi * root * torch.eye(a.shape[0], dtype=DTYPE), damped_s),
+                   positions * damped_s]
+        w, b = before[2 * index], before[2 * index + 1]
+        vectors.append(_layer_vector(gradients[2 * index] + weight_decay * w,
+                                     gradients[2 * index + 1] + weight_decay * b))
+    expected = torch.linalg.solve(torch.block_diag(*blocks), torch.cat(vectors))
+    after = [p.detach() for p in model.parameters()]
+    step = torch.cat([_layer_vector((before[i] - after[i]) / lr,
+                                    (before[i + 1] - after[i + 1]) / lr)
+                      for i in range(0, len(before), 2)])
+    torch.testing.assert_close(step, expected, rtol=1e-9, atol=1e-12)
+
+
+@pytest.mark.parametrize("preset", PRESETS)
+def test_separate_bias_runs_every_preset_and_resumes_from_its_state(preset):
+    """Every preset with ``bias_factor="separate"`` at its defaults (Levenberg–Marquardt
+    damping, KL clipping), both inverse methods: ``A`` is ``d_in`` wide, the loss decreases,
+    and an optimizer loaded from the state_dict mid-run continues the same trajectory."""
+    spec = OPTIMIZERS.get(preset)
+    inputs, targets = _batch(32, n=64)
+    for inverse_method in ("eigh", "cholesky"):
+        hyperparameters = {"bias_factor": "separate", "inverse_method": inverse_method,
+                           "lr": 0.3, "cov_update_period": 2, "inv_update_period": 3,
+                           "damping_adaptation_period": 2}
+        model = _mlp(seed=33)
+        optimizer = spec.build(model=model, loss=CrossEntropyLoss(),
+                               hyperparameters=hyperparameters)
+        losses = [float(optimizer.step(inputs=inputs, targets=targets)) for _ in range(5)]
+        assert optimizer.state[model[0].weight]["A"].shape == (5, 5)
+        twin = copy.deepcopy(model)
+        resumed = spec.build(model=twin, loss=CrossEntropyLoss(),
+                             hyperparameters=hyperparameters)
+        resumed.load_state_dict(copy.deepcopy(optimizer.state_dict()))
+        for _ in range(3):
+            losses.append(float(optimizer.step(inputs=inputs, targets=targets)))
+            resumed.step(inputs=inputs, targets=targets)
+        assert losses[-1] < 0.9 * losses[0]
+        for p, q in zip(model.parameters(), twin.parameters(), strict=True):
+            torch.testing.assert_close(q, p, rtol=0, atol=0)
 
 
 def test_update_periods_and_counters():
@@ -273,8 +370,10 @@ def test_clipping_bounds_the_step():
     assert free.step_info["update_norm"] > kl.step_info["update_norm"]
 
 
+@pytest.mark.parametrize("bias_factor", ["homogeneous", "separate"])
 @pytest.mark.parametrize("inverse_method", ["eigh", "cholesky"])
-def test_kl_clipping_and_update_norm_over_blocks_and_fallback_parameters(inverse_method):
+def test_kl_clipping_and_update_norm_over_blocks_and_fallback_parameters(inverse_method,
+                                                                        bias_factor):
     """ν = √(κ / (α² Σ⟨U, V⟩)) with the sum over every parameter (a layer with a bias, one
     without, and fallback parameters), and ``update_norm`` = ‖θ_new − θ‖."""
     torch.manual_seed(4)
@@ -290,7 +389,7 @@ def test_kl_clipping_and_update_norm_over_blocks_and_fallback_parameters(inverse
         copy_ = copy.deepcopy(model)
         optimizer = KFAC(copy_, loss=loss, curvature="kflr", lr=lr, weight_decay=decay,
                          clipping=clipping, clip_threshold=threshold,
-                         inverse_method=inverse_method)
+                         inverse_method=inverse_method, bias_factor=bias_factor)
         optimizer.step(inputs=inputs, targets=targets)
         steps[clipping] = ([(b - p.detach()) / lr for b, p in zip(before, copy_.parameters(),
                                                                    strict=True)],
@@ -506,6 +605,37 @@ def test_factors_and_direction_agree_with_asdl(curvature, fisher_type):
     before = [p.detach().clone() for p in model.parameters()]
     KFAC(model, loss=CrossEntropyLoss(), curvature=curvature, lr=1.0, damping=0.05,
          clipping="none", inverse_method="cholesky").step(inputs=inputs, targets=targets)
+    for p, b, q in zip(model.parameters(), before, peer.parameters(), strict=True):
+        torch.testing.assert_close(b - p.detach(), q.grad, rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.filterwarnings("ignore:Using a non-full backward hook")
+@pytest.mark.parametrize("kind", ["mlp", "cnn"])
+@pytest.mark.parametrize(("curvature", "fisher_type"), [("kflr", "fisher_exact"),
+                                                        ("empirical", "fisher_emp")])
+def test_separate_bias_factors_and_direction_agree_with_asdl(curvature, fisher_type, kind):
+    """With ``bias_factor="separate"`` our K-FAC is ASDL's: ``A`` without the homogeneous
+    coordinate and ``B = S`` (for a convolution with ``T`` output positions ASDL keeps
+    ``A / T`` and ``T S``), and the damped, π-corrected direction of every weight and bias."""
+    import torch.nn.functional as F
+
+    model, inputs, targets = _separate_case(kind)
+    peer = copy.deepcopy(model)
+    maker = _asdl_gradient_maker(peer, fisher_type, 0.05, len(inputs))
+    model_call = maker.setup_model_call(peer, inputs)
+    maker.setup_loss_call(F.cross_entropy, model_call, targets)
+    maker.forward_and_backward()  # curvature, inverses and preconditioned .grad
+    before = [p.detach().clone() for p in model.parameters()]
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature=curvature, lr=1.0, damping=0.05,
+                     clipping="none", inverse_method="cholesky", bias_factor="separate")
+    optimizer.step(inputs=inputs, targets=targets)
+    peer_layers = [m for m in peer.modules() if hasattr(m, "fisher")]
+    counts = [optimizer.state[layer.weight]["positions"] for layer in optimizer.layers]
+    assert counts == ([16, 4, 1] if kind == "cnn" else [1, 1])
+    for layer, peer_layer, count in zip(optimizer.layers, peer_layers, counts, strict=True):
+        state, kron = optimizer.state[layer.weight], peer_layer.fisher.kron
+        torch.testing.assert_close(kron.A, state["A"] / count, rtol=1e-10, atol=1e-12)
+        torch.testing.assert_close(kron.B, state["S"] * count, rtol=1e-10, atol=1e-12)
     for p, b, q in zip(model.parameters(), before, peer.parameters(), strict=True):
         torch.testing.assert_close(b - p.detach(), q.grad, rtol=1e-8, atol=1e-12)
 
