@@ -1,15 +1,16 @@
 """Our K-FAC family against public PyTorch implementations, side by side in one process.
 
 Rows: our presets ``kfac``, ``kflr``, ``kfra`` (MLPs only) and ``kfac-empirical`` (from the
-optimizer registry, their defaults except the update periods, a small timing-only learning
-rate and no Levenberg–Marquardt damping adaptation, which no peer has; the row
-``kfac +LM damping`` keeps it, as the presets do, and the row ``kfac, no KL clipping`` also
-drops the KL clipping, which no peer does either) against ASDL (``asdfghjkl``: K-FAC with
-Monte-Carlo, exact and empirical Fisher) and nngeometry (K-FAC with a Monte-Carlo Fisher,
-and EKFAC). Workloads: an MLP 784-256-256-10 at batch 512, a CNN conv32-pool-conv64-pool-fc
-on 1×28×28 at batch 128 (random data, ten classes) and the registered ``digits-cnn`` problem
-at its batch size. Settings: factors every 5 steps and inverses every 20 (our presets'
-defaults), and both every step.
+optimizer registry, their defaults except the update periods, a small timing-only learning rate
+and no Levenberg–Marquardt damping adaptation, which no peer has; the row ``kfac +LM damping``
+keeps it, as the presets do, and the row ``kfac, no KL clipping`` also drops the KL clipping,
+which no peer does either; the rows ``…, ASDL's settings`` also keep the bias out of ``A`` as
+ASDL does, ``bias_factor="separate"``, so they compute what ASDL computes) against ASDL
+(``asdfghjkl``: K-FAC with Monte-Carlo, exact and empirical Fisher) and nngeometry (K-FAC with a
+Monte-Carlo Fisher, and EKFAC). Workloads: an MLP 784-256-256-10 at batch 512, a CNN
+conv32-pool-conv64-pool-fc on 1×28×28 at batch 128 (random data, ten classes) and the registered
+``digits-cnn`` problem at its batch size. Settings: factors every 5 steps and inverses every 20
+(our presets' defaults), and both every step.
 
 Every implementation runs whole update cycles (``lcm`` of the periods) on its own copy of the
 same model; the implementations and an SGD step are interleaved round by round, and each row
@@ -145,11 +146,11 @@ def tensor_bytes(value) -> int:
 
 # -- ours ---------------------------------------------------------------------------------------
 
-def _ours(preset: str, *, adapt_damping: bool = False,
-          clipping: str | None = None) -> Callable[[Workload, Settings], Runner]:
+def _ours(preset: str, *, adapt_damping: bool = False, clipping: str | None = None,
+          bias_factor: str | None = None) -> Callable[[Workload, Settings], Runner]:
     """Our preset at its defaults except the periods, the timing learning rate and, unless
     ``adapt_damping``, without Levenberg–Marquardt damping adaptation (no peer adapts); with
-    ``clipping`` set, that clipping instead of the preset's."""
+    ``clipping`` or ``bias_factor`` set, that value instead of the preset's."""
     def build(workload: Workload, settings: Settings) -> Runner:
         spec = OPTIMIZERS.get(preset)
         has_conv = any(isinstance(m, nn.Conv2d) for m in workload.model.modules())
@@ -159,7 +160,8 @@ def _ours(preset: str, *, adapt_damping: bool = False,
         optimizer = spec.build(model=model, loss=workload.loss, hyperparameters={
             "lr": TIMING_LR, "cov_update_period": settings.cov_period,
             "inv_update_period": settings.inv_period, "adapt_damping": adapt_damping,
-            **({} if clipping is None else {"clipping": clipping})})
+            **({} if clipping is None else {"clipping": clipping}),
+            **({} if bias_factor is None else {"bias_factor": bias_factor})})
         def step() -> None:
             optimizer.step(inputs=workload.inputs, targets=workload.targets)
 
@@ -274,6 +276,10 @@ ENTRIES: tuple[Entry, ...] = (
     Entry("kfac-empirical", "fisher-empirical", True, _ours("kfac-empirical")),
     Entry("kfac +LM damping", "fisher-mc", True, _ours("kfac", adapt_damping=True)),
     Entry("kfac, no KL clipping", "fisher-mc", True, _ours("kfac", clipping="none")),
+    Entry("kfac, ASDL's settings", "fisher-mc", True,
+          _ours("kfac", clipping="none", bias_factor="separate")),
+    Entry("kfac-empirical, ASDL's settings", "fisher-empirical", True,
+          _ours("kfac-empirical", clipping="none", bias_factor="separate")),
     Entry("asdl kfac mc", "fisher-mc", False, _asdl("fisher_mc")),
     Entry("asdl kfac exact", "fisher-exact", False, _asdl("fisher_exact")),
     Entry("asdl kfac empirical", "fisher-empirical", False, _asdl("fisher_emp")),
