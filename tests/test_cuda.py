@@ -198,3 +198,16 @@ def test_sgn_with_its_default_tolerance_reads_the_gpu_once_for_cg():
     assert reads["cuda", 2] == reads["cuda", 6] == 0
     assert reads["cpu", 6] > reads["cuda", 6]
     torch.testing.assert_close(parameters["cuda", 6], parameters["cpu", 6], rtol=1e-9, atol=1e-12)
+
+
+def test_kflr_with_the_bias_apart_from_a_runs_on_cuda_as_on_the_cpu():
+    """``bias_factor="separate"`` (its own bias block, a matrix-vector product or two
+    triangular solves) on a CNN: the float64 trajectory on the GPU is the CPU's."""
+    kwargs = dict(problem="digits-cnn", optimizer="kflr", seed=0, dtype="float64",
+                  budget=Budget(max_steps=6), stop_at_target=False, eval_every=3,
+                  hyperparameters={"bias_factor": "separate"})
+    on_gpu, on_cpu = run(device="cuda", **kwargs), run(device="cpu", **kwargs)
+    assert on_gpu.status == on_cpu.status == "budget", on_gpu.error
+    reordered = run(device="cpu", threads=2, **kwargs)
+    _assert_same(on_gpu.history["loss"], on_cpu.history["loss"],
+                 spread=reordered.history["loss"])
