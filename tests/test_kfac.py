@@ -353,6 +353,36 @@ def test_a_non_finite_trial_loss_is_a_failed_step(monkeypatch):
     assert optimizer.damping == pytest.approx(2e-2)
 
 
+def test_lr_one_on_random_labels_is_kept_finite_by_the_kl_clipping():
+    """Issue 10's lr-1 workload (MLP 784-256-256-10, batch 512, ten random classes, float32):
+    the ``kfac`` preset at its defaults stays finite because the KL clipping binds
+    (α²Σ⟨U, V⟩ ≈ 17 against 10⁻² at the first step, ν ≈ 0.024). Unclipped, as the peers step,
+    the loss reaches ~10⁹ by the third step and the fifth step's logits overflow; those
+    non-finite steps are skipped and counted and the parameters stay finite."""
+    generator = torch.Generator().manual_seed(0)
+    inputs = torch.randn(512, 784, generator=generator)
+    targets = torch.randint(0, 10, (512,), generator=generator)
+    runs = {}
+    for clipping in ("kl", "none"):
+        torch.manual_seed(0)
+        model = nn.Sequential(nn.Linear(784, 256), nn.ReLU(), nn.Linear(256, 256), nn.ReLU(),
+                              nn.Linear(256, 10))
+        optimizer = OPTIMIZERS.get("kfac").build(model=model, loss=CrossEntropyLoss(),
+                                                 hyperparameters={"clipping": clipping})
+        losses, sizes = [], []
+        for _ in range(8):
+            losses.append(float(optimizer.step(inputs=inputs, targets=targets)))
+            sizes.append(optimizer.step_info["step_size"])
+        assert all(torch.isfinite(p).all() for p in model.parameters())
+        runs[clipping] = (losses, sizes, optimizer.counters["skipped_steps"])
+    losses, sizes, skipped = runs["kl"]
+    assert sizes[0] < 0.05 and skipped == 0
+    assert all(math.isfinite(v) for v in losses) and losses[-1] < 0.1 * losses[0]
+    losses, sizes, skipped = runs["none"]
+    assert sizes[0] == 1.0 and losses[2] > 1e6
+    assert not math.isfinite(losses[-1]) and skipped >= 1
+
+
 def test_clipping_bounds_the_step():
     inputs, targets = _batch()
     norm = KFAC(_mlp(), loss=CrossEntropyLoss(), curvature="kflr", lr=1.0, momentum=0.0,
