@@ -29,6 +29,7 @@ Newton solvers for deep learning" (ICCV; arXiv 1805.08095).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import torch
@@ -124,7 +125,9 @@ class CurveBall(CurvatureOptimizer):
                 new_value = float(linearization.evaluate_loss())
             self.counters.update(forward_passes=1, function_evaluations=1)
             predicted = -0.5 * float(solution @ b)
-            ratio = (new_value - float(linearization.loss_value)) / predicted
+            # a zero step (a zero gradient) predicts nothing: ρ = NaN keeps λ
+            change = new_value - float(linearization.loss_value)
+            ratio = change / predicted if predicted != 0.0 else math.nan
             factor = h["damping_factor"] ** h["damping_interval"]
             if ratio < h["ratio_low"]:
                 lam /= factor

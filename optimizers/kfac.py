@@ -63,16 +63,17 @@ learning rate and ``μ`` the momentum.
   ``U = ∇θ + ηθ`` (plain SGD with the same learning rate, momentum and clipping); their names
   are listed in :attr:`KFAC.run_notes`.
 
-Per step, :attr:`step_info` holds ``damping``, ``step_size`` (``α ν``), ``lr``,
-``update_norm`` (``‖θ_new − θ‖``), ``factors_updated``, ``inverses_updated``, on
-decomposition steps ``inverse_retries`` and ``inverse_failures``, when adapted,
-``reduction_ratio`` (``−inf`` when the model predicts no decrease or the new loss is not
-finite), and ``skipped`` on a skipped step: a step whose direction is not finite (which no
-clipping can bound) is not applied, leaves parameters and momentum as they were, counts in
-``skipped_steps`` and, with adaptation, raises the damping as a failed step does.
-:attr:`counters` holds ``forward_passes``, ``backward_passes`` (one per backpropagated
-vector: ``D`` for KFLR, ``mc_samples`` for K-FAC), ``factor_updates``, ``inverse_updates``,
-``skipped_steps`` and, with adaptation, ``ggn_products`` and ``function_evaluations``.
+Per step, :attr:`step_info` holds ``damping``, ``step_size`` (``α ν``), ``lr``, ``update_norm``
+(``‖θ_new − θ‖``), ``factors_updated``, ``inverses_updated``, on decomposition steps
+``inverse_retries`` and ``inverse_failures``, when adapted, ``reduction_ratio`` (``−inf`` when
+the model predicts no decrease or the new loss is not finite; none for a zero step, e.g. on a
+fitted batch, which leaves the damping as it was), and ``skipped`` on a skipped step: a step
+whose direction is not finite (which no clipping can bound) is not applied, leaves parameters
+and momentum as they were, counts in ``skipped_steps`` and, with adaptation, raises the damping
+as a failed step does. :attr:`counters` holds ``forward_passes``, ``backward_passes`` (one per
+backpropagated vector: ``D`` for KFLR, ``mc_samples`` for K-FAC), ``factor_updates``,
+``inverse_updates``, ``skipped_steps`` and, with adaptation, ``ggn_products`` and
+``function_evaluations``.
 
 References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
 approximate curvature"; Grosse & Martens 2016 (KFC); Botev, Ritter & Barber 2017 (KFLR, KFRA);
@@ -719,7 +720,11 @@ class KFAC(CurvatureOptimizer):
         return float(torch.stack(terms).sum()), tangent
 
     def _adapt_damping(self, linearization: Linearization, parameters, deltas,
-                       model_change: float, tangent: torch.Tensor | None) -> float:
+                       model_change: float, tangent: torch.Tensor | None) -> float | None:
+        """The reduction ratio ρ after moving the step, and λ updated from it; ``None`` (λ
+        kept) for a zero step, which tests nothing (a zero gradient: a fitted batch)."""
+        if model_change == 0.0 and not any(bool(d.any()) for d in deltas):
+            return None
         # The parameters now hold θ + δ; with J₁δ only the layers after the input layer run.
         new_loss = float(linearization.evaluate_loss(step=1.0, input_layer_tangent=tangent))
         self.counters["forward_passes"] += 1

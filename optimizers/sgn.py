@@ -13,7 +13,8 @@ One step on a batch with loss ``L`` and parameters ``θ``:
 3. Try ``θ + α d`` with ``α = step_size``; the reduction ratio
    ``r = (f(θ + αd) − f(θ)) / (α gᵀd + ½ α² dᵀ(G + λI)d)`` adapts the damping
    (Levenberg–Marquardt / trust-region rule, Nocedal & Wright Alg. 4.1):
-   ``r < ¼ → λ ← 3/2 λ``; ``r > ¾ → λ ← max(2/3 λ, λ_min)``.
+   ``r < ¼ → λ ← 3/2 λ``; ``r > ¾ → λ ← max(2/3 λ, λ_min)``; a zero gradient (a fitted
+   batch) gives ``d = 0`` and ``r`` = NaN, and keeps ``λ``.
 4. Optional Armijo backtracking: while ``f(θ + αd) > f(θ) + c α gᵀd`` (at most
    ``max_backtracks`` times) ``α ← ρ α``. Function evaluations reuse the step's dropout masks
    and, where the first layer is a Linear one (an MLP), its output at ``θ + αd``,
@@ -337,8 +338,11 @@ class GaussNewtonCG(CurvatureOptimizer):
             f0 = loss_value + (0.5 * decay * norm[0] if decay else 0.0)
             evaluations = 1
             predicted = alpha * slope + 0.5 * alpha * alpha * result.curvature
-            ratio = (first - f0) / predicted if predicted < 0 else -math.inf
-            if h["adaptive_damping"]:
+            if result.stop_reason == "zero_gradient":  # a zero step: no evidence, λ is kept
+                ratio = math.nan
+            else:
+                ratio = (first - f0) / predicted if predicted < 0 else -math.inf
+            if h["adaptive_damping"] and not math.isnan(ratio):
                 state["damping"] = update_damping(damping, ratio=ratio,
                                                   minimum=h["damping_min"])
             if h["line_search"]:

@@ -300,6 +300,25 @@ def test_reduction_ratio_is_one_on_a_quadratic():
     assert optimizer.damping == pytest.approx(5e-3)  # ρ > 3/4: λ ← ωλ
 
 
+def test_a_zero_step_leaves_the_damping_as_it_was():
+    """On a fitted batch the gradient and the step are zero: ρ is 0/0, no evidence, so λ must
+    not grow (it used to count as a failed step and climb to its cap)."""
+    torch.manual_seed(6)
+    model = nn.Linear(5, 2).to(DTYPE)
+    inputs = torch.randn(32, 5, dtype=DTYPE)
+    targets = model(inputs).detach()
+    optimizer = KFAC(model, loss=MSELoss(), curvature="kflr", lr=1.0, damping=1e-2,
+                     clipping="kl", adapt_damping=True, damping_adaptation_period=1,
+                     damping_decay=0.5)
+    for _ in range(3):
+        optimizer.step(inputs=inputs, targets=targets)
+        assert "reduction_ratio" not in optimizer.step_info
+    assert optimizer.damping == 1e-2
+    assert optimizer.counters["function_evaluations"] == 0
+    optimizer.step(inputs=inputs, targets=targets + 1.0)  # a real step is judged again
+    assert optimizer.step_info["reduction_ratio"] > 0.75 and optimizer.damping < 1e-2
+
+
 def test_damping_grows_when_steps_overshoot():
     model = _mlp()
     optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=50.0,

@@ -17,6 +17,7 @@ import torch
 
 from curvebench import stepping
 from curvebench.harness import run
+from curvebench.losses import MSELoss
 from curvebench.optimizers import (
     OPTIMIZERS,
     CurvatureOptimizer,
@@ -165,3 +166,30 @@ def test_harness_suite_and_tests_share_one_step_function(monkeypatch, name):
     workload = build_step_workload(PROBLEM, name)
     workload.step()
     assert len(outcomes) == 1 and set(outcomes[0].phases) <= phases
+
+
+@pytest.mark.parametrize("name", [n for n in NAMES if OPTIMIZERS.get(n).needs_curvature])
+def test_a_fitted_batch_is_a_fixed_point(name):
+    """A zero gradient (a batch fitted exactly) is no evidence about the curvature model: no
+    error (CurveBall divided by its zero predicted change), the parameters stay where they
+    are, and an adapted damping does not move (SGN and K-FAC counted a zero step as a failed
+    one and raised it every step)."""
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 3), torch.nn.Tanh(),
+                                torch.nn.Linear(3, 2)).double()
+    inputs = torch.randn(16, 5, dtype=torch.float64)
+    targets = model(inputs).detach()
+    spec = OPTIMIZERS.get(name)
+    overrides = {key: value for key, value in (("damping_interval", 1),
+                                               ("damping_adaptation_period", 1),
+                                               ("weight_decay", 0.0))  # decay would move θ
+                 if key in spec.defaults}
+    optimizer = spec.build(model=model, loss=MSELoss(), hyperparameters=overrides)
+    before = [p.detach().clone() for p in model.parameters()]
+    dampings = []
+    for _ in range(4):
+        optimizer.step(inputs=inputs, targets=targets)
+        dampings.append((optimizer.step_info or {}).get("damping"))
+    for p, old in zip(model.parameters(), before, strict=True):
+        torch.testing.assert_close(p.detach(), old, rtol=0, atol=1e-12)
+    assert len(set(dampings)) == 1, dampings
