@@ -15,6 +15,6 @@ export PYTHONUNBUFFERED=1
 gpu() { nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,utilization.gpu,temperature.gpu --format=csv,noheader; }
 { echo "start: $(gpu)"; python3 -c "import torch; print('torch', torch.__version__, torch.version.cuda)"; uptime; } | tee "$out/machine.txt"
 timeout 200 python3 -m pytest -q -p no:cacheprovider tests/test_cuda.py 2>&1 | tee "$out/test_cuda.log" | tail -25
-timeout 220 python3 benchmarks/kfac_peers.py --device cuda --repeats 5 --save "$out/kfac_peers.json" 2>&1 | tee "$out/kfac_peers.txt"
+timeout 330 python3 benchmarks/kfac_peers.py --device cuda --repeats 5 --save "$out/kfac_peers.json" 2>&1 | tee "$out/kfac_peers.txt"
 timeout 120 python3 benchmarks/sgn_costs.py --device cuda --repeats 9 2>&1 | tee "$out/sgn_costs.txt"
 { echo "end: $(gpu)"; uptime; } | tee -a "$out/machine.txt"
