@@ -553,6 +553,12 @@ def goal_lines(rows: list[dict]) -> list[str]:
             who += (f"; every row launches more than {limit}x an SGD step's kernels, which "
                     f"bound these workloads on a GPU (operators that are not views; the "
                     f"fewest: {fewest['row']}, {fewest['ops/sgd']:.2f}x)")
+        ours = [r for r in group if r["ours"] and r["phases"]]
+        if not reached and ours:  # where the fastest of ours spends its time
+            best = min(ours, key=lambda r: r["step/sgd"])
+            phases = ", ".join(f"{k} {v:.2f}" for k, v in sorted(
+                best["phases"].items(), key=lambda kv: -kv[1]))
+            who += f"; the fastest of ours, {best['row']}, spends (SGD steps) {phases}"
         lines.append(f"- {key[0]} {key[1]}: goal ≤ {limit}x SGD, {who}. {verdicts}")
     return lines
 
