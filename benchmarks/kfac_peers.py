@@ -25,7 +25,8 @@ ASDL exact; ``kfac-empirical``: ASDL empirical); then the issue's step ÷ SGD go
 the MLP and ≤ 2.0 on the CNNs at 5/20, ≤ 4 every step) with pass or miss for every
 implementation, peers included, and where the goal is below the arithmetic of every row, the
 least arithmetic (whole cycle and cheapest step: on the MLP at 5/20, SGD's products plus
-applying two Kronecker factors per layer already cost more than 1.5 SGD steps' flops). The
+applying two Kronecker factors per layer already cost more than 1.5 SGD steps' flops), and
+where no library reaches it, where the fastest of ours spends its time (its phases). The
 flop ratio is what one CPU thread's time follows where both steps are matrix products of
 similar sizes (the MLP at 5/20: within 5% for ours and ASDL); on the CNNs an SGD step's
 thin convolutions run about 1.3–1.4x slower per flop than K-FAC's larger products, so step
