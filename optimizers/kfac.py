@@ -376,8 +376,25 @@ class KFAC(CurvatureOptimizer):
         return [self._group_of(p) for p in parameters]
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Load as ``torch.optim.Optimizer`` does; decompositions are restored from the state."""
+        """Load as ``torch.optim.Optimizer`` does; decompositions are restored from the state.
+
+        Raises:
+            ValueError: the state's input factors do not fit this optimizer's layers and
+                ``bias_factor`` (e.g. a state saved with the other bias layout); the
+                optimizer keeps its own state.
+        """
+        previous = self.state_dict()
         super().load_state_dict(state_dict)
+        for layer in self.layers:
+            a = self.state[layer.weight].get("A")
+            width = layer.weight.reshape(layer.weight.shape[0], -1).shape[1]
+            width += layer.bias is not None and self.bias_factor == "homogeneous"
+            if a is not None and a.shape[0] != width:
+                super().load_state_dict(previous)
+                raise ValueError(
+                    f"optimizer state has a {a.shape[0]}-wide input factor where this K-FAC "
+                    f"(bias_factor={self.bias_factor!r}) needs {width}: saved with another "
+                    "bias layout or for another model")
         self._decompositions = {}
         for layer in self.layers:
             state = self.state[layer.weight]

@@ -752,3 +752,21 @@ def test_a_step_reads_the_host_once_between_factor_updates(clipping):
             optimizer.step(inputs=inputs, targets=targets)
         assert counts.host_reads == 1
     assert optimizer.step_info["update_norm"] > 0
+
+
+def test_a_state_of_the_other_bias_layout_is_refused_and_the_own_state_kept():
+    inputs, targets = _batch(3)
+    saved = {}
+    for layout in ("homogeneous", "separate"):
+        model = _mlp()
+        optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", bias_factor=layout)
+        optimizer.step(inputs=inputs, targets=targets)
+        saved[layout] = (optimizer, copy.deepcopy(optimizer.state_dict()))
+    optimizer, own = saved["separate"]
+    with pytest.raises(ValueError, match="bias_factor='separate'"):
+        optimizer.load_state_dict(saved["homogeneous"][1])
+    for key, value in optimizer.state_dict()["state"].items():
+        for name, tensor in value.items():
+            if isinstance(tensor, torch.Tensor):
+                torch.testing.assert_close(tensor, own["state"][key][name], rtol=0, atol=0)
+    optimizer.step(inputs=inputs, targets=targets)  # still usable
