@@ -399,8 +399,8 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             total = sum(phases.values()) or 1.0
             phase_ratios[name] = {phase: seconds / total * statistics.median(ratios[name])
                                   for phase, seconds in phases.items()}
-    arithmetic = {name: _arithmetic(runner.step, steps) for name, runner in runners.items()}
-    sgd = _arithmetic(sgd_step, 1)
+    arithmetic = {name: arithmetic_per_step(runner.step, steps) for name, runner in runners.items()}
+    sgd = arithmetic_per_step(sgd_step, 1)
     parameter_bytes = sum(tensor_bytes(p) for p in workload.model.parameters())
     rows = []
     for entry in ENTRIES:
@@ -421,7 +421,7 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
     return rows
 
 
-def _arithmetic(step: Callable[[], None], steps: int) -> dict:
+def arithmetic_per_step(step: Callable[[], object], steps: int) -> dict:
     """Per step over ``steps`` steps (a whole update cycle): flops, those of the cheapest
     step (one without factor or inverse work, where the cycle has one), operators that are
     not views (each a kernel launch on a GPU; :mod:`curvebench.operator_counts`), and the

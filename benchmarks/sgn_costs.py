@@ -124,9 +124,8 @@ from torch.func import functional_call, jvp, vjp
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from kfac_peers import parse_device, workloads  # noqa: E402
+from kfac_peers import arithmetic_per_step, parse_device, workloads  # noqa: E402
 
-from curvebench.arithmetic import count_flops  # noqa: E402
 from curvebench.curvature import Linearization, flatten, unflatten  # noqa: E402
 from curvebench.losses import CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
@@ -304,13 +303,14 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
             wall[key].append(time.perf_counter() - start_wall)
         for optimizer in optimizers.values():
             optimizer.counters.clear()
-    sgd_flops, sgd_operators = _flops_and_operators(work["sgd_step"])
-    arithmetic = {"product": _flops_and_operators(work["ggn[layers]"])[0] / sgd_flops}
+    sgd = arithmetic_per_step(work["sgd_step"], 1)
+    arithmetic = {"product": arithmetic_per_step(work["ggn[layers]"], 1)["flops"] / sgd["flops"]}
     operators = {}
     for k in ks:  # from the state the timed steps started from
         setups[f"sgn_step[k={k}]"]()
-        flops, count = _flops_and_operators(work[f"sgn_step[k={k}]"])
-        arithmetic[k], operators[k] = flops / sgd_flops, count / sgd_operators
+        step = arithmetic_per_step(work[f"sgn_step[k={k}]"], 1)
+        arithmetic[k] = step["flops"] / sgd["flops"]
+        operators[k] = step["operators"] / sgd["operators"]
     clocks = (("cuda", wall),) if cuda else (("wall", wall), ("cpu", cpu))
     for clock, times in clocks:
         median = {key: statistics.median(values) for key, values in times.items()}
@@ -334,14 +334,6 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         if clock in ("cpu", "cuda"):
             _print_phases(phases, evaluations, ratios=ratios, sgd_time=sgd_time, grad=grad,
                           ggn=ours, arithmetic=arithmetic)
-
-
-def _flops_and_operators(fn: Callable[[], object]) -> tuple[int, int]:
-    """Flops (:mod:`curvebench.arithmetic`) and operators that are not views (kernel launches
-    on a GPU; :mod:`curvebench.operator_counts`) of one call."""
-    with OperatorCounter() as operators:
-        flops = count_flops(fn).flops
-    return flops, operators.total - operators.views
 
 
 def _sgd_step(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,

@@ -91,7 +91,7 @@ def test_every_row_builds_and_steps_on_a_small_cnn():
         for _ in range(2):
             runner.step()
         assert runner.state_bytes() > 0
-        arithmetic = kfac_peers._arithmetic(runner.step, 2)  # hooks and all, counted
+        arithmetic = kfac_peers.arithmetic_per_step(runner.step, 2)  # hooks and all, counted
         assert arithmetic["flops"] >= arithmetic["plain"] > 0 and arithmetic["operators"] > 0
         if runner.phases is not None:
             assert set(runner.phases(1)) >= {"forward", "backward", "update"}
