@@ -57,6 +57,7 @@ approximation for natural gradient descent".
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -82,6 +83,7 @@ __all__ = [
     "kfra_support",
     "layer_inputs",
     "layer_pre_activations",
+    "gram",
     "input_factor",
     "output_factor",
     "kronecker_factors",
@@ -230,8 +232,7 @@ def input_factor(module: nn.Module, inputs: torch.Tensor, *,
     ones = homogeneous and module.bias is not None
     if isinstance(module, _CONV):
         columns = _patch_columns(module, inputs)  # (d, N·T)
-        d = columns.shape[0]
-        inner = torch.addmm(columns.new_empty(d, d), columns, columns.T, beta=0, alpha=scale)
+        inner = gram(columns, scale=scale)
         if not ones:
             return inner
         return _with_homogeneous(inner, columns.sum(dim=1).mul_(scale),
@@ -276,11 +277,45 @@ def _input_factor_from_rows(rows: torch.Tensor, scale: float, *,
     append = homogeneous and rows.shape[0] <= rows.shape[1]  # copies less than d²
     if append:
         rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-    k = rows.shape[1]
-    inner = torch.addmm(rows.new_empty(k, k), rows.T, rows, beta=0, alpha=scale)
+    inner = gram(rows.T, scale=scale)
     if not homogeneous or append:
         return inner
     return _with_homogeneous(inner, rows.sum(dim=0).mul_(scale), rows.shape[0] * scale)
+
+
+#: :func:`gram` on a CPU: column blocks of at least this width, at most this many, and only
+#: for products over at least this many rows (shallower ones are bound by writing the output).
+GRAM_BLOCK_WIDTH = 96
+GRAM_MAX_BLOCKS = 6
+GRAM_MIN_DEPTH = 256
+
+
+def gram(columns: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
+    """``scale · C Cᵀ`` of ``C = columns``, ``(d, M)``: a Kronecker factor, exactly symmetric.
+
+    On a CPU, with ``k = min(GRAM_MAX_BLOCKS, d // GRAM_BLOCK_WIDTH) ≥ 2`` and
+    ``M ≥ GRAM_MIN_DEPTH``, only the lower triangle is multiplied out, one product per column
+    block (``(k + 1)/(2k)`` of the flops; BLAS's symmetric rank-k update is not exposed by
+    torch), and the upper triangle is its copy. Measured (one thread, float32, ms, one product
+    against blocks): d 785, M 512 (the MLP's first layer) 4.0 against 3.0; d 289, M 25088 (the
+    CNN's second convolution) 30 against 20-21; d 257, M 512 0.46 against 0.38; d 3137, M
+    1024 144 against 118; but d 3137, M 129 (the CNN's fc) 33 against 34-51. Elsewhere (a GPU,
+    where these small workloads are bound by kernel launches), and where autograd records
+    ``columns``, one product.
+    """
+    d, depth = columns.shape
+    blocks = min(GRAM_MAX_BLOCKS, d // GRAM_BLOCK_WIDTH)
+    result = columns.new_empty(d, d)
+    if (blocks < 2 or depth < GRAM_MIN_DEPTH or columns.device.type != "cpu"
+            or (columns.requires_grad and torch.is_grad_enabled())):
+        return torch.addmm(result, columns, columns.T, beta=0, alpha=scale)
+    edges = [d * i // blocks for i in range(blocks + 1)]
+    for start, stop in itertools.pairwise(edges):
+        lower = result[start:, start:stop]
+        torch.addmm(lower, columns[start:], columns[start:stop].T, beta=0, alpha=scale,
+                    out=lower)
+        result[start:stop, stop:] = result[stop:, start:stop].T
+    return result
 
 
 def _with_homogeneous(inner: torch.Tensor, sums: torch.Tensor, count: float) -> torch.Tensor:
@@ -307,7 +342,7 @@ def output_factor(module: nn.Module, backpropagated: Sequence[torch.Tensor]) -> 
         if isinstance(module, nn.Linear):
             flat = b.reshape(-1, module.out_features)
             positions = flat.shape[0] // b.shape[0]
-            term = torch.mm(flat.T, flat)
+            term = gram(flat.T)
         else:  # (N, C, T): a batched product on the existing layout, no transposed copy
             per_example = b.reshape(b.shape[0], module.out_channels, -1)
             positions = per_example.shape[-1]

@@ -19,11 +19,13 @@ from curvebench.kronecker import (
     CURVATURE_TYPES,
     UnsupportedModelError,
     dense_ggn_block,
+    gram,
     input_factor,
     kfra_support,
     kronecker_approximation_error,
     kronecker_factors,
     layer_inputs,
+    output_factor,
 )
 from curvebench.losses import LOSSES, BCEWithLogitsLoss, CrossEntropyLoss, CurvatureLoss, MSELoss
 from tests.dense_reference import dense_ggn, dense_output_hessian
@@ -517,7 +519,7 @@ def test_a_layer_used_twice_is_refused_in_one_line(curvature):
     assert "\n" not in str(error.value)
 
 
-@pytest.mark.parametrize(("channels", "size"), [(2, 5), (8, 12)])
+@pytest.mark.parametrize(("channels", "size"), [(2, 5), (8, 12), (24, 9)])
 def test_conv_input_factor_equals_explicit_patches(channels, size):
     torch.manual_seed(12)
     conv = nn.Conv2d(channels, 3, 3, padding=1).to(DTYPE)
@@ -546,3 +548,31 @@ def test_conv_input_factor_equals_unfolded_patches(conv):
         patches = torch.cat([patches, torch.ones(*patches.shape[:2], 1, dtype=DTYPE)], dim=2)
     expected = torch.einsum("nti,ntj->ij", patches, patches) / 5
     torch.testing.assert_close(input_factor(conv, x), expected, rtol=1e-10, atol=1e-12)
+
+
+@pytest.mark.parametrize("d", [5, 191, 192, 300, 785])
+@pytest.mark.parametrize("layout", ["contiguous", "transposed"])
+def test_gram_is_the_product_and_exactly_symmetric(d, layout):
+    """From 192 rows on, ``gram`` multiplies out column blocks of the lower triangle and
+    copies the upper one; either way it is ``scale·C Cᵀ``, symmetric to the last bit."""
+    generator = torch.Generator().manual_seed(d)
+    columns = (torch.randn(d, 300, generator=generator, dtype=DTYPE) if layout == "contiguous"
+               else torch.randn(300, d, generator=generator, dtype=DTYPE).T)
+    result = gram(columns, scale=0.25)
+    torch.testing.assert_close(result, 0.25 * columns @ columns.T, rtol=1e-12, atol=1e-12)
+    assert torch.equal(result, result.T)
+
+
+@pytest.mark.parametrize("rows", [280, 400])  # fewer rows than inputs appends a ones column
+def test_linear_factors_of_a_wide_layer_equal_explicit_sums(rows):
+    """Factors wide enough for ``gram``'s blocks: ``A`` with its homogeneous coordinate
+    and ``S`` from backpropagated rows equal explicit float64 sums over examples."""
+    generator = torch.Generator().manual_seed(rows)
+    layer = nn.Linear(300, 210).to(DTYPE)
+    x = torch.randn(rows, 300, generator=generator, dtype=DTYPE)
+    homogeneous = torch.cat([x, torch.ones(rows, 1, dtype=DTYPE)], dim=1)
+    expected = sum(torch.outer(a, a) for a in homogeneous) / rows
+    torch.testing.assert_close(input_factor(layer, x), expected, rtol=1e-10, atol=1e-12)
+    b = torch.randn(rows, 210, generator=generator, dtype=DTYPE)
+    torch.testing.assert_close(output_factor(layer, [b]), sum(torch.outer(v, v) for v in b),
+                               rtol=1e-10, atol=1e-10)
