@@ -34,10 +34,11 @@ learning rate and ``μ`` the momentum.
   ``Q diag(1/(λ + γ)) Qᵀ``, rebuilt whenever the damping changes, so an adapted damping takes
   effect at the next step (one n³ product per factor per change; eigh itself is 4–6× a
   Cholesky inverse). Either way a step costs two matrix products per layer. A Cholesky
-  factor much wider than the layer's other side (the 3137-wide input of a 10-way output
-  layer) keeps its triangular factor instead of its inverse and is applied by two triangular
-  solves (:func:`prefer_triangular_solves`): forming that inverse costs twice the
-  factorisation, and the solves cost less than the product with the inverse would. A failed
+  factor wider than the layer's other side times the decomposition period (the 3137-wide
+  input of a 10-way output layer; most factors when decomposed every step) keeps its
+  triangular factor instead of its inverse and is applied by two triangular solves
+  (:func:`prefer_triangular_solves`): forming that inverse costs twice the factorisation,
+  more than the solves cost beyond a product with it. A failed
   decomposition (not positive definite, non-finite, or not converged) is retried with a shift
   ten times larger each time (:func:`damped_decomposition`); only if every retry fails is the
   previous decomposition kept.
@@ -162,14 +163,20 @@ def prefer_triangular_solves(size: int, other: int, period: int, *,
     an H200, the CNN's fc layer of ``benchmarks/kfac_peers.py``: 1.6 ms per step for the two
     solves, 0.7 ms per decomposition for the inverse).
 
-    Per step, two triangular solves cost about ``2·size²·other`` against ``size²·other`` for
-    the product with a stored inverse, which itself costs about ``(2/3)·size³`` per
-    decomposition: solves win when ``3·other·period < 2·size``. Measured (one thread, CPU,
-    float32): a 3137-wide input factor of a 10-way output layer (the CNN's fc) takes 166 ms to
-    factor plus 231 ms to invert, and 5.5 ms for the two solves against 8.5 ms for the product
-    with the inverse.
+    Two triangular solves take ``2·size²·other`` flops per step, as the product with a stored
+    inverse does, but run about 1.4 times as long; forming the inverse (``(2/3)·size³``
+    flops, at about half a product's speed) costs about ``(4/3)·size³`` product flops per
+    decomposition: solves win when ``0.4·2·size²·other·period < (4/3)·size³``, i.e.
+    ``3·other·period < 5·size``. Measured (one thread, CPU, float32, factor plus solves
+    against factor, inverse and product, every step): size 257, other 256: 0.44-0.54 ms
+    against 0.68; size 256, other 785: 1.52 against 1.40; size 785, other 256: 5.1-5.4
+    against 8.9. A 3137-wide input factor of a 10-way output layer (the CNN's fc) takes 166 ms
+    to factor plus 231 ms to invert, and 5.5 ms for the two solves against 8.5 ms for the
+    product with the inverse. In the MLP of ``benchmarks/kfac_peers.py`` with every-step
+    decompositions this rule (instead of ``3·other·period < 2·size``) took a step from 4.54
+    to 4.48 SGD steps.
     """
-    return device_type != "cuda" and 3 * other * period < 2 * size
+    return device_type != "cuda" and 3 * other * period < 5 * size
 
 
 def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -195,7 +202,9 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
     work = matrix.to(_decomposition_dtype(matrix.dtype))
     floor = None
     for retry in range(max_retries + 1):
-        damped = work.clone()
+        # column-major, as LAPACK takes it: ``work``'s lower triangle is the upper one of
+        # this transpose, which is decomposed in place (``_cholesky_in_place``)
+        damped = work.clone() if method == "eigh" else work.mT.clone()
         damped.diagonal().add_(shift)
         try:  # one host synchronisation per attempt: the success test is one device flag
             if method == "eigh":
@@ -204,10 +213,11 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
                     return Decomposition(method=method, shift=shift, retries=retry,
                                          values=values.clamp(min=0.0), vectors=vectors)
             else:
-                factor, info = torch.linalg.cholesky_ex(damped)
+                upper, info = _cholesky_in_place(damped)
                 # a finite matrix gives |L_ij| ≤ √M_ii, a non-finite one a non-finite L_nn;
                 # SPD: |M_ij| ≤ √(M_ii M_jj), so a finite diagonal means a finite inverse
-                result = factor if keep_factor else torch.cholesky_inverse(factor)
+                result = (upper.mT if keep_factor
+                          else torch.cholesky_inverse(upper, upper=True))
                 if bool((info == 0) & torch.isfinite(result.diagonal()).all()):
                     return Decomposition(method=method, shift=shift, retries=retry,
                                          **{"factor" if keep_factor else "inverse": result})
@@ -218,6 +228,19 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
             floor = max(1e-6 * scale, 1e-10) if math.isfinite(scale) else 1e-10
         shift = max(10.0 * shift, floor)
     return None
+
+
+def _cholesky_in_place(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(U, info)`` with ``UᵀU = matrix`` from its upper triangle, written over ``matrix``
+    (column-major, ``(n, n)``).
+
+    ``torch.linalg.cholesky_ex`` into a new tensor first copies its input there with a
+    transposing, cache-unfriendly ``tril``/``triu`` on a CPU; with the input as the output
+    that is an in-place zeroing of the other triangle. Measured (one thread, float32, n 785,
+    the MLP's first input factor): 2.0 ms against 3.3 ms with the copy.
+    """
+    info = torch.empty((), dtype=torch.int32, device=matrix.device)
+    return torch.linalg.cholesky_ex(matrix, upper=True, out=(matrix, info))
 
 
 def pi_correction(a: torch.Tensor, s: torch.Tensor) -> float:
