@@ -218,9 +218,11 @@ def layer_pre_activations(module: nn.Module, outputs: torch.Tensor) -> torch.Ten
     return outputs.reshape(n, module.out_channels, -1).transpose(1, 2)
 
 
-def input_factor(module: nn.Module, inputs: torch.Tensor, *,
-                 homogeneous: bool = True) -> torch.Tensor:
-    """``A = (1/N) Σ_n Σ_t ã_{n,t} ã_{n,t}ᵀ`` of one layer from its batch input.
+def input_factor(module: nn.Module, inputs: torch.Tensor, *, homogeneous: bool = True,
+                 running: torch.Tensor | None = None, decay: float = 0.0) -> torch.Tensor:
+    """``A = (1/N) Σ_n Σ_t ã_{n,t} ã_{n,t}ᵀ`` of one layer from its batch input, or with
+    ``running`` (a previous ``A``) the running average ``decay·running + (1 − decay)·A``
+    written over ``running`` (:func:`gram`).
 
     ``ã = [a; 1]`` when the layer has a bias and ``homogeneous`` is set, else ``ã = a`` (for
     a bias given a block of its own, as ASDL does). ``inputs`` is what the layer received,
@@ -232,15 +234,14 @@ def input_factor(module: nn.Module, inputs: torch.Tensor, *,
     ones = homogeneous and module.bias is not None
     if isinstance(module, _CONV):
         columns = _patch_columns(module, inputs)  # (d, N·T)
-        inner = gram(columns, scale=scale)
         if not ones:
-            return inner
-        return _with_homogeneous(inner, columns.sum(dim=1).mul_(scale),
-                                 columns.shape[1] * scale)
+            return gram(columns, scale=scale, running=running, decay=decay)
+        return _homogeneous_gram(columns, columns.sum(dim=1).mul_(scale), scale,
+                                 columns.shape[1] * scale, running=running, decay=decay)
     if not isinstance(module, nn.Linear):
         raise TypeError(f"no Kronecker block for {type(module).__name__}")
     return _input_factor_from_rows(inputs.reshape(-1, module.in_features), scale,
-                                   homogeneous=ones)
+                                   homogeneous=ones, running=running, decay=decay)
 
 
 def _patch_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
@@ -270,17 +271,17 @@ def _patch_columns(module: nn.Module, inputs: torch.Tensor) -> torch.Tensor:
                                                       n * height * width)
 
 
-def _input_factor_from_rows(rows: torch.Tensor, scale: float, *,
-                            homogeneous: bool) -> torch.Tensor:
+def _input_factor_from_rows(rows: torch.Tensor, scale: float, *, homogeneous: bool,
+                            running: torch.Tensor | None, decay: float) -> torch.Tensor:
     """``scale · Σ_r ã_r ã_rᵀ`` over the rows ``a_r`` of ``rows`` (``ã = [a; 1]`` if
-    ``homogeneous``, else ``a``)."""
+    ``homogeneous``, else ``a``), or its running average (:func:`input_factor`)."""
     append = homogeneous and rows.shape[0] <= rows.shape[1]  # copies less than d²
     if append:
         rows = torch.cat([rows, rows.new_ones(rows.shape[0], 1)], dim=1)
-    inner = gram(rows.T, scale=scale)
     if not homogeneous or append:
-        return inner
-    return _with_homogeneous(inner, rows.sum(dim=0).mul_(scale), rows.shape[0] * scale)
+        return gram(rows.T, scale=scale, running=running, decay=decay)
+    return _homogeneous_gram(rows.T, rows.sum(dim=0).mul_(scale), scale, rows.shape[0] * scale,
+                             running=running, decay=decay)
 
 
 #: :func:`gram` on a CPU: column blocks of at least this width, at most this many, and only
@@ -290,8 +291,15 @@ GRAM_MAX_BLOCKS = 6
 GRAM_MIN_DEPTH = 256
 
 
-def gram(columns: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
-    """``scale · C Cᵀ`` of ``C = columns``, ``(d, M)``: a Kronecker factor, exactly symmetric.
+def gram(columns: torch.Tensor, *, scale: float = 1.0, running: torch.Tensor | None = None,
+         decay: float = 0.0) -> torch.Tensor:
+    """``scale · C Cᵀ`` of ``C = columns``, ``(d, M)``: a Kronecker factor, exactly symmetric;
+    with ``running`` (symmetric, ``(d, d)``, a view allowed) the running average
+    ``decay·running + (1 − decay)·scale·C Cᵀ``, written over ``running`` and returned.
+
+    In place, the product adds into the running average: no new ``d × d`` tensor and no
+    second pass over it. Measured (one thread, float32, ms, a new product and ``lerp_``
+    against in place): d 3137, M 129 (the CNN's fc, a 39 MB factor) 41 against 18.
 
     On a CPU, with ``k = min(GRAM_MAX_BLOCKS, d // GRAM_BLOCK_WIDTH) ≥ 2`` and
     ``M ≥ GRAM_MIN_DEPTH``, only the lower triangle is multiplied out, one product per column
@@ -305,27 +313,36 @@ def gram(columns: torch.Tensor, *, scale: float = 1.0) -> torch.Tensor:
     """
     d, depth = columns.shape
     blocks = min(GRAM_MAX_BLOCKS, d // GRAM_BLOCK_WIDTH)
-    result = columns.new_empty(d, d)
+    # beta = 0: a new tensor's contents are not read
+    result, beta, alpha = ((columns.new_empty(d, d), 0.0, scale) if running is None
+                           else (running, decay, (1.0 - decay) * scale))
     if (blocks < 2 or depth < GRAM_MIN_DEPTH or columns.device.type != "cpu"
             or (columns.requires_grad and torch.is_grad_enabled())):
-        return torch.addmm(result, columns, columns.T, beta=0, alpha=scale)
+        return result.addmm_(columns, columns.T, beta=beta, alpha=alpha)
     edges = [d * i // blocks for i in range(blocks + 1)]
     for start, stop in itertools.pairwise(edges):
-        lower = result[start:, start:stop]
-        torch.addmm(lower, columns[start:], columns[start:stop].T, beta=0, alpha=scale,
-                    out=lower)
+        result[start:, start:stop].addmm_(columns[start:], columns[start:stop].T, beta=beta,
+                                          alpha=alpha)
         result[start:stop, stop:] = result[stop:, start:stop].T
     return result
 
 
-def _with_homogeneous(inner: torch.Tensor, sums: torch.Tensor, count: float) -> torch.Tensor:
-    """``[[inner, sums], [sumsᵀ, count]]``."""
-    d = inner.shape[0]
-    factor = inner.new_empty(d + 1, d + 1)
-    factor[:d, :d] = inner
-    factor[:d, d] = sums
-    factor[d, :d] = sums
-    factor[d, d].fill_(count)  # a fill kernel: item assignment copies a host scalar (a sync)
+def _homogeneous_gram(columns: torch.Tensor, sums: torch.Tensor, scale: float, count: float, *,
+                      running: torch.Tensor | None, decay: float) -> torch.Tensor:
+    """``[[scale·C Cᵀ, sums], [sumsᵀ, count]]``, or its running average over ``running``
+    (:func:`gram`)."""
+    d = columns.shape[0]
+    if running is None:
+        factor = columns.new_empty(d + 1, d + 1)
+        gram(columns, scale=scale, running=factor[:d, :d], decay=0.0)
+        factor[:d, d] = sums
+        factor[d, d].fill_(count)  # a fill kernel: item assignment copies a host scalar (a sync)
+    else:
+        factor = running
+        gram(columns, scale=scale, running=factor[:d, :d], decay=decay)
+        factor[:d, d].lerp_(sums, 1.0 - decay)
+        factor[d, d].mul_(decay).add_((1.0 - decay) * count)
+    factor[d, :d] = factor[:d, d]
     return factor
 
 
@@ -492,12 +509,17 @@ class KroneckerFactorCollector:
             raise RuntimeError("no forward pass was recorded for "
                                f"{len(missing)} layer(s); run the model inside capture()")
 
-    def input_factors(self, *, homogeneous: bool = True) -> list[torch.Tensor]:
+    def input_factors(self, *, homogeneous: bool = True,
+                      running: Sequence[torch.Tensor | None] | None = None,
+                      decay: float = 0.0) -> list[torch.Tensor]:
         """``A`` of every layer from the recorded inputs (:func:`input_factor`; without the
-        homogeneous coordinate unless ``homogeneous``)."""
+        homogeneous coordinate unless ``homogeneous``); where ``running`` (one entry per
+        layer) holds a previous ``A``, the running average with ``decay``, written over it."""
         self._check_recorded()
-        return [input_factor(layer, self._inputs[layer], homogeneous=homogeneous)
-                for layer in self.layers]
+        previous = list(running) if running is not None else [None] * len(self.layers)
+        return [input_factor(layer, self._inputs[layer], homogeneous=homogeneous,
+                             running=old, decay=decay)
+                for layer, old in zip(self.layers, previous, strict=True)]
 
     def output_factors(
         self,

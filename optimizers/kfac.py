@@ -532,7 +532,10 @@ class KFAC(CurvatureOptimizer):
 
     def _update_factors(self, output: torch.Tensor, pre_activation_gradients) -> None:
         separate = self.bias_factor == "separate"
-        a_new = self.collector.input_factors(homogeneous=not separate)
+        # A's running average is updated in place (no new d×d tensor; kronecker.gram)
+        a_new = self.collector.input_factors(
+            homogeneous=not separate, decay=self.ema_decay,
+            running=[self.state[layer.weight].get("A") for layer in self.layers])
         positions = self.collector.positions() if separate else []
         s_new = self.collector.output_factors(
             curvature=self.curvature, loss=self.loss, output=output, mc_samples=self.mc_samples,
@@ -540,11 +543,11 @@ class KFAC(CurvatureOptimizer):
             pre_activation_gradients=list(pre_activation_gradients) or None)
         for index, (layer, a, s) in enumerate(zip(self.layers, a_new, s_new, strict=True)):
             state = self.state[layer.weight]
-            for key, value in (("A", a.detach()), ("S", s.detach())):
-                if key in state:
-                    state[key].lerp_(value, 1 - self.ema_decay)
-                else:
-                    state[key] = value
+            state["A"] = a
+            if "S" in state:
+                state["S"].lerp_(s.detach(), 1 - self.ema_decay)
+            else:
+                state["S"] = s.detach()
             if separate:  # the bias's factor is T·S, T averaged as A's homogeneous entry is
                 new = positions[index]
                 old = state.get("positions", new)

@@ -576,3 +576,26 @@ def test_linear_factors_of_a_wide_layer_equal_explicit_sums(rows):
     b = torch.randn(rows, 210, generator=generator, dtype=DTYPE)
     torch.testing.assert_close(output_factor(layer, [b]), sum(torch.outer(v, v) for v in b),
                                rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize("layer", [
+    nn.Linear(300, 4), nn.Linear(300, 4, bias=False), nn.Linear(5, 4),
+    nn.Conv2d(24, 3, 3, padding=1), nn.Conv2d(2, 3, 3, bias=False),
+], ids=repr)
+@pytest.mark.parametrize("rows", [8, 400])  # a Linear on fewer rows than inputs appends ones
+def test_a_running_input_factor_is_updated_in_place(layer, rows):
+    """``running``: ``decay·old + (1 − decay)·A`` written over ``old`` (blocks, the appended
+    ones column, the homogeneous row and corner included)."""
+    generator = torch.Generator().manual_seed(rows)
+    layer = layer.to(DTYPE)
+    linear = isinstance(layer, nn.Linear)
+    # images of two sizes: the homogeneous corner (positions per example) changes
+    old_x, x = (torch.randn(*((rows, layer.in_features) if linear
+                              else (rows // 8, layer.in_channels, side, side)),
+                            generator=generator, dtype=DTYPE) for side in (7, 9))
+    old = input_factor(layer, old_x)
+    expected = 0.9 * old + 0.1 * input_factor(layer, x)
+    running = old.clone()
+    result = input_factor(layer, x, running=running, decay=0.9)
+    assert result is running
+    torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
