@@ -152,6 +152,8 @@ class _FlopCounter(TorchDispatchMode):
         out = func(*args, **kwargs)
         packet = func.overloadpacket
         formula = self.formulas.get(packet)
+        if formula is None and packet.__name__.endswith("_"):  # in place: as out of place
+            formula = self.formulas.get(getattr(aten, packet.__name__[:-1], None))
         if formula is not None:
             self.by_operator[str(packet)] += formula(*args, **kwargs, out_val=out)
         elif _LINEAR_ALGEBRA.intersection(str(packet).split(".")[-1].split("_")):

@@ -35,6 +35,16 @@ def test_an_sgd_step_of_a_linear_chain_counts_forward_weight_and_input_gradients
     assert counted.uncounted == {}
 
 
+def test_products_in_place_count_as_out_of_place():
+    """``addmm_`` (a running average updated in place) and ``baddbmm_`` count like ``addmm``
+    and ``baddbmm``: ``2·m·k·n`` per product."""
+    a, b = torch.randn(6, 4), torch.randn(4, 5)
+    running, batched = torch.zeros(6, 5), torch.zeros(3, 6, 5)
+    counted = count_flops(lambda: (running.addmm_(a, b, beta=0.5),
+                                   batched.baddbmm_(a.expand(3, 6, 4), b.expand(3, 4, 5))))
+    assert counted.flops == 2 * 6 * 4 * 5 * (1 + 3)
+
+
 @pytest.mark.parametrize(("fn", "expected"), [
     (lambda a: torch.linalg.cholesky(a), 12 ** 3 // 3),
     (lambda a: torch.cholesky_inverse(torch.linalg.cholesky(a)), 12 ** 3 // 3 + 2 * 12 ** 3 // 3),
