@@ -471,16 +471,21 @@ def _max_pool_rule(layer: _CapturedLayer, t: Tangent, chunks: list[torch.Tensor]
     return gathered.view_as(layer.output)
 
 
+#: ``(t, y) ↦ σ'(x) ⊙ t`` from the output ``y = σ(x)``, for activations whose derivative is a
+#: function of their output.
+_OUTPUT_DERIVATIVES: dict[type[nn.Module], Callable[[torch.Tensor, torch.Tensor], torch.Tensor]] = {
+    nn.Tanh: torch.ops.aten.tanh_backward,
+    nn.Sigmoid: torch.ops.aten.sigmoid_backward,
+    nn.ReLU: lambda t, y: torch.ops.aten.threshold_backward(t, y, 0),
+}
+
 _TANGENT_RULES: dict[type[nn.Module], Callable[..., Tangent]] = {
     nn.Linear: _linear_rule,
     nn.Conv1d: _conv_rule,
     nn.Conv2d: _conv_rule,
     nn.Conv3d: _conv_rule,
-    nn.Tanh: _activation(lambda t, layer: torch.ops.aten.tanh_backward(t, layer.output)),
-    nn.Sigmoid: _activation(
-        lambda t, layer: torch.ops.aten.sigmoid_backward(t, layer.output)),
-    nn.ReLU: _activation(
-        lambda t, layer: torch.ops.aten.threshold_backward(t, layer.output, 0)),
+    **{kind: _activation(lambda t, layer, derivative=derivative: derivative(t, layer.output))
+       for kind, derivative in _OUTPUT_DERIVATIVES.items()},
     nn.LeakyReLU: _activation(lambda t, layer: torch.ops.aten.leaky_relu_backward(
         t, layer.inputs, layer.module.negative_slope, False)),
     nn.Flatten: _linear_map,
@@ -601,13 +606,27 @@ def _layerwise_jvp(chain: list[_CapturedLayer], chunks: list[torch.Tensor], *,
                    keep: int | None = None) -> tuple[torch.Tensor, Tangent]:
     """``J v`` through the chain, and the tangent after layer ``keep`` (``None`` if not asked).
 
-    No rule modifies its input tangent in place, so the kept tangent stays valid.
+    No rule modifies its input tangent in place, so the kept tangent stays valid. An activation
+    of :data:`_OUTPUT_DERIVATIVES` followed by max pooling takes the pooling first: ``(σ'(x) ⊙
+    t)[argmax] = σ'(x)[argmax] ⊙ t[argmax]``, and ``σ(x)[argmax]`` is the pool's output, so the
+    derivative is applied to the pooled tangent (a quarter of the elements for 2×2 windows) with
+    the same arithmetic on the same numbers.
     """
     tangent: Tangent = None
     kept: Tangent = None
-    for i, layer in enumerate(chain):
+    i = 0
+    while i < len(chain):
+        layer = chain[i]
+        derivative = _OUTPUT_DERIVATIVES.get(type(layer.module))
+        pool = chain[i + 1] if i + 1 < len(chain) else None
+        if (derivative is not None and tangent is not None and pool is not None
+                and type(pool.module) in _MAX_POOL and keep not in (i, i + 1)):
+            tangent = derivative(_max_pool_rule(pool, tangent, chunks), pool.output)
+            i += 2
+            continue
         tangent = _TANGENT_RULES[type(layer.module)](layer, tangent, chunks)
         if i == keep:
             kept = tangent
+        i += 1
     output = tangent if tangent is not None else torch.zeros_like(chain[-1].output)
     return output, kept

@@ -402,3 +402,23 @@ def test_input_layer_is_not_tracked_where_it_cannot_be_or_does_not_pay(monkeypat
                              targets=targets).tracks_input_layer
     model, loss, inputs, targets = _problem("cnn2d", "cross_entropy")
     assert not Linearization(model, loss=loss, inputs=inputs, targets=targets).tracks_input_layer
+
+
+def test_activation_then_max_pool_tangent_is_pooled_first(monkeypatch):
+    """``J v`` through Tanh, Sigmoid and ReLU each followed by max pooling (the derivative taken
+    on the pooled tangent) against the dense Jacobian, and equal to the layer-by-layer rules."""
+    torch.manual_seed(11)
+    model = nn.Sequential(
+        nn.Unflatten(1, (1, 6, 6)), nn.Conv2d(1, 2, 3, padding=1), nn.Tanh(), nn.MaxPool2d(2),
+        nn.Conv2d(2, 3, 2, padding=1), nn.Sigmoid(), nn.MaxPool2d(2), nn.Flatten(2),
+        nn.Conv1d(3, 4, 1), nn.ReLU(), nn.MaxPool1d(2), nn.Flatten(), nn.Linear(8, 3)).double()
+    inputs = torch.randn(5, 36, dtype=torch.float64)
+    targets = torch.randint(0, 3, (5,))
+    lin = Linearization(model, loss=CrossEntropyLoss(), inputs=inputs, targets=targets)
+    assert lin.jvp_method == "layers"
+    v = torch.randn(lin.num_parameters, dtype=torch.float64)
+    pooled_first = lin.jacobian_vector_product(v)
+    assert _relative_error(pooled_first.reshape(-1), dense_jacobian(model, inputs) @ v) \
+        <= TOLERANCE
+    monkeypatch.setattr(curvature, "_OUTPUT_DERIVATIVES", {})
+    assert torch.equal(lin.jacobian_vector_product(v), pooled_first)
