@@ -100,6 +100,14 @@ blocks to the system between the step's phases, so a product inside the step pag
 fresh memory; with ``MALLOC_TRIM_THRESHOLD_`` and ``MALLOC_MMAP_THRESHOLD_`` raised, products
 right after a linearisation took 48 ms, as alone.
 
+Later (load 0.6–0.7, 15 repeats, after ``J v`` through an activation followed by max pooling
+pooled the tangent first: the CNN's ``J v`` 20.7 → 18.2 ms): CNN k = 1 2.62, k = 2 3.44. Its
+arithmetic is 1.34 + 1.32k SGD steps' flops, above the goal; the function evaluation is 0.63
+SGD steps, three quarters of it PyTorch's channels-first max-pool kernel. Pooling by maxima
+of strided views gives the same values 8–12 times faster and took k = 1 to 1.9–2.1 in a
+trial, but SGN keeps PyTorch's kernel: an SGD step's forward pass would gain as much, so using
+it in SGN's evaluations alone would skew the ratio this script measures.
+
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
 ``digits-mlp`` and ``mnist1d-mlp``, and prints steps- and seconds-to-target (the problems'
