@@ -332,16 +332,13 @@ def _homogeneous_gram(columns: torch.Tensor, sums: torch.Tensor, scale: float, c
     """``[[scale·C Cᵀ, sums], [sumsᵀ, count]]``, or its running average over ``running``
     (:func:`gram`)."""
     d = columns.shape[0]
-    if running is None:
-        factor = columns.new_empty(d + 1, d + 1)
-        gram(columns, scale=scale, running=factor[:d, :d], decay=0.0)
-        factor[:d, d] = sums
-        factor[d, d].fill_(count)  # a fill kernel: item assignment copies a host scalar (a sync)
-    else:
-        factor = running
-        gram(columns, scale=scale, running=factor[:d, :d], decay=decay)
-        factor[:d, d].lerp_(sums, 1.0 - decay)
-        factor[d, d].mul_(decay).add_((1.0 - decay) * count)
+    # a new factor is a running average of zeros with decay 0 (exact: lerp_ at weight 1 is
+    # its end, and no host scalar is copied into the tensor, which would be a sync)
+    factor, decay = ((columns.new_zeros(d + 1, d + 1), 0.0) if running is None
+                     else (running, decay))
+    gram(columns, scale=scale, running=factor[:d, :d], decay=decay)
+    factor[:d, d].lerp_(sums, 1.0 - decay)
+    factor[d, d].mul_(decay).add_((1.0 - decay) * count)
     factor[d, :d] = factor[:d, d]
     return factor
 
