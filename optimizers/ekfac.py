@@ -40,6 +40,7 @@ from curvebench.optimizers.layerwise import (
     LayerBatch,
     LayerwiseOptimizer,
     check,
+    gram,
 )
 from curvebench.optimizers.spec import (
     Choice,
@@ -154,8 +155,9 @@ class EKFAC(LayerwiseOptimizer):
         n, positions = x.shape[0], x.shape[1]
         if update_factors:
             flat_x, flat_b = x.reshape(-1, x.shape[-1]), b.reshape(-1, b.shape[-1])
-            self._average(state, "A", flat_x.T @ flat_x / n)
-            self._average(state, "S", flat_b.T @ flat_b / positions)
+            for key, rows, scale in (("A", flat_x, 1 / n), ("S", flat_b, 1 / positions)):
+                state[key] = gram(rows.T, scale=scale, running=state.get(key),
+                                  decay=self.ema_decay)
         if new_basis:
             for key in ("A", "S"):
                 state[f"Q{key}"] = torch.linalg.eigh(state[key])[1]

@@ -10,6 +10,8 @@ have no counterpart in nngeometry (it builds the matrix once from a loader).
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -80,6 +82,29 @@ def test_factors_are_the_kronecker_cores():
         state = optimizer.state[layer.weight]
         torch.testing.assert_close(state["A"], factors.A, rtol=1e-12, atol=1e-14, msg=name)
         torch.testing.assert_close(state["S"], factors.S, rtol=1e-12, atol=1e-14, msg=name)
+
+
+def test_factors_are_moving_averages_of_the_kronecker_cores():
+    """After two steps: ``A = ε A₁ + (1 − ε) A₂`` (and ``S``), ``A₂`` at the parameters of
+    the second step, on a MLP wide enough for blocked factor products."""
+    generator = torch.Generator().manual_seed(4)
+    torch.manual_seed(4)
+    model = nn.Sequential(nn.Linear(200, 260), nn.Tanh(), nn.Linear(260, 3)).to(DTYPE)
+    batches = [(torch.randn(300, 200, generator=generator, dtype=DTYPE),
+                torch.randint(0, 3, (300,), generator=generator)) for _ in range(2)]
+    optimizer = EKFAC(model, loss=CrossEntropyLoss(), curvature="kflr", ema_decay=0.7)
+    cores = []
+    for inputs, targets in batches:
+        cores.append(kronecker_factors(copy.deepcopy(model), CrossEntropyLoss(), inputs,
+                                       targets, curvature="kflr"))
+        optimizer.step(inputs=inputs, targets=targets)
+    for name, layer in zip(cores[0], optimizer.layers, strict=True):
+        state = optimizer.state[layer.weight]
+        for key in ("A", "S"):
+            expected = (0.7 * getattr(cores[0][name], key)
+                        + 0.3 * getattr(cores[1][name], key))
+            torch.testing.assert_close(state[key], expected, rtol=1e-11, atol=1e-13,
+                                       msg=f"{name} {key}")
 
 
 def test_scaling_is_a_moving_average_in_a_fixed_basis():
