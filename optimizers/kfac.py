@@ -34,7 +34,7 @@ learning rate and ``μ`` the momentum.
   ``Q diag(1/(λ + γ)) Qᵀ``, rebuilt whenever the damping changes, so an adapted damping takes
   effect at the next step (one n³ product per factor per change; eigh itself is 4–6× a
   Cholesky inverse). Either way a step costs two matrix products per layer. A Cholesky
-  factor wider than the layer's other side times the decomposition period (the 3137-wide
+  factor wider than 5/3 of the layer's other side times the decomposition period (the 3137-wide
   input of a 10-way output layer; most factors when decomposed every step) keeps its
   triangular factor instead of its inverse and is applied by two triangular solves
   (:func:`prefer_triangular_solves`): forming that inverse costs twice the factorisation,
