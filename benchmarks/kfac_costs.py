@@ -65,7 +65,7 @@ def workloads() -> list[Workload]:
 def presets() -> list[str]:
     probe = nn.Sequential(nn.Linear(2, 2))
     return [spec.name for spec in OPTIMIZERS
-            if spec.needs_curvature
+            if spec.needs_curvature and "torch" in spec.backends
             and isinstance(spec.build(model=probe, loss=CrossEntropyLoss()), KFAC)]
 
 
