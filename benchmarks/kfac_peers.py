@@ -400,7 +400,7 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             phase_ratios[name] = {phase: seconds / total * statistics.median(ratios[name])
                                   for phase, seconds in phases.items()}
     arithmetic = {name: arithmetic_per_step(runner.step, steps) for name, runner in runners.items()}
-    sgd = arithmetic_per_step(sgd_step, 1)
+    sgd_arithmetic = arithmetic_per_step(sgd_step, 1)  # ``sgd`` stays sgd_step's optimizer
     parameter_bytes = sum(tensor_bytes(p) for p in workload.model.parameters())
     rows = []
     for entry in ENTRIES:
@@ -411,9 +411,9 @@ def measure(workload: Workload, settings: Settings, *, repeats: int) -> list[dic
             "curvature": entry.curvature, "ours": entry.ours,
             "step/sgd": statistics.median(ratios[entry.name]),
             "state/params": runners[entry.name].state_bytes() / parameter_bytes,
-            "flops/sgd": arithmetic[entry.name]["flops"] / sgd["flops"],
-            "plain flops/sgd": arithmetic[entry.name]["plain"] / sgd["flops"],
-            "ops/sgd": arithmetic[entry.name]["operators"] / sgd["operators"],
+            "flops/sgd": arithmetic[entry.name]["flops"] / sgd_arithmetic["flops"],
+            "plain flops/sgd": arithmetic[entry.name]["plain"] / sgd_arithmetic["flops"],
+            "ops/sgd": arithmetic[entry.name]["operators"] / sgd_arithmetic["operators"],
             "uncounted": arithmetic[entry.name]["uncounted"],
             "phases": phase_ratios.get(entry.name, {}),
             "sgd ms": statistics.median(sgd_ms), "device": workload.inputs.device.type,
