@@ -41,7 +41,9 @@ learning rate and ``μ`` the momentum.
   more than the solves cost beyond a product with it. A failed
   decomposition (not positive definite, non-finite, or not converged) is retried with a shift
   ten times larger each time (:func:`damped_decomposition`); only if every retry fails is the
-  previous decomposition kept.
+  previous decomposition kept, or, where the new triangular factor was being written over the
+  previous one's (:func:`reusable_factor`), dropped: the layer then takes the fallback ``U``
+  below until a decomposition succeeds, which is attempted again at the next step.
 * Clipping: ``"kl"`` scales the step so that ``α² Σ ⟨U, V⟩ ≤ clip_threshold`` (Ba, Grosse &
   Martens 2017); ``"norm"`` so that ``α ‖U‖ ≤ clip_threshold``; ``"none"``. The KL clipping
   is what keeps the presets' lr 1 finite on hard batches: on random labels (MLP
@@ -113,8 +115,8 @@ from curvebench.optimizers.spec import (
 )
 
 __all__ = ["KFAC", "Decomposition", "damped_decomposition", "pi_correction",
-           "prefer_triangular_solves", "BIAS_FACTORS", "CLIPPING", "INVERSE_METHODS",
-           "MAX_DECOMPOSITION_RETRIES"]
+           "prefer_triangular_solves", "reusable_factor", "BIAS_FACTORS", "CLIPPING",
+           "INVERSE_METHODS", "MAX_DECOMPOSITION_RETRIES"]
 
 #: How a layer's bias is preconditioned (see the module docstring).
 BIAS_FACTORS = ("homogeneous", "separate")
@@ -185,11 +187,14 @@ def _decomposition_dtype(dtype: torch.dtype) -> torch.dtype:
 
 def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
                          max_retries: int = MAX_DECOMPOSITION_RETRIES,
-                         keep_factor: bool = False) -> Decomposition | None:
+                         keep_factor: bool = False,
+                         out: torch.Tensor | None = None) -> Decomposition | None:
     """Decompose ``matrix + shift·I`` in float32 (float64 stays float64), retrying on failure.
 
     ``eigh``: eigenvalues clamped at zero. ``cholesky``: the inverse from the Cholesky factor,
-    or with ``keep_factor`` the factor itself (for triangular solves).
+    or with ``keep_factor`` the factor itself (for triangular solves), decomposed in ``out``
+    when given (:func:`reusable_factor`: the factor of the decomposition this one replaces,
+    written over even when every attempt fails), else in a new tensor.
     A failure (error, non-positive-definite, non-finite result) is retried with the shift
     raised to ``max(10·shift, 10⁻⁶·mean|diag|, 10⁻¹⁰)`` and so on, at most ``max_retries``
     times.
@@ -200,11 +205,18 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
     if method not in INVERSE_METHODS:
         raise ValueError(f"inverse_method must be one of {INVERSE_METHODS}, got {method!r}")
     work = matrix.to(_decomposition_dtype(matrix.dtype))
+    if out is not None and not (keep_factor and method == "cholesky"
+                                and reusable_factor(out, like=work)):
+        raise ValueError("out must be a column-major square factor of the matrix's size, "
+                         "dtype and device, and only with method='cholesky' and keep_factor")
     floor = None
     for retry in range(max_retries + 1):
-        # column-major, as LAPACK takes it: ``work``'s lower triangle is the upper one of
+        # column-major, as LAPACK takes it: ``work``'s upper triangle is the lower one of
         # this transpose, which is decomposed in place (``_cholesky_in_place``)
-        damped = work.clone() if method == "eigh" else work.mT.clone()
+        if method == "eigh":
+            damped = work.clone()
+        else:
+            damped = work.mT.clone() if out is None else out.copy_(work.mT)
         damped.diagonal().add_(shift)
         try:  # one host synchronisation per attempt: the success test is one device flag
             if method == "eigh":
@@ -213,11 +225,10 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
                     return Decomposition(method=method, shift=shift, retries=retry,
                                          values=values.clamp(min=0.0), vectors=vectors)
             else:
-                upper, info = _cholesky_in_place(damped)
+                lower, info = _cholesky_in_place(damped)
                 # a finite matrix gives |L_ij| ≤ √M_ii, a non-finite one a non-finite L_nn;
                 # SPD: |M_ij| ≤ √(M_ii M_jj), so a finite diagonal means a finite inverse
-                result = (upper.mT if keep_factor
-                          else torch.cholesky_inverse(upper, upper=True))
+                result = lower if keep_factor else torch.cholesky_inverse(lower)
                 if bool((info == 0) & torch.isfinite(result.diagonal()).all()):
                     return Decomposition(method=method, shift=shift, retries=retry,
                                          **{"factor" if keep_factor else "inverse": result})
@@ -230,20 +241,39 @@ def damped_decomposition(matrix: torch.Tensor, *, shift: float, method: str,
     return None
 
 
+def reusable_factor(tensor: torch.Tensor | None, *, like: torch.Tensor) -> bool:
+    """Whether ``tensor`` can take the Cholesky factor of the ``n × n`` matrix ``like`` in
+    place: on a CPU, column-major, of ``like``'s size, device and decomposition dtype.
+
+    Decomposing a factor refreshed every few steps into the previous factor's memory spares a
+    new ``n × n`` tensor each time. On a CPU a new tensor that large is fresh memory from the
+    operating system, and filling it costs a page fault per 4 KiB: measured (one thread, the
+    CNN of ``benchmarks/kfac_peers.py`` decomposing its 3137-wide input factor every step),
+    the copy into a new tensor took 17 ms of a 280 ms step.
+    """
+    return (tensor is not None and tensor.device.type == "cpu" and tensor.dim() == 2
+            and tensor.shape == like.shape and tensor.device == like.device
+            and tensor.dtype == _decomposition_dtype(like.dtype)
+            and tensor.stride() == (1, like.shape[-1]))
+
+
 def _cholesky_in_place(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(U, info)`` with ``UᵀU = matrix`` from its upper triangle, on a CPU written over ``matrix``
-    (column-major, ``(n, n)``).
+    """``(L, info)`` with ``LLᵀ = matrix`` from its lower triangle, on a CPU written over
+    ``matrix`` (column-major, ``(n, n)``).
 
     ``torch.linalg.cholesky_ex`` into a new tensor first copies its input there with a
     transposing, cache-unfriendly ``tril``/``triu`` on a CPU; with the input as the output
-    that is an in-place zeroing of the other triangle. Measured (one thread, float32, n 785,
-    the MLP's first input factor): 2.0 ms against 3.3 ms with the copy. Other devices (not
-    measured in place) get a new tensor.
+    that is an in-place zeroing of the other triangle. The lower factor of a column-major
+    matrix is the faster one there. Measured (one thread, float32, medians of 7 rounds,
+    ``benchmarks/kfac_peers.py``'s factor sizes): n 785, 3.3 ms into a new tensor, 2.8 ms
+    for the upper factor in place, 2.05 ms for the lower one; n 256, 0.35 → 0.21 ms; n 512,
+    1.63 → 0.99 ms; n 3137, 122 → 120 ms. Other devices (not measured in place) get a new
+    tensor.
     """
     if matrix.device.type != "cpu":
-        return torch.linalg.cholesky_ex(matrix, upper=True)
+        return torch.linalg.cholesky_ex(matrix)
     info = torch.empty((), dtype=torch.int32)
-    return torch.linalg.cholesky_ex(matrix, upper=True, out=(matrix, info))
+    return torch.linalg.cholesky_ex(matrix, out=(matrix, info))
 
 
 def pi_correction(a: torch.Tensor, s: torch.Tensor) -> float:
@@ -568,16 +598,23 @@ class KFAC(CurvatureOptimizer):
             gamma_a, gamma_s = self._factor_damping(state["A"], state["S"], layer)
             shifts = (0.0, 0.0) if self.inverse_method == "eigh" else (gamma_a, gamma_s)
             sizes = {"A": state["A"].shape[0], "S": state["S"].shape[0]}
-            pair = []
+            pair, overwritten = [], False
             for key, shift in zip(("A", "S"), shifts, strict=True):
                 other = sizes["S" if key == "A" else "A"]
                 keep = self.inverse_method == "cholesky" and prefer_triangular_solves(
                     sizes[key], other, self.inv_update_period,
                     device_type=state[key].device.type)
+                previous = (self._decompositions[layer][len(pair)].factor
+                            if keep and layer in self._decompositions else None)
+                if not reusable_factor(previous, like=state[key]):
+                    previous = None
+                overwritten |= previous is not None
                 result = damped_decomposition(state[key], shift=shift, method=self.inverse_method,
-                                              keep_factor=keep)
+                                              keep_factor=keep, out=previous)
                 if result is None:
                     failed += 1
+                    if overwritten:  # no previous pair to keep: decomposed again next step
+                        self._forget_decomposition(layer)
                     break
                 retries += result.retries
                 pair.append(result)
@@ -591,6 +628,14 @@ class KFAC(CurvatureOptimizer):
         self.counters["inverse_updates"] += 1
         self.step_info["inverse_retries"] = float(retries)
         self.step_info["inverse_failures"] = float(failed)
+
+    def _forget_decomposition(self, layer: nn.Module) -> None:
+        """Drop a layer's decomposition (its update is then the fallback ``U`` until the next
+        successful one, which ``curvature_step`` attempts at the next step)."""
+        self._decompositions.pop(layer, None)
+        self._inverse_keys.pop(layer, None)
+        for key in ("decomposition_A", "decomposition_S"):
+            self.state[layer.weight].pop(key, None)
 
     def _factor_damping(self, a: torch.Tensor, s: torch.Tensor,
                         layer: nn.Module) -> tuple[float, float]:

@@ -26,6 +26,7 @@ from curvebench.optimizers.kfac import (
     Decomposition,
     damped_decomposition,
     pi_correction,
+    reusable_factor,
 )
 from curvebench.problems import Budget, get_problem
 
@@ -92,6 +93,86 @@ def test_failed_cholesky_raises_the_shift_and_retries():
                                 method="cholesky") is None
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_kept_factor_is_the_lower_cholesky_factor_in_column_major(dtype):
+    """``L`` lower triangular (its other triangle zero), ``LLᵀ = M + shift·I``, column-major;
+    decomposed again into ``out`` (the previous factor's memory) it is the same, bit for bit,
+    and a tensor that cannot take it is a clear error."""
+    generator = torch.Generator().manual_seed(5)
+    x = torch.randn(40, 9, generator=generator, dtype=dtype)
+    matrix = x.T @ x
+    result = damped_decomposition(matrix, shift=0.3, method="cholesky", keep_factor=True)
+    factor = result.factor
+    assert factor.dtype == dtype and factor.stride() == (1, 9)
+    assert torch.equal(factor, factor.tril())
+    torch.testing.assert_close(factor @ factor.T, matrix + 0.3 * torch.eye(9, dtype=dtype))
+    out = torch.full((9, 9), math.nan, dtype=dtype).mT
+    assert reusable_factor(out, like=matrix)
+    again = damped_decomposition(matrix, shift=0.3, method="cholesky", keep_factor=True, out=out)
+    assert again.factor.data_ptr() == out.data_ptr() and torch.equal(again.factor, factor)
+    for bad in (torch.zeros(9, 9, dtype=dtype), torch.zeros(8, 8, dtype=dtype).mT,
+                torch.zeros(9, 9, dtype=torch.float16).mT):
+        assert not reusable_factor(bad, like=matrix)
+        with pytest.raises(ValueError, match="out must be"):
+            damped_decomposition(matrix, shift=0.3, method="cholesky", keep_factor=True,
+                                 out=bad)
+    with pytest.raises(ValueError, match="out must be"):
+        damped_decomposition(matrix, shift=0.3, method="cholesky", out=out)
+
+
+def _wide_mlp(seed: int = 2):
+    """A 24-wide input: with decompositions every step its ``A`` is kept as a factor."""
+    torch.manual_seed(seed)
+    model = nn.Sequential(nn.Linear(24, 2), nn.Tanh(), nn.Linear(2, 3)).to(DTYPE)
+    generator = torch.Generator().manual_seed(3)
+    inputs = torch.randn(16, 24, generator=generator, dtype=DTYPE)
+    return model, inputs, torch.randint(0, 3, (16,), generator=generator)
+
+
+def test_factors_are_decomposed_into_the_previous_factors(monkeypatch):
+    """Every step's kept factors are written over the previous step's (the same memory), and
+    the trajectory is bitwise the one with a new tensor per decomposition."""
+    trajectories, pointers = [], []
+    for reuse in (True, False):
+        if not reuse:
+            monkeypatch.setattr("curvebench.optimizers.kfac.reusable_factor",
+                                lambda tensor, *, like: False)
+        model, inputs, targets = _wide_mlp()
+        optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=0.5,
+                         inverse_method="cholesky", inv_update_period=1,
+                         cov_update_period=1)
+        seen = []
+        for _ in range(3):
+            optimizer.step(inputs=inputs, targets=targets)
+            seen.append(optimizer._decompositions[model[0]][0].factor.data_ptr())
+        pointers.append(seen)
+        trajectories.append([p.detach().clone() for p in model.parameters()])
+    assert len(set(pointers[0])) == 1 and len(set(pointers[1])) > 1
+    for reused, fresh in zip(*trajectories, strict=True):
+        assert torch.equal(reused, fresh)
+
+
+def test_a_failed_decomposition_over_the_previous_factor_drops_the_layer():
+    """When every retry fails on a factor decomposed over the previous one, the layer has no
+    decomposition (never a half-written one): its step is the fallback, and the next step
+    decomposes it again."""
+    model, inputs, targets = _wide_mlp()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", lr=0.5,
+                     inverse_method="cholesky", inv_update_period=1, cov_update_period=1)
+    optimizer.step(inputs=inputs, targets=targets)
+    state = optimizer.state[model[0].weight]
+    good = state["A"].clone()
+    state["A"] = torch.full_like(good, math.nan)
+    optimizer._update_decompositions()
+    assert optimizer.step_info["inverse_failures"] == 1
+    assert model[0] not in optimizer._decompositions and "decomposition_A" not in state
+    assert model[2] in optimizer._decompositions
+    state["A"] = good
+    optimizer.step(inputs=inputs, targets=targets)
+    assert model[0] in optimizer._decompositions
+    assert all(torch.isfinite(p).all() for p in model.parameters())
+
+
 def test_eigh_clamps_eigenvalues_and_uses_float32():
     matrix = torch.diag(torch.tensor([2.0, -1e-3, 0.5], dtype=torch.float16))
     result = damped_decomposition(matrix, shift=0.0, method="eigh")
@@ -117,11 +198,7 @@ def test_optimizer_survives_an_indefinite_factor():
 @pytest.mark.parametrize("weight_decay", [0.0, 0.1])
 def test_first_step_is_the_damped_kronecker_solve(inverse_method, weight_decay):
     if inverse_method == "cholesky-solves":  # a wide input: A is kept as its Cholesky factor
-        torch.manual_seed(2)
-        model = nn.Sequential(nn.Linear(24, 2), nn.Tanh(), nn.Linear(2, 3)).to(DTYPE)
-        generator = torch.Generator().manual_seed(3)
-        inputs = torch.randn(16, 24, generator=generator, dtype=DTYPE)
-        targets = torch.randint(0, 3, (16,), generator=generator)
+        model, inputs, targets = _wide_mlp()
     else:
         model = _mlp(seed=2)
         inputs, targets = _batch(3)
