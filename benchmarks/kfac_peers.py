@@ -49,8 +49,13 @@ intervals too.
 ASDL wraps its computations in CUDA NVTX profiling markers, which fail on a CPU-only torch;
 they are replaced by no-ops in this process (:func:`tests.peers.silence_asdl_profiling_markers`).
 
+The process keeps the memory it frees (``--allocator retain``, the default,
+:func:`curvebench.timing.retain_freed_memory`), so no row pays page faults for memory that
+glibc gave back after another row's step; ``--allocator system`` keeps glibc's default.
+
     python benchmarks/kfac_peers.py [--repeats 5] [--threads 1] [--workloads mlp cnn digits-cnn]
         [--every-step yes|no|only] [--device cpu|cuda] [--save rows.json]
+        [--allocator retain|system]
 """
 
 from __future__ import annotations
@@ -79,7 +84,12 @@ from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers import OPTIMIZERS  # noqa: E402
 from curvebench.problems import get_problem, models  # noqa: E402
 from curvebench.problems.torch_models import build_torch_model, torch_dataset  # noqa: E402
-from curvebench.timing import NullPhaseTimer, PhaseTimer  # noqa: E402
+from curvebench.timing import (  # noqa: E402
+    NullPhaseTimer,
+    PhaseTimer,
+    add_allocator_option,
+    apply_allocator_policy,
+)
 from tests.peers import silence_asdl_profiling_markers  # noqa: E402
 
 #: Learning rate of every implementation while timing (small: the step's cost does not depend
@@ -590,8 +600,10 @@ def main() -> None:
                         help="also (or only) time factors and inverses every step")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-event timing)")
     parser.add_argument("--save", help="also write the rows as JSON to this file")
+    add_allocator_option(parser)
     args = parser.parse_args()
     device = parse_device(parser, args.device)
+    allocator = apply_allocator_policy(args.allocator)
     from tabulate import tabulate
 
     torch.set_num_threads(args.threads)
@@ -607,7 +619,7 @@ def main() -> None:
              else "process CPU time")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock}, "
           f"median of {args.repeats} interleaved rounds, load average {load:.1f}, "
-          f"damping {DAMPING}, timing lr {TIMING_LR}")
+          f"damping {DAMPING}, timing lr {TIMING_LR}, {allocator}")
     table = [{
         "workload": r["workload"], "T_cov/T_inv": r["periods"], "row": r["row"],
         "step/sgd": r["step/sgd"], "flops/sgd": r["flops/sgd"], "ops/sgd": r["ops/sgd"],

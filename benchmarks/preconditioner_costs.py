@@ -43,6 +43,7 @@ from torch import nn
 
 from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import OPTIMIZERS, CurvatureOptimizer
+from curvebench.timing import add_allocator_option, apply_allocator_policy
 
 OURS = ("shampoo", "psgd-kron", "eva", "tnt", "mkor", "kbfgs", "mfac", "ekfac")
 #: A small learning rate so that no run diverges while it is timed (cost does not depend on it).
@@ -268,14 +269,16 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=20,
                         help="steps per round (a multiple of every update period)")
     parser.add_argument("--workloads", default="mlp,cnn")
+    add_allocator_option(parser)
     args = parser.parse_args()
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
     torch.set_num_threads(1)
     # ASDL wraps its phases in CUDA profiling ranges, which fail without CUDA; no-ops here.
     torch.cuda.nvtx.range = _NoRange  # type: ignore[assignment]
+    allocator = apply_allocator_policy(args.allocator)
     print(f"torch {torch.__version__}, 1 thread, load {os.getloadavg()[0]:.2f}, "
-          f"{args.repeats} rounds × {args.steps} steps, CPU time")
+          f"{args.repeats} rounds × {args.steps} steps, CPU time, {allocator}")
     for workload in workloads(args.workloads.split(",")):
         measure(workload, repeats=args.repeats, steps=args.steps)
 

@@ -33,6 +33,7 @@ from torch import nn
 from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import CurvatureOptimizer, get_optimizer
 from curvebench.reports.study import PASS_WEIGHTS
+from curvebench.timing import add_allocator_option, apply_allocator_policy
 
 METHODS = ("adahessian", "sophia-g", "sophia-h", "esgd", "lbfgs", "curveball", "lissa",
            "ggn-exact", "ngd-exact", "ggn-woodbury")
@@ -205,7 +206,9 @@ def main() -> None:
     parser.add_argument("--batch-mlp", type=int, default=512)
     parser.add_argument("--batch-cnn", type=int, default=128)
     parser.add_argument("--only", nargs="+", default=list(METHODS), choices=METHODS)
+    add_allocator_option(parser)
     args = parser.parse_args()
+    print(apply_allocator_policy(args.allocator))
     torch.set_num_threads(args.threads)
     # the peers' create_graph backward warns about a reference cycle, which they break
     warnings.filterwarnings("ignore", message="Using backward.. with create_graph=True")

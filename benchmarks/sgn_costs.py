@@ -36,6 +36,12 @@ timer, as in a plain training loop.
 
     python benchmarks/sgn_costs.py [--workloads mlp cnn] [--repeats 15] [--threads 1]
                                    [--k 1 2 3 5 10] [--batch 512] [--device cpu|cuda]
+                                   [--allocator retain|system]
+
+``--allocator retain`` (the default) makes the process keep the memory it frees
+(:func:`curvebench.timing.retain_freed_memory`): by default glibc gives it back, and an SGN
+step on the CNN paid 32–36 thousand page faults, which made SGN(k=1) ÷ SGD range 2.12–2.73
+over three processes (2.33–2.38 with it).
 
 With ``--device cuda`` everything lives on the GPU and there is one clock, CUDA events around
 each timed call (launch gaps and host synchronisations included), for the ratios and the
@@ -140,7 +146,12 @@ from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers.sgn import GaussNewtonCG  # noqa: E402
 from curvebench.problems import get_problem  # noqa: E402
 from curvebench.problems.torch_models import torch_dataset  # noqa: E402
-from curvebench.timing import NullPhaseTimer, PhaseTimer  # noqa: E402
+from curvebench.timing import (  # noqa: E402
+    NullPhaseTimer,
+    PhaseTimer,
+    add_allocator_option,
+    apply_allocator_policy,
+)
 
 #: The phases of an SGN step, in the order printed (names of :mod:`curvebench.timing`).
 PHASES = ("forward", "backward", "curvature", "solve", "line_search", "update")
@@ -216,12 +227,12 @@ def _curvlinops_product(model, loss, inputs, targets, vector) -> Callable[[], to
 
 
 def measure(*, names: list[str], batch: int, repeats: int, ks: list[int],
-            device: torch.device | None = None) -> None:
+            device: torch.device | None = None, allocator: str = "system allocator") -> None:
     device = torch.device("cpu") if device is None else device
     where = (f"CUDA events on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
              else "CPU")
     print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {where}, "
-          f"median of {repeats} interleaved repeats, load average {_load()}")
+          f"median of {repeats} interleaved repeats, load average {_load()}, {allocator}")
     for name, (model, loss, inputs, targets) in _cases(names, batch, device).items():
         _measure_case(name, model, loss, inputs, targets, repeats=repeats, ks=ks)
     print(f"\nload average at the end {_load()}")
@@ -515,8 +526,10 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda (CUDA-event timing)")
     parser.add_argument("--count-operators", action="store_true",
                         help="count operators and host reads per call instead of timing")
+    add_allocator_option(parser)
     args = parser.parse_args()
     device = parse_device(parser, args.device)
+    allocator = apply_allocator_policy(args.allocator)
     if args.time_to_target and device.type != "cpu":
         parser.error("--time-to-target runs on the CPU only")
     torch.set_num_threads(args.threads)
@@ -526,7 +539,7 @@ def main() -> None:
         count_operators(names=args.workloads, batch=args.batch, ks=args.k)
     else:
         measure(names=args.workloads, batch=args.batch, repeats=args.repeats, ks=args.k,
-                device=device)
+                device=device, allocator=allocator)
 
 
 if __name__ == "__main__":

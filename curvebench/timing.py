@@ -8,6 +8,9 @@ synchronisation until the harness reads them once at the end of the step.
 
 from __future__ import annotations
 
+import argparse
+import ctypes
+import ctypes.util
 import time
 from collections import defaultdict
 from contextlib import AbstractContextManager
@@ -16,7 +19,67 @@ import torch
 
 from curvebench.records import PHASES
 
-__all__ = ["PHASES", "PhaseTimer", "NullPhaseTimer", "synchronize", "synchronized_clock"]
+__all__ = ["ALLOCATOR_POLICIES", "PHASES", "PhaseTimer", "NullPhaseTimer",
+           "add_allocator_option", "apply_allocator_policy", "retain_freed_memory",
+           "synchronize", "synchronized_clock"]
+
+#: The benchmarks' ``--allocator`` choices: keep freed memory (:func:`retain_freed_memory`),
+#: or the C library's default.
+ALLOCATOR_POLICIES = ("retain", "system")
+
+#: ``mallopt`` parameters of glibc (``malloc.h``) and what :func:`retain_freed_memory` sets.
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD = -1, -3
+_NEVER_TRIM = 2**31 - 1
+_MMAP_THRESHOLD = 32 * 2**20  # glibc's largest
+
+
+def retain_freed_memory() -> str:
+    """Make this process keep the memory it frees for reuse (glibc), and say what was done.
+
+    PyTorch's CPU tensors are allocated and freed with ``malloc``. By default glibc hands
+    large freed blocks back to the operating system (its ``mmap`` threshold and heap trimming),
+    so the next tensor of that size is fresh memory, and the first write to each 4 KiB page
+    of it costs a page fault and the kernel's zeroing. That cost falls on whichever step
+    allocates after a large free, varies with the heap's history, and hits methods with large
+    temporaries (second-order steps) more than an SGD step. Measured (one thread, the CNN of
+    ``benchmarks/kfac_peers.py``): an SGN step (the ``sgn`` preset) took 32–36 thousand page
+    faults per step by default and none with this, at the same peak memory (487 MB), and
+    227 against 287 ms; ``benchmarks/sgn_costs.py`` in three processes each: SGN(k=1) ÷ SGD
+    2.12–2.73 with the SGD step at 61–75 ms by default, 2.33–2.38 and 62–63 ms with this.
+    PyTorch's CUDA allocator keeps freed blocks in the same way. Here: heap trimming off, and
+    blocks up to 32 MiB (glibc's largest threshold) served from the heap.
+
+    Returns:
+        A one-line description for a benchmark's header: what was set, or why nothing was
+        (not glibc, or ``mallopt`` refused).
+    """
+    name = ctypes.util.find_library("c")
+    try:
+        libc = ctypes.CDLL(name)
+        mallopt = libc.mallopt
+    except (OSError, AttributeError, TypeError):
+        return "system allocator (no glibc mallopt here)"
+    mallopt.argtypes, mallopt.restype = (ctypes.c_int, ctypes.c_int), ctypes.c_int
+    if not (mallopt(_M_TRIM_THRESHOLD, _NEVER_TRIM) and mallopt(_M_MMAP_THRESHOLD,
+                                                                _MMAP_THRESHOLD)):
+        return "system allocator (glibc mallopt refused)"
+    return "freed memory kept (glibc: no heap trimming, mmap threshold 32 MiB)"
+
+
+def add_allocator_option(parser: argparse.ArgumentParser) -> None:
+    """A benchmark's ``--allocator`` option (:data:`ALLOCATOR_POLICIES`, default ``retain``)."""
+    parser.add_argument("--allocator", choices=ALLOCATOR_POLICIES, default="retain",
+                        help="retain (default): the process keeps the memory it frees, so "
+                             "timings carry no page faults from the heap's history; system: "
+                             "the C library's default")
+
+
+def apply_allocator_policy(policy: str) -> str:
+    """Apply one of :data:`ALLOCATOR_POLICIES` to this process (before any timing) and
+    describe it in one line for a benchmark's header."""
+    if policy not in ALLOCATOR_POLICIES:
+        raise ValueError(f"allocator policy must be one of {ALLOCATOR_POLICIES}, got {policy!r}")
+    return retain_freed_memory() if policy == "retain" else "system allocator"
 
 def synchronize(device: torch.device) -> None:
     """Wait for all queued work on ``device`` (no-op on CPU)."""
