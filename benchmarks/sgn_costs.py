@@ -114,6 +114,13 @@ of strided views gives the same values 8–12 times faster and took k = 1 to 1.9
 trial, but SGN keeps PyTorch's kernel: an SGD step's forward pass would gain as much, so using
 it in SGN's evaluations alone would skew the ratio this script measures.
 
+Since the script keeps freed memory (``--allocator retain``, the default; 9 repeats, load
+0.5–1.0): the CNN's SGD step 62–64 ms in every process, CNN k = 1 2.35–2.39 in four runs
+(2.33–2.38 in three more with the same settings made by glibc's environment variables),
+k = 2 3.01–3.12, k = 10 9.41; the MLP k = 1 2.61, k = 10 13.20 (its fixed part 1.37–1.41 and
+1.17–1.21 per product, as before). With ``--allocator system`` in the same hour the CNN's k = 1
+was 2.12–2.73 over four processes, the SGD step 61–75 ms.
+
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
 ``digits-mlp`` and ``mnist1d-mlp``, and prints steps- and seconds-to-target (the problems'
