@@ -35,13 +35,9 @@ from collections.abc import Iterable
 import torch
 from torch import nn
 
+from curvebench.kronecker import gram
 from curvebench.losses import CurvatureLoss
-from curvebench.optimizers.layerwise import (
-    LayerBatch,
-    LayerwiseOptimizer,
-    check,
-    gram,
-)
+from curvebench.optimizers.layerwise import LayerBatch, LayerwiseOptimizer, check
 from curvebench.optimizers.spec import (
     Choice,
     LogUniform,

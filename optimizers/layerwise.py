@@ -29,7 +29,6 @@ import torch
 from torch import nn
 
 from curvebench.kronecker import (
-    gram,
     kronecker_layers,
     layer_inputs,
     layer_pre_activations,
@@ -39,7 +38,7 @@ from curvebench.kronecker import (
 from curvebench.losses import CurvatureLoss
 from curvebench.optimizers.base import CurvatureOptimizer
 
-__all__ = ["LayerwiseOptimizer", "LayerBatch", "check", "gram"]
+__all__ = ["LayerwiseOptimizer", "LayerBatch", "check"]
 
 
 def check(condition: bool, message: str) -> None:
