@@ -17,6 +17,7 @@ from torch.func import jacrev
 
 from curvebench.kronecker import (
     CURVATURE_TYPES,
+    KroneckerFactorCollector,
     UnsupportedModelError,
     dense_ggn_block,
     gram,
@@ -599,3 +600,131 @@ def test_a_running_input_factor_is_updated_in_place(layer, rows):
     result = input_factor(layer, x, running=running, decay=0.9)
     assert result is running
     torch.testing.assert_close(result, expected, rtol=1e-12, atol=1e-12)
+
+
+# -- the collector's own backward (reverse rules per layer) -------------------------------------
+
+def _chain_models() -> dict[str, nn.Sequential]:
+    """Chains the collector backpropagates through itself, inputs ``(N, 128)``."""
+    torch.manual_seed(21)
+    models = {
+        "mlp": nn.Sequential(nn.Linear(128, 5), nn.ReLU(), nn.Linear(5, 4), nn.Sigmoid(),
+                             nn.Identity(), nn.Linear(4, 3)),
+        "mlp, leaky and tanh": nn.Sequential(nn.Linear(128, 5), nn.LeakyReLU(0.1),
+                                             nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3)),
+        "cnn, activations before pooling": nn.Sequential(
+            nn.Unflatten(1, (2, 8, 8)), nn.Conv2d(2, 3, 3, padding=1), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Conv2d(3, 4, 3, stride=2, padding=1), nn.Tanh(),
+            nn.MaxPool2d(2, stride=1), nn.Flatten(), nn.Linear(4, 3)),
+        "cnn, overlapping padded pooling": nn.Sequential(
+            nn.Unflatten(1, (2, 8, 8)), nn.Conv2d(2, 3, 3), nn.Sigmoid(),
+            nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(3, 4, 2, dilation=2), nn.ReLU(),
+            nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3)),
+        "cnn, pooling after a convolution": nn.Sequential(
+            nn.Unflatten(1, (2, 8, 8)), nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2),
+            nn.LeakyReLU(0.2), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 3)),
+        "conv1d": nn.Sequential(nn.Unflatten(1, (2, 64)), nn.Conv1d(2, 3, 3, padding=1),
+                                nn.ReLU(), nn.Conv1d(3, 2, 4, stride=4), nn.Flatten(),
+                                nn.Linear(32, 3)),
+    }
+    return {name: model.to(DTYPE) for name, model in models.items()}
+
+
+def _factors_by_autograd(monkeypatch, *args, **kwargs) -> dict:
+    """``kronecker_factors`` with the collector's own backward switched off (autograd)."""
+    with monkeypatch.context() as patch:
+        patch.setattr(KroneckerFactorCollector, "_reverse_pass", lambda self, vectors: None)
+        return kronecker_factors(*args, **kwargs)
+
+
+def _count_own_backward(monkeypatch) -> list[int]:
+    """A list that gains an entry each time the collector backpropagates by its own rules."""
+    calls: list[int] = []
+    original = KroneckerFactorCollector._reverse_pass
+
+    def counted(self, vectors):
+        result = original(self, vectors)
+        if result is not None:
+            calls.append(vectors.shape[0])
+        return result
+    monkeypatch.setattr(KroneckerFactorCollector, "_reverse_pass", counted)
+    return calls
+
+
+@pytest.mark.parametrize("name", list(_chain_models()))
+@pytest.mark.parametrize("curvature", ["kflr", "kfac"])
+def test_own_backward_gives_autograds_factors(monkeypatch, name, curvature):
+    """The layerwise backward (the activation's derivative applied to the pooled gradient,
+    Linear chains batched over the vectors) gives the factors of autograd's backward."""
+    model = _chain_models()[name]
+    generator = torch.Generator().manual_seed(22)
+    inputs = torch.randn(6, 128, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (6,), generator=generator)
+    settings = {"curvature": curvature, "mc_samples": 3}
+    expected = _factors_by_autograd(monkeypatch, model, CrossEntropyLoss(), inputs, targets,
+                                    generator=torch.Generator().manual_seed(3), **settings)
+    calls = _count_own_backward(monkeypatch)
+    ours = kronecker_factors(model, CrossEntropyLoss(), inputs, targets,
+                             generator=torch.Generator().manual_seed(3), **settings)
+    assert calls == [3]
+    for layer in ours:
+        torch.testing.assert_close(ours[layer].S, expected[layer].S, rtol=1e-12, atol=1e-15)
+
+
+def _dense_output_factor(model: nn.Sequential, index: int, loss: CurvatureLoss,
+                         inputs: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """KFLR's ``S`` of layer ``model[index]`` from per-example Jacobians of the rest of the
+    network with respect to that layer's output, ``(1/T) Σ_n Σ_t J_tᵀ H_n J_t``."""
+    with torch.no_grad():
+        pre = model[: index + 1](inputs)
+        output = model(inputs)
+    hessian = dense_output_hessian(loss, output, targets)
+    tail = model[index + 1:]
+    d = output.shape[1]
+    channels = pre.shape[1]
+    positions = pre[0, 0].numel()
+    s = torch.zeros(channels, channels, dtype=DTYPE)
+    for n in range(inputs.shape[0]):
+        jac = jacrev(lambda z: tail(z.unsqueeze(0))[0])(pre[n]).reshape(d, channels, positions)
+        block = hessian[n * d:(n + 1) * d, n * d:(n + 1) * d]
+        s += torch.einsum("dct,de,ebt->cb", jac, block, jac) / positions
+    return s
+
+
+@pytest.mark.parametrize("name", [name for name in _chain_models() if "cnn" in name])
+def test_own_backward_through_pooling_equals_dense_jacobians(monkeypatch, name):
+    """KFLR's S of every layer of a pooling CNN against per-example Jacobians (jacrev)."""
+    model = _chain_models()[name]
+    generator = torch.Generator().manual_seed(23)
+    inputs = torch.randn(3, 128, generator=generator, dtype=DTYPE)
+    targets = torch.randint(0, 3, (3,), generator=generator)
+    calls = _count_own_backward(monkeypatch)
+    factors = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kflr")
+    assert calls == [3]
+    for layer, value in factors.items():
+        expected = _dense_output_factor(model, int(layer), CrossEntropyLoss(), inputs, targets)
+        torch.testing.assert_close(value.S, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("model", [
+    nn.Sequential(nn.Linear(4, 4), nn.ReLU(inplace=True), nn.Linear(4, 3)),
+    nn.Sequential(nn.Linear(4, 4), nn.Dropout(0.5), nn.Linear(4, 3)),
+    nn.Sequential(nn.Unflatten(1, (1, 2, 2)), nn.Conv2d(1, 2, 3, padding="same"), nn.Flatten(),
+                  nn.Linear(8, 3)),
+    nn.Sequential(nn.Linear(4, 4), nn.ELU(), nn.Linear(4, 3)),
+], ids=["in place", "dropout", "string padding", "no rule"])
+def test_models_without_reverse_rules_are_backpropagated_by_autograd(monkeypatch, model):
+    model = model.to(DTYPE).eval()
+    calls = _count_own_backward(monkeypatch)
+    inputs = torch.randn(5, 4, dtype=DTYPE)
+    targets = torch.randint(0, 3, (5,))
+    ours = kronecker_factors(model, CrossEntropyLoss(), inputs, targets, curvature="kflr")
+    assert calls == []
+    reference = copy.deepcopy(model)  # jacrev's input may not be changed in place
+    for module in reference:
+        if hasattr(module, "inplace"):
+            module.inplace = False
+    for layer, value in ours.items():
+        expected = _dense_output_factor(reference, int(layer), CrossEntropyLoss(), inputs,
+                                        targets)
+        torch.testing.assert_close(value.S, expected, rtol=1e-10, atol=1e-13)
