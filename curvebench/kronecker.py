@@ -649,9 +649,12 @@ class KroneckerFactorCollector:
         activation_inputs = iter(reversed(self._activation_inputs))
         curvature = loss.hessian_matrix(output.detach()).sum(dim=0)
         factors: dict[nn.Module, torch.Tensor] = {}
+        wanted = set(self.layers)
         for leaf in reversed(self._chain):
             if isinstance(leaf, nn.Linear):
                 factors[leaf] = curvature
+                if wanted.issubset(factors):  # no layer below needs the recursion
+                    break
                 curvature = leaf.weight.detach().T @ curvature @ leaf.weight.detach()
             else:
                 h = next(activation_inputs)
@@ -659,7 +662,7 @@ class KroneckerFactorCollector:
                     continue
                 h = h.reshape(h.shape[0], -1)
                 derivative = _elementwise_derivative(leaf, h)
-                curvature = curvature * (derivative.T @ derivative / h.shape[0])
+                curvature = curvature * gram(derivative.T, scale=1.0 / h.shape[0])
         return [factors[layer] for layer in self.layers]
 
 

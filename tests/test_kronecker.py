@@ -15,6 +15,7 @@ import torch
 from torch import nn
 from torch.func import jacrev
 
+from curvebench.arithmetic import count_flops
 from curvebench.kronecker import (
     CURVATURE_TYPES,
     KroneckerFactorCollector,
@@ -285,6 +286,20 @@ def test_dense_ggn_block_matches_dense_reference():
     torch.testing.assert_close(dense_ggn_block(model, CrossEntropyLoss(), inputs, "2"),
                                full[perm][:, perm])
     assert full[offset : offset + size].shape[0] == size
+
+
+def test_kfra_recursion_stops_at_the_first_layer():
+    """S of the first layer needs nothing below it: the factors' arithmetic does not grow with
+    the input width (it did, by ``W₁ᵀ S₁ W₁``, a d_in × d_in product per update)."""
+    flops = []
+    for width in (5, 500):
+        model = _mlp(widths=(width, 4, 6, 3), seed=13)
+        collector = KroneckerFactorCollector(model)
+        with collector.capture(activations=True):
+            output = model(torch.randn(7, width, dtype=DTYPE))
+        flops.append(count_flops(lambda c=collector, out=output: c.output_factors(
+            curvature="kfra", loss=CrossEntropyLoss(), output=out)).flops)
+    assert flops[0] == flops[1] > 0
 
 
 def test_kfra_rejects_non_mlps_with_a_clear_error():
