@@ -636,8 +636,9 @@ def _chain_models() -> dict[str, nn.Sequential]:
             nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(3, 4, 2, dilation=2), nn.ReLU(),
             nn.MaxPool2d(2), nn.Flatten(), nn.Linear(16, 3)),
         "cnn, pooling after a convolution": nn.Sequential(
-            nn.Unflatten(1, (2, 8, 8)), nn.Conv2d(2, 3, 3, padding=1), nn.MaxPool2d(2),
-            nn.LeakyReLU(0.2), nn.Conv2d(3, 4, 3), nn.Flatten(), nn.Linear(16, 3)),
+            nn.Unflatten(1, (2, 8, 8)), nn.Conv2d(2, 3, 3, padding=1),
+            nn.MaxPool2d(3, stride=2, ceil_mode=True), nn.LeakyReLU(0.2), nn.Conv2d(3, 4, 3),
+            nn.Flatten(), nn.Linear(16, 3)),
         "conv1d": nn.Sequential(nn.Unflatten(1, (2, 64)), nn.Conv1d(2, 3, 3, padding=1),
                                 nn.ReLU(), nn.Conv1d(3, 2, 4, stride=4), nn.Flatten(),
                                 nn.Linear(32, 3)),
