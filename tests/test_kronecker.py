@@ -744,3 +744,30 @@ def test_models_without_reverse_rules_are_backpropagated_by_autograd(monkeypatch
         expected = _dense_output_factor(reference, int(layer), CrossEntropyLoss(), inputs,
                                         targets)
         torch.testing.assert_close(value.S, expected, rtol=1e-10, atol=1e-13)
+
+
+@pytest.mark.parametrize("name", ["mlp", "cnn, activations before pooling"])
+def test_own_backward_for_some_layers_only(monkeypatch, name):
+    """Factors for a subset of the layers (an optimizer whose first layer is frozen): the
+    backward stops at the first layer asked for, through the frozen ones between."""
+    model = _chain_models()[name]
+    layers = [m for m in model if isinstance(m, (nn.Linear, nn.Conv2d))]
+    wanted = [layers[1], layers[2]] if name == "mlp" else [layers[1]]
+    inputs = torch.randn(6, 128, dtype=DTYPE)
+    output_vectors = torch.randn(2, 6, 3, dtype=DTYPE)
+    results = []
+    for own in (True, False):
+        collector = KroneckerFactorCollector(model, layers=wanted)
+        with collector.capture():
+            output = model(inputs)
+        if not own:
+            collector._reverse_chain = None
+        per_layer = collector._reverse_pass(output_vectors)
+        assert (per_layer is not None) == own
+        if per_layer is None:
+            per_layer = [[torch.autograd.grad(output, collector.pre_activations()[i], v,
+                                              retain_graph=True)[0] for v in output_vectors]
+                         for i in range(len(wanted))]
+        results.append([torch.cat([g.reshape(-1) for g in grads]) for grads in per_layer])
+    for ours, expected in zip(*results, strict=True):
+        torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-15)
