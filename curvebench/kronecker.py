@@ -684,7 +684,9 @@ def _unpool(module: nn.Module, g: torch.Tensor, inputs: torch.Tensor,
             output: object) -> torch.Tensor:
     """The gradient ``g`` of a ``MaxPool2d``'s output taken back to its input (autograd's
     kernel: a zeroed input-sized tensor with ``g`` added at the argmax positions)."""
-    pair = torch.nn.modules.utils._pair
+    def pair(value: int | Sequence[int]) -> list[int]:
+        return [value, value] if isinstance(value, int) else list(value)
+
     return torch.ops.aten.max_pool2d_with_indices_backward(
         g, inputs, pair(module.kernel_size), pair(module.stride),
         pair(module.padding), pair(module.dilation), module.ceil_mode, _pool_indices(output))
@@ -696,6 +698,13 @@ def _conv_input_gradient(module: nn.Module, g: torch.Tensor, inputs: torch.Tenso
         g, inputs, module.weight, None, module.stride, module.padding, module.dilation, False,
         [0] * len(module.stride), module.groups, [True, False, False])
     return result
+
+
+def _reshape_back(module: nn.Module, g: torch.Tensor, inputs: torch.Tensor,
+                  output: torch.Tensor) -> torch.Tensor:
+    """The gradient of a reshaping layer's output in its input's shape (any leading batch of
+    vectors kept)."""
+    return g.reshape(*g.shape[:g.dim() - output.dim()], *inputs.shape)
 
 
 #: Reverse rules ``(module, g, input, output) ↦ gradient at the input`` of the layers the
@@ -710,10 +719,8 @@ _REVERSE_RULES = {
     nn.LeakyReLU: lambda module, g, inputs, output: torch.ops.aten.leaky_relu_backward(
         g, inputs, module.negative_slope, False),
     nn.MaxPool2d: _unpool,
-    nn.Flatten: lambda module, g, inputs, output: g.reshape(*g.shape[:-output.dim()],
-                                                             *inputs.shape),
-    nn.Unflatten: lambda module, g, inputs, output: g.reshape(*g.shape[:-output.dim()],
-                                                               *inputs.shape),
+    nn.Flatten: _reshape_back,
+    nn.Unflatten: _reshape_back,
     nn.Identity: lambda module, g, inputs, output: g,
 }
 
