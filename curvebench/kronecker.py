@@ -576,7 +576,7 @@ class KroneckerFactorCollector:
         else:
             raise ValueError(f"unknown curvature type {curvature!r}; "
                              f"known: {', '.join(CURVATURE_TYPES)}")
-        per_layer = self._reverse_pass(vectors)
+        per_layer = self._reverse_pass(vectors, output=output)
         if per_layer is not None:
             return [output_factor(layer, b) for layer, b in zip(self.layers, per_layer,
                                                                 strict=True)]
@@ -593,10 +593,13 @@ class KroneckerFactorCollector:
         return [output_factor(layer, b) for layer, b in zip(self.layers, per_layer, strict=True)]
 
     @torch.no_grad()
-    def _reverse_pass(self, vectors: torch.Tensor) -> list[list[torch.Tensor]] | None:
-        """``J_sᵀ c`` at every layer's pre-activation ``s`` for the ``(K, N, D)`` vectors ``c``,
-        by the layers' own reverse rules (:data:`_REVERSE_RULES`), or ``None`` where the model
-        is not such a chain (:func:`_reverse_chain`) or did not run as one: then autograd.
+    def _reverse_pass(self, vectors: torch.Tensor, *,
+                      output: torch.Tensor) -> list[list[torch.Tensor]] | None:
+        """``J_sᵀ c`` at every layer's pre-activation ``s`` for the ``(K, N, D)`` vectors ``c``
+        of the recorded pass's ``output``, by the layers' own reverse rules
+        (:data:`_REVERSE_RULES`), or ``None`` where the model is not such a chain
+        (:func:`_reverse_chain`), did not run as one or did not return ``output``: then
+        autograd.
 
         Autograd's backward through an activation followed by max pooling applies the
         activation's derivative to the unpooled gradient, a tensor the size of the activation;
@@ -613,9 +616,10 @@ class KroneckerFactorCollector:
         6.91 → 6.60, K-FAC on the CNN every step 4.06 → 3.92.
         """
         chain = self._reverse_chain
-        if chain is None or [r[0] for r in self._records] != chain or any(
-                _pool_indices(output) is None for module, _, output in self._records
-                if isinstance(module, nn.MaxPool2d)):
+        if (chain is None or [r[0] for r in self._records] != chain
+                or self._records[-1][2] is not output
+                or any(_pool_indices(pooled) is None for module, _, pooled in self._records
+                       if isinstance(module, nn.MaxPool2d))):
             return None
         wanted = {id(layer): i for i, layer in enumerate(self.layers)}
         first = min(i for i, leaf in enumerate(chain) if id(leaf) in wanted)

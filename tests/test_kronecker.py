@@ -649,7 +649,8 @@ def _chain_models() -> dict[str, nn.Sequential]:
 def _factors_by_autograd(monkeypatch, *args, **kwargs) -> dict:
     """``kronecker_factors`` with the collector's own backward switched off (autograd)."""
     with monkeypatch.context() as patch:
-        patch.setattr(KroneckerFactorCollector, "_reverse_pass", lambda self, vectors: None)
+        patch.setattr(KroneckerFactorCollector, "_reverse_pass",
+                      lambda self, vectors, output: None)
         return kronecker_factors(*args, **kwargs)
 
 
@@ -658,8 +659,8 @@ def _count_own_backward(monkeypatch) -> list[int]:
     calls: list[int] = []
     original = KroneckerFactorCollector._reverse_pass
 
-    def counted(self, vectors):
-        result = original(self, vectors)
+    def counted(self, vectors, output):
+        result = original(self, vectors, output=output)
         if result is not None:
             calls.append(vectors.shape[0])
         return result
@@ -762,7 +763,7 @@ def test_own_backward_for_some_layers_only(monkeypatch, name):
             output = model(inputs)
         if not own:
             collector._reverse_chain = None
-        per_layer = collector._reverse_pass(output_vectors)
+        per_layer = collector._reverse_pass(output_vectors, output=output)
         assert (per_layer is not None) == own
         if per_layer is None:
             per_layer = [[torch.autograd.grad(output, collector.pre_activations()[i], v,
@@ -771,3 +772,34 @@ def test_own_backward_for_some_layers_only(monkeypatch, name):
         results.append([torch.cat([g.reshape(-1) for g in grads]) for grads in per_layer])
     for ours, expected in zip(*results, strict=True):
         torch.testing.assert_close(ours, expected, rtol=1e-12, atol=1e-15)
+
+
+def test_an_output_the_chain_did_not_return_is_backpropagated_by_autograd(monkeypatch):
+    """Vectors of a tensor computed after the model (here ``2 f``) are not the chain's: the
+    collector's own rules would drop the factor 2, so autograd takes them."""
+    model = _chain_models()["cnn, activations before pooling"]
+    inputs = torch.randn(4, 128, dtype=DTYPE)
+    calls = _count_own_backward(monkeypatch)
+    collector = KroneckerFactorCollector(model)
+    with collector.capture():
+        output = model(inputs)
+    doubled = 2 * output
+    factors = collector.output_factors(curvature="kflr", loss=CrossEntropyLoss(), output=doubled)
+    assert calls == []
+    own = collector.output_factors(curvature="kflr", loss=CrossEntropyLoss(), output=output)
+    assert calls == [3]
+    expected = _factors_by_autograd(monkeypatch, nn.Sequential(*model, _Scale(2.0)),
+                                    CrossEntropyLoss(), inputs, torch.zeros(4, dtype=torch.long),
+                                    curvature="kflr")
+    for factor, layer in zip(factors, expected, strict=True):
+        torch.testing.assert_close(factor, expected[layer].S, rtol=1e-10, atol=1e-13)
+    assert not torch.allclose(factors[0], own[0])
+
+
+class _Scale(nn.Module):
+    def __init__(self, factor: float) -> None:
+        super().__init__()
+        self.factor = factor
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.factor * x
