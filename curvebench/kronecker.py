@@ -69,7 +69,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.func import functional_call, jacrev
 
-from curvebench.curvature import _OUTPUT_DERIVATIVES, _leaves
+from curvebench.curvature import _has_input_gradient_rule, _input_gradient, _leaves
 from curvebench.losses import CurvatureLoss
 
 __all__ = [
@@ -597,23 +597,22 @@ class KroneckerFactorCollector:
                       output: torch.Tensor) -> list[list[torch.Tensor]] | None:
         """``J_sᵀ c`` at every layer's pre-activation ``s`` for the ``(K, N, D)`` vectors ``c``
         of the recorded pass's ``output``, by the layers' own reverse rules
-        (:data:`_REVERSE_RULES`), or ``None`` where the model is not such a chain
-        (:func:`_reverse_chain`), did not run as one or did not return ``output``: then
-        autograd.
+        (:func:`curvebench.curvature._input_gradient`), or ``None`` where the model is not
+        such a chain (:func:`_reverse_chain`), did not run as one or did not return
+        ``output``: then autograd.
 
         Autograd's backward through an activation followed by max pooling applies the
         activation's derivative to the unpooled gradient, a tensor the size of the activation;
-        here it is applied before unpooling, to the pooled gradient (``σ'(x)[argmax]`` from the
-        pool's output ``σ(x)[argmax]``, as :func:`curvebench.curvature._layerwise_jvp` does
-        forwards), a quarter of the elements for 2×2 windows, and no parameter gradients are
-        formed. A chain of Linear layers and activations takes all ``K`` vectors as one batch
-        (one product per layer); with convolutions or pooling one vector at a time, as PyTorch's
-        convolutions run a ``K``-times larger batch slower than ``K`` batches. Measured (CPU,
-        one thread, torch 2.13, KFLR's ten vectors on ``benchmarks/kfac_peers.py``'s workloads,
-        the whole :meth:`output_factors` against an autograd backward per vector): CNN 201 →
-        180 ms, MLP 15.9 → 13.0 ms; in its K-FAC steps (step ÷ SGD step, in-process A/B) KFLR
-        on the CNN at periods 5/20 2.03 → 1.93, every step 6.81 → 6.45, on the MLP every step
-        6.91 → 6.60, K-FAC on the CNN every step 4.06 → 3.92.
+        the rules apply it to the pooled gradient before unpooling, a quarter of the elements
+        for 2×2 windows, and no parameter gradients are formed. A chain of Linear layers and
+        activations takes all ``K`` vectors as one batch (one product per layer); with
+        convolutions or pooling one vector at a time, as PyTorch's convolutions run a
+        ``K``-times larger batch slower than ``K`` batches. Measured (CPU, one thread, torch
+        2.13, KFLR's ten vectors on ``benchmarks/kfac_peers.py``'s workloads, the whole
+        :meth:`output_factors` against an autograd backward per vector): CNN 201 → 180 ms, MLP
+        15.9 → 13.0 ms; in its K-FAC steps (step ÷ SGD step, in-process A/B) KFLR on the CNN
+        at periods 5/20 2.03 → 1.93, every step 6.81 → 6.45, on the MLP every step 6.91 →
+        6.60, K-FAC on the CNN every step 4.06 → 3.92.
         """
         chain = self._reverse_chain
         if (chain is None or [r[0] for r in self._records] != chain
@@ -621,6 +620,9 @@ class KroneckerFactorCollector:
                 or any(_pool_indices(pooled) is None for module, _, pooled in self._records
                        if isinstance(module, nn.MaxPool2d))):
             return None
+        entries = [(module, inputs, _pooled(result), _pool_indices(result))
+                   if isinstance(module, nn.MaxPool2d) else (module, inputs, result, None)
+                   for module, inputs, result in self._records]
         wanted = {id(layer): i for i, layer in enumerate(self.layers)}
         first = min(i for i, leaf in enumerate(chain) if id(leaf) in wanted)
         batched = not any(isinstance(leaf, (*_CONV, nn.MaxPool2d)) for leaf in chain[first:])
@@ -628,20 +630,11 @@ class KroneckerFactorCollector:
         for g in [vectors] if batched else list(vectors):
             i = len(chain) - 1
             while True:
-                module, inputs, output = self._records[i]
-                if id(module) in wanted:
-                    per_layer[wanted[id(module)]].append(g.flatten(0, 1) if batched else g)
+                if id(chain[i]) in wanted:
+                    per_layer[wanted[id(chain[i])]].append(g.flatten(0, 1) if batched else g)
                     if i == first:
                         break
-                previous = chain[i - 1] if i > 0 else None
-                if isinstance(module, nn.MaxPool2d) and type(previous) in _OUTPUT_DERIVATIVES:
-                    # σ then pooling: the derivative on the pooled gradient, then unpool
-                    g = _OUTPUT_DERIVATIVES[type(previous)](g, _pooled(output))
-                    g = _unpool(module, g, inputs, output)
-                    i -= 2
-                    continue
-                g = _REVERSE_RULES[type(module)](module, g, inputs, output)
-                i -= 1
+                g, i = _input_gradient(entries, i, g)
         return per_layer
 
     def _kfra_factors(self, *, loss: CurvatureLoss, output: torch.Tensor) -> list[torch.Tensor]:
@@ -684,67 +677,15 @@ def _pool_indices(output: object) -> torch.Tensor | None:
     return getattr(output.grad_fn, "_saved_result1", None)
 
 
-def _unpool(module: nn.Module, g: torch.Tensor, inputs: torch.Tensor,
-            output: object) -> torch.Tensor:
-    """The gradient ``g`` of a ``MaxPool2d``'s output taken back to its input (autograd's
-    kernel: a zeroed input-sized tensor with ``g`` added at the argmax positions)."""
-    def pair(value: int | Sequence[int]) -> list[int]:
-        return [value, value] if isinstance(value, int) else list(value)
-
-    return torch.ops.aten.max_pool2d_with_indices_backward(
-        g, inputs, pair(module.kernel_size), pair(module.stride),
-        pair(module.padding), pair(module.dilation), module.ceil_mode, _pool_indices(output))
-
-
-def _conv_input_gradient(module: nn.Module, g: torch.Tensor, inputs: torch.Tensor,
-                         output: object) -> torch.Tensor:
-    (result, _, _) = torch.ops.aten.convolution_backward(
-        g, inputs, module.weight, None, module.stride, module.padding, module.dilation, False,
-        [0] * len(module.stride), module.groups, [True, False, False])
-    return result
-
-
-def _reshape_back(module: nn.Module, g: torch.Tensor, inputs: torch.Tensor,
-                  output: torch.Tensor) -> torch.Tensor:
-    """The gradient of a reshaping layer's output in its input's shape (any leading batch of
-    vectors kept)."""
-    return g.reshape(*g.shape[:g.dim() - output.dim()], *inputs.shape)
-
-
-#: Reverse rules ``(module, g, input, output) ↦ gradient at the input`` of the layers the
-#: collector's own backward (:meth:`KroneckerFactorCollector._reverse_pass`) takes a gradient
-#: through; ``g`` may carry a leading batch of vectors for the elementwise rules and Linear.
-_REVERSE_RULES = {
-    nn.Linear: lambda module, g, inputs, output: g @ module.weight,
-    nn.Conv1d: _conv_input_gradient,
-    nn.Conv2d: _conv_input_gradient,
-    **{kind: (lambda module, g, inputs, output, derivative=derivative: derivative(g, output))
-       for kind, derivative in _OUTPUT_DERIVATIVES.items()},
-    nn.LeakyReLU: lambda module, g, inputs, output: torch.ops.aten.leaky_relu_backward(
-        g, inputs, module.negative_slope, False),
-    nn.MaxPool2d: _unpool,
-    nn.Flatten: _reshape_back,
-    nn.Unflatten: _reshape_back,
-    nn.Identity: lambda module, g, inputs, output: g,
-}
-
-
 def _reverse_chain(model: nn.Module, layers: Sequence[nn.Module]) -> list[nn.Module] | None:
     """The leaves of ``model`` where the collector can backpropagate its vectors itself: a plain
-    (nested) ``nn.Sequential`` of layers with a rule in :data:`_REVERSE_RULES`, each used
-    once, none in place, convolutions zero-padded by numbers, max pools without indices, and
-    every layer of ``layers`` among them; else ``None`` (autograd backpropagates them)."""
+    (nested) ``nn.Sequential`` of layers each used once and each with a reverse rule
+    (:func:`curvebench.curvature._has_input_gradient_rule`), with every layer of ``layers``
+    among them; else ``None`` (autograd backpropagates them)."""
     leaves = _leaves(model)
-    if len({id(leaf) for leaf in leaves}) != len(leaves):
+    if (len({id(leaf) for leaf in leaves}) != len(leaves)
+            or not all(_has_input_gradient_rule(leaf) for leaf in leaves)):
         return None
-    for leaf in leaves:
-        if type(leaf) not in _REVERSE_RULES or _runs_in_place(leaf):
-            return None
-        if isinstance(leaf, _CONV) and (isinstance(leaf.padding, str)
-                                        or leaf.padding_mode != "zeros"):
-            return None
-        if isinstance(leaf, nn.MaxPool2d) and leaf.return_indices:
-            return None
     ids = {id(leaf) for leaf in leaves}
     return leaves if layers and all(id(layer) in ids for layer in layers) else None
 

@@ -422,3 +422,41 @@ def test_activation_then_max_pool_tangent_is_pooled_first(monkeypatch):
         <= TOLERANCE
     monkeypatch.setattr(curvature, "_OUTPUT_DERIVATIVES", {})
     assert torch.equal(lin.jacobian_vector_product(v), pooled_first)
+
+
+def _pooling_cnn_with_a_frozen_layer() -> nn.Module:
+    model = nn.Sequential(
+        nn.Unflatten(1, (2, 5, 5)), nn.Conv2d(2, 3, 3, padding=1), nn.LeakyReLU(0.2),
+        nn.MaxPool2d(3, stride=1, padding=1), nn.Conv2d(3, 2, 2, dilation=2, bias=False),
+        nn.Sigmoid(), nn.MaxPool2d(2, ceil_mode=True), nn.Flatten(), nn.Linear(8, 4), nn.Tanh(),
+        nn.Linear(4, 3))
+    model[1].requires_grad_(False)  # the first layer frozen: the first with parameters is [4]
+    return model
+
+
+@pytest.mark.parametrize("model_name", ["mlp-relu", "mlp-sigmoid", "cnn2d", "autoencoder",
+                                        "pooling cnn, frozen first layer"])
+def test_transpose_product_by_the_layers_rules_is_autograds(model_name):
+    """``Jᵀ u`` by the layers' reverse rules (parameter gradients written into the flat
+    vector, activations before max pooling differentiated on the pooled gradient) against a
+    backward through the retained graph."""
+    if model_name in MODELS:
+        model, loss, inputs, targets = _problem(model_name, "cross_entropy")
+    else:
+        torch.manual_seed(41)
+        model = _pooling_cnn_with_a_frozen_layer().double()
+        loss, inputs = CrossEntropyLoss(), torch.randn(6, 50, dtype=torch.float64)
+        targets = torch.randint(0, 3, (6,))
+    lin = Linearization(model, loss=loss, inputs=inputs, targets=targets)
+    assert lin._reverse_by_layers
+    u = torch.randn_like(lin.output)
+    expected = flatten(torch.autograd.grad(lin.graph_output, lin.params, u, retain_graph=True,
+                                           allow_unused=True), lin.params)
+    torch.testing.assert_close(lin.vector_jacobian_product(u), expected, rtol=1e-12,
+                               atol=1e-15)
+
+
+def test_transpose_product_without_reverse_rules_goes_through_autograd():
+    model, loss, inputs, targets = _problem("cnn1d", "cross_entropy")  # AvgPool1d: no rule
+    lin = Linearization(model, loss=loss, inputs=inputs, targets=targets)
+    assert lin.jvp_method == "layers" and not lin._reverse_by_layers
