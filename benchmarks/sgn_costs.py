@@ -121,6 +121,13 @@ k = 2 3.01–3.12, k = 10 9.41; the MLP k = 1 2.61, k = 10 13.20 (its fixed part
 1.17–1.21 per product, as before). With ``--allocator system`` in the same hour the CNN's k = 1
 was 2.12–2.73 over four processes, the SGD step 61–75 ms.
 
+Since a product's ``Jᵀu`` runs through the layers' reverse rules
+(:meth:`curvebench.curvature.Linearization.vector_jacobian_product`; ``--k 1 2 10 --repeats
+9``, two runs, load 0.8–0.9): the MLP k = 1 2.49–2.54, k = 2 3.62–3.67, k = 10 12.57–12.66 (a
+product alone 1.03–1.04 SGD steps, was 1.10; per product in CG 1.11–1.19, of it CG's vector
+work 0.07–0.08; the fixed part 1.31–1.38); the CNN k = 1 2.33–2.37, k = 2 2.94–2.99, k = 10
+8.56–8.58.
+
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
 ``digits-mlp`` and ``mnist1d-mlp``, and prints steps- and seconds-to-target (the problems'
