@@ -616,13 +616,14 @@ class KroneckerFactorCollector:
         """
         chain = self._reverse_chain
         if (chain is None or [r[0] for r in self._records] != chain
-                or self._records[-1][2] is not output
-                or any(_pool_indices(pooled) is None for module, _, pooled in self._records
-                       if isinstance(module, nn.MaxPool2d))):
+                or self._records[-1][2] is not output):
             return None
         entries = [(module, inputs, _pooled(result), _pool_indices(result))
                    if isinstance(module, nn.MaxPool2d) else (module, inputs, result, None)
                    for module, inputs, result in self._records]
+        if any(isinstance(module, nn.MaxPool2d) and indices is None
+               for module, _, _, indices in entries):  # no argmax to unpool with
+            return None
         wanted = {id(layer): i for i, layer in enumerate(self.layers)}
         first = min(i for i, leaf in enumerate(chain) if id(leaf) in wanted)
         batched = not any(isinstance(leaf, (*_CONV, nn.MaxPool2d)) for leaf in chain[first:])
