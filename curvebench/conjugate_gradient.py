@@ -5,8 +5,11 @@ Solves ``(G + λI) d = −g`` approximately, where ``G`` is applied only through
 
     q(d) = gᵀd + ½ dᵀ(G + λI) d
 
-which CG decreases monotonically. With the residual ``r = −g − (G + λI) d`` the model value
-is available without another product: ``q(d) = −½ dᵀ(r − g)``.
+which CG decreases monotonically. CG here carries the model's gradient
+``ρ = ∇q(d) = g + (G + λI) d`` (the negated residual) and the negated search direction
+``s``: both start as ``g`` itself, so a solve from zero copies nothing before its first
+product, and the first update of ``ρ`` is written into that product. The model value is
+available without another product: ``q(d) = ½ dᵀ(ρ + g)``.
 
 Stopping (whichever comes first): ``max_iterations``; the relative residual
 ``‖r‖ / ‖g‖ ≤ tolerance``; non-positive curvature ``pᵀ(G + λI)p ≤ 0`` along a search direction;
@@ -100,7 +103,10 @@ def conjugate_gradient(
     """Approximately solve ``(G + λI) d = −g`` by (preconditioned) conjugate gradient.
 
     Args:
-        matvec: ``v ↦ G v`` for flat vectors (``G`` symmetric positive semi-definite).
+        matvec: ``v ↦ G v`` for flat vectors (``G`` symmetric positive semi-definite). CG
+            may overwrite the products it is given (one that shares memory with ``v`` is
+            copied first); each ``v`` is CG's own and changes after the call. ``gradient`` and
+            ``initial`` are never written.
         gradient: ``g`` (flat); the right-hand side is ``−g``.
         damping: ``λ ≥ 0`` added to the diagonal.
         max_iterations: at most this many iterations (products with ``G``).
@@ -140,9 +146,11 @@ def conjugate_gradient(
     if initial is not None and initial.shape != gradient.shape:
         raise ValueError("initial guess must be shaped like the gradient")
 
-    def apply(v: torch.Tensor) -> torch.Tensor:
+    def apply(v: torch.Tensor) -> torch.Tensor:  # a tensor CG may overwrite
         product = matvec(v)
-        return product.add(v, alpha=damping) if damping else product
+        if damping:
+            return product.add(v, alpha=damping)
+        return product.clone() if _shares_memory(product, v) else product
 
     if ((tolerance == 0 or (tolerance < 1 and host_reads_stall(gradient.device)))
             and not relative_progress and preconditioner is None and initial is None
@@ -175,30 +183,32 @@ def _unsynchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: 
     of them would have stopped CG before the last iteration (then the caller replays it).
     """
     g_squared = torch.dot(gradient, gradient)
-    r = gradient.neg()
-    p = r.clone()
+    rho = s = gradient  # ∇q(0) and the negated first direction: g, until they are updated
     x: torch.Tensor | None = None
     rz = g_squared
     curvatures: list[torch.Tensor] = []
     squared_residuals: list[torch.Tensor] = []
     for iteration in range(1, max_iterations + 1):
-        ap = apply(p)
-        curvature = torch.dot(p, ap)
+        a_s = apply(s)
+        curvature = torch.dot(s, a_s)
         step = rz / curvature
-        x = torch.mul(p, step) if x is None else x.addcmul_(p, step)
+        minus = step.neg()  # d ← d − step·s and ρ ← ρ − step·(G + λI)s
+        x = torch.mul(s, minus) if x is None else x.addcmul_(s, minus)
         if on_step is not None:
-            on_step(step)
-        r.addcmul_(ap, step, value=-1)
-        rz_new = torch.dot(r, r)
+            on_step(minus)
+        rho = (torch.addcmul(gradient, a_s, minus, out=a_s) if rho is gradient
+               else rho.addcmul_(a_s, minus))
+        rz_new = torch.dot(rho, rho)
         curvatures.append(curvature)
         squared_residuals.append(rz_new)
         if iteration < max_iterations:
-            torch.addcmul(r, p, rz_new / rz, out=p)
+            s = (torch.addcmul(rho, s, rz_new / rz) if s is gradient
+                 else torch.addcmul(rho, s, rz_new / rz, out=s))
             rz = rz_new
     assert x is not None
-    scalars = torch.stack([g_squared, *curvatures, *squared_residuals, torch.dot(x, r),
+    scalars = torch.stack([g_squared, *curvatures, *squared_residuals, torch.dot(x, rho),
                            torch.dot(x, gradient)]).tolist()  # the one host synchronisation
-    g_squared_value, x_r, x_g = scalars[0], scalars[-2], scalars[-1]
+    g_squared_value, x_rho, x_g = scalars[0], scalars[-2], scalars[-1]
     if g_squared_value == 0.0:
         return None
     g_norm = math.sqrt(g_squared_value)
@@ -219,11 +229,11 @@ def _unsynchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: 
                 return None
             stop = "tolerance"
         rz_value = rz_new_value
-    quadratic_value = -0.5 * (x_r - x_g)
+    quadratic_value = 0.5 * (x_rho + x_g)
     values[-1] = quadratic_value
     return CGResult(direction=x, iterations=max_iterations, products=max_iterations,
                     residual_history=tuple(residuals), model_values=tuple(values),
-                    quadratic_value=quadratic_value, curvature=-(x_r + x_g), stop_reason=stop)
+                    quadratic_value=quadratic_value, curvature=x_rho - x_g, stop_reason=stop)
 
 
 def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: torch.Tensor,
@@ -233,8 +243,8 @@ def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: to
                   ) -> CGResult:
     """CG with the stopping tests after every product (one host read each)."""
 
-    def precondition(r: torch.Tensor) -> torch.Tensor:
-        return r / preconditioner if preconditioner is not None else r
+    def precondition(rho: torch.Tensor) -> torch.Tensor:
+        return rho / preconditioner if preconditioner is not None else rho
 
     g_squared = float(gradient @ gradient)
     g_norm = math.sqrt(g_squared)
@@ -243,31 +253,31 @@ def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: to
                         residual_history=(0.0,), model_values=(0.0,), quadratic_value=0.0,
                         curvature=0.0, stop_reason="zero_gradient")
     # Every pass over a parameter-sized vector costs about as much as a small layer, so the
-    # loop below allocates nothing but the products and reads each vector as few times as it
-    # can: x starts as None (zero) until the first step, r is updated in place, ‖r‖² is rᵀz
-    # without a preconditioner, and q is updated by a scalar recurrence.
+    # loop below allocates nothing but the products (and, once, the direction) and reads each
+    # vector as few times as it can: x starts as None (zero) until the first step, ρ and s
+    # start as g itself, ρ is then updated in place, ‖ρ‖² is ρᵀζ without a preconditioner,
+    # and q is updated by a scalar recurrence.
     products = 0
     warm_started = False
     x: torch.Tensor | None = None
-    r = gradient.neg()
+    rho = gradient  # ∇q(x) = g + (G + λI) x, never written while it is g
     value = 0.0
     if initial is not None:
         a_initial = apply(initial)
         products += 1
-        r_initial = torch.add(gradient, a_initial).neg_()
-        # q(d0) = -0.5 d0ᵀ(r0 - g)
-        initial_value = -0.5 * (float(initial @ r_initial) - float(initial @ gradient))
+        rho_initial = a_initial.add_(gradient)
+        initial_value = 0.5 * (float(initial @ rho_initial) + float(initial @ gradient))
         if initial_value < 0:
-            x, r, value = initial.clone(), r_initial, initial_value
+            x, rho, value = initial.clone(), rho_initial, initial_value
             warm_started = True
             if on_step is not None:
                 on_step(1.0)
 
-    z = precondition(r)
-    p = z.clone()
-    rz = g_squared if z is r and not warm_started else float(r @ z)
-    r_norm = math.sqrt(rz) if preconditioner is None else float(r.norm())
-    residuals = [r_norm / g_norm]
+    zeta = precondition(rho)
+    s = zeta.clone() if zeta is rho and warm_started else zeta  # the negated direction
+    rz = g_squared if zeta is rho and not warm_started else float(rho @ zeta)
+    rho_norm = math.sqrt(rz) if preconditioner is None else float(rho.norm())
+    residuals = [rho_norm / g_norm]
     values = [value]
     stop: StopReason = "max_iterations"
     iterations = 0
@@ -275,25 +285,27 @@ def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: to
         stop = "tolerance"
     else:
         while iterations < max_iterations:
-            ap = apply(p)
+            a_s = apply(s)
             products += 1
-            curvature = float(p @ ap)
+            curvature = float(s @ a_s)
             if not curvature > 0 or not math.isfinite(curvature):
                 stop = "nonpositive_curvature"
                 break
             step = rz / curvature
-            x = torch.mul(p, step) if x is None else x.add_(p, alpha=step)
+            x = torch.mul(s, -step) if x is None else x.add_(s, alpha=-step)
             if on_step is not None:
-                on_step(step)
-            r.sub_(ap, alpha=step)
+                on_step(-step)
+            rho = (torch.add(gradient, a_s, alpha=-step, out=a_s) if rho is gradient
+                   else rho.add_(a_s, alpha=-step))
             iterations += 1
-            # q(x + αp) = q(x) − α pᵀr + ½ α² pᵀAp and pᵀr = rᵀz along CG's directions.
+            # q(x − αs) = q(x) − α sᵀρ + ½ α² sᵀAs and sᵀρ = ρᵀζ along CG's directions.
             value -= 0.5 * step * rz
             values.append(value)
-            z = precondition(r)
-            rz_new = float(r @ z)
-            r_norm = math.sqrt(max(rz_new, 0.0)) if preconditioner is None else float(r.norm())
-            residuals.append(r_norm / g_norm)
+            zeta = precondition(rho)
+            rz_new = float(rho @ zeta)
+            rho_norm = (math.sqrt(max(rz_new, 0.0)) if preconditioner is None
+                        else float(rho.norm()))
+            residuals.append(rho_norm / g_norm)
             if residuals[-1] <= tolerance:
                 stop = "tolerance"
                 break
@@ -302,21 +314,27 @@ def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: to
                 break
             if iterations == max_iterations:
                 break
-            torch.add(z, p, alpha=rz_new / rz, out=p)
+            s = (torch.add(zeta, s, alpha=rz_new / rz) if s is gradient
+                 else torch.add(zeta, s, alpha=rz_new / rz, out=s))
             rz = rz_new
     if x is None:
         x = torch.zeros_like(gradient)
         values[-1] = quadratic_value = curvature_of_x = 0.0
     else:
         # Exact values of the returned direction (the recurrence drifts by rounding):
-        # q(d) = -½ dᵀ(r − g) and dᵀ(G+λI)d = -dᵀ(r + g), since (G+λI)d = -g - r.
-        x_r, x_g = float(x @ r), float(x @ gradient)
-        quadratic_value, curvature_of_x = -0.5 * (x_r - x_g), -(x_r + x_g)
+        # q(d) = ½ dᵀ(ρ + g) and dᵀ(G+λI)d = dᵀ(ρ − g), since (G+λI)d = ρ − g.
+        x_rho, x_g = float(x @ rho), float(x @ gradient)
+        quadratic_value, curvature_of_x = 0.5 * (x_rho + x_g), x_rho - x_g
         values[-1] = quadratic_value
     return CGResult(direction=x, iterations=iterations, products=products,
                     residual_history=tuple(residuals), model_values=tuple(values),
                     quadratic_value=quadratic_value, curvature=curvature_of_x,
                     stop_reason=stop, warm_started=warm_started)
+
+
+def _shares_memory(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Whether ``a`` and ``b`` are views of the same storage (a matvec returning its input)."""
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def _stalled(values: list[float], iteration: int, epsilon: float) -> bool:

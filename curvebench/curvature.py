@@ -22,7 +22,8 @@ Output-space vectors have the output's shape ``(N, D)``.
 **How J v is computed (the choice and why).** The forward pass is kept with its autograd
 graph, so ``Jᵀ w`` can be a plain backward through it (``retain_graph``); with the ``"layers"``
 method below, where every layer has a reverse rule, it is the transposes of the layers' tangent
-rules instead (:meth:`Linearization.vector_jacobian_product`), which write the parameter
+rules instead (:meth:`Linearization.vector_jacobian_product`; the gradient too, as ``Jᵀ ∂L/∂f``
+with ``∂L/∂f`` from a backward through the loss alone), which write the parameter
 gradients straight into the flat vector and differentiate an activation followed by max
 pooling on the pooled gradient (measured, CPU, one thread, ``benchmarks/sgn_costs.py``'s
 workloads: ``Jᵀ u`` on the 784-256-256-10 MLP at batch 512 2.85 → 2.63 ms; SGN steps ÷ SGD
@@ -149,7 +150,8 @@ class Linearization:
     """The network linearised on one batch: ``f(θ + v) ≈ f(θ) + J v``, with the loss's curvature.
 
     Construction runs the forward pass once (keeping its graph) and one backward pass that yields
-    the gradient and records what forward-mode products need (see the module docstring). Every
+    the gradient and records what forward-mode products need (see the module docstring; where
+    every layer has a reverse rule, the gradient comes from the layers' reverse pass). Every
     product afterwards reuses them. Parameters must not be modified in place while products
     are still needed (autograd would refuse the stale graph).
 
@@ -229,6 +231,11 @@ class Linearization:
                     raise ValueError(f"the model's output must be (N, D), got shape "
                                      f"{tuple(output.shape)}")
                 double_vjp = self.jvp_method == "double_vjp"
+                self._reverse_by_layers = (
+                    not double_vjp and bool(self._layers)
+                    and all(_has_input_gradient_rule(layer.module) for layer in self._layers)
+                    and any(layer.weight is not None or layer.bias is not None
+                            for layer in self._layers))
                 detached = output.detach().requires_grad_(True) if double_vjp else output
                 loss_value = loss(detached, targets)
             with timer.phase("backward"):
@@ -241,6 +248,12 @@ class Linearization:
                     grads = torch.autograd.grad(output, self.params, self._cotangent,
                                                 create_graph=True, retain_graph=True,
                                                 allow_unused=True)
+                elif self._reverse_by_layers:  # ∂L/∂f, then the gradient by the layers' rules
+                    (output_gradient,) = torch.autograd.grad(loss_value, output,
+                                                             retain_graph=True)
+                    self._cotangent = output_gradient
+                    self.gradient = _layerwise_vjp(self._layers, output_gradient, self.params)
+                    grads = []
                 else:  # one backward pass gives ∂L/∂f and the gradient
                     output_gradient, *grads = torch.autograd.grad(
                         loss_value, [output, *self.params], retain_graph=True,
@@ -252,15 +265,11 @@ class Linearization:
         self.output = output.detach()
         self.loss_value = loss_value.detach()
         self.output_gradient = output_gradient.detach() if double_vjp else output_gradient
-        with torch.no_grad():
-            self.gradient = flatten(grads, self.params)
+        if not self._reverse_by_layers:
+            with torch.no_grad():
+                self.gradient = flatten(grads, self.params)
         self._hessian_graph: list[torch.Tensor | None] | None = None
         self._input_layer = _input_layer_index(self._layers)
-        self._reverse_by_layers = (
-            self.jvp_method == "layers" and bool(self._layers)
-            and all(_has_input_gradient_rule(layer.module) for layer in self._layers)
-            and any(layer.weight is not None or layer.bias is not None
-                    for layer in self._layers))
         self.input_layer_tangent: torch.Tensor | None = None
 
     @property

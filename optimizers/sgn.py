@@ -231,11 +231,13 @@ class GaussNewtonCG(CurvatureOptimizer):
         self.counters.update(forward_passes=1, backward_passes=1, function_evaluations=1)
 
         with timer.phase("update"):
-            with torch.no_grad():
-                theta = flatten(params, params)
             grad = linearization.gradient
+            theta_squared = None  # ‖θ‖², for f(θ) with weight decay
             if decay:
+                with torch.no_grad():
+                    theta = flatten(params, params)
                 grad = grad.add(theta, alpha=decay)
+                theta_squared = theta @ theta
             state["step"] += 1
             rhs = grad
             if h["momentum"]:
@@ -285,9 +287,9 @@ class GaussNewtonCG(CurvatureOptimizer):
         direction = result.direction
         state["previous_direction"] = direction
 
-        write_step = _step_writer(params, theta, direction)
+        write_step = _step_writer(params, direction)
         alpha, ratio, evaluations = self._choose_step(
-            linearization, theta, write_step, result, damping=damping,
+            linearization, write_step, result, damping=damping, theta_squared=theta_squared,
             input_layer_tangent=along[0] if along else None)
         self.counters.update(forward_passes=evaluations, function_evaluations=evaluations)
         if not evaluations:  # otherwise the parameters already hold θ + αd, the last one tried
@@ -305,8 +307,8 @@ class GaussNewtonCG(CurvatureOptimizer):
         }
         return linearization.loss_value
 
-    def _choose_step(self, linearization: Linearization, theta: torch.Tensor,
-                     write_step: Callable[[float], None], result: CGResult, *, damping: float,
+    def _choose_step(self, linearization: Linearization, write_step: Callable[[float], None],
+                     result: CGResult, *, damping: float, theta_squared: torch.Tensor | None,
                      input_layer_tangent: torch.Tensor | None) -> tuple[float, float, int]:
         """Reduction ratio, damping update and line search; returns ``(α, r, evaluations)``.
 
@@ -332,8 +334,8 @@ class GaussNewtonCG(CurvatureOptimizer):
         with self.phase_timer.phase("line_search"):
             # f(θ) = L(θ) + (ω/2)‖θ‖², read with the first evaluation in one transfer.
             read = [linearization.loss_value, evaluate_on_device(alpha)]
-            if decay:
-                read.append(theta @ theta)
+            if theta_squared is not None:
+                read.append(theta_squared)
             loss_value, first, *norm = torch.stack(read).tolist()
             f0 = loss_value + (0.5 * decay * norm[0] if decay else 0.0)
             evaluations = 1
@@ -355,18 +357,21 @@ class GaussNewtonCG(CurvatureOptimizer):
         return alpha, ratio, evaluations
 
 
-def _step_writer(params: list[torch.Tensor], theta: torch.Tensor,
+def _step_writer(params: list[torch.Tensor],
                  direction: torch.Tensor) -> Callable[[float], None]:
-    """``α ↦`` write ``θ + α d`` (flat ``theta`` and ``direction``) into ``params`` in place.
+    """``α ↦`` move ``params`` from ``θ`` (their values now) to ``θ + α d`` in place.
 
-    Two multi-tensor operations per write (one kernel each on a GPU) on views made once.
+    Each write adds ``(α − α') d``, with ``α'`` the previous write's step (0 at first): one
+    multi-tensor operation (one kernel on a GPU) on views made once, and no copy of ``θ``. The
+    first write is exactly ``θ + α d``; a backtrack's lands within a few roundings of it.
     """
-    starts, moves = unflatten(theta, params), unflatten(direction, params)
+    moves = unflatten(direction, params)
+    written = [0.0]
 
     @torch.no_grad()
     def write(step: float) -> None:
-        torch._foreach_copy_(params, starts)
-        torch._foreach_add_(params, moves, alpha=step)
+        torch._foreach_add_(params, moves, alpha=step - written[0])
+        written[0] = step
 
     return write
 

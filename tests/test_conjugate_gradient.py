@@ -264,3 +264,27 @@ def test_a_positive_tolerance_tests_after_every_product_on_the_cpu():
         assert result.iterations == 5
         reads[tolerance] = counts.host_reads
     assert reads[0.0] == 1 and reads[1e-6] > 5
+
+
+@pytest.mark.parametrize("tolerance", [0.0, 1e-10])  # without host reads; tested per product
+@pytest.mark.parametrize("variant", ["cold", "warm", "preconditioned", "returns_its_input"])
+def test_cg_writes_into_neither_the_gradient_nor_the_initial_guess(variant, tolerance):
+    """CG starts its residual and direction as ``g`` itself and writes its first residual into
+    the first product: ``g`` and the warm start keep their values, also when ``matvec``
+    returns its input, and the solve is the dense one's."""
+    n = 10
+    identity = variant == "returns_its_input"
+    matrix, g = (torch.eye(n, dtype=torch.float64) if identity else _spd(n, condition=1e2),
+                 _gradient(n))
+    initial = (0.5 * torch.linalg.solve(matrix, -g)) if variant == "warm" else None
+    preconditioner = (torch.linspace(1.0, 2.0, n, dtype=torch.float64)
+                      if variant == "preconditioned" else None)
+    before = g.clone(), None if initial is None else initial.clone()
+    result = conjugate_gradient(lambda v: v if identity else matrix @ v, gradient=g,
+                                max_iterations=n, tolerance=tolerance, initial=initial,
+                                preconditioner=preconditioner)
+    assert torch.equal(g, before[0])
+    if initial is not None:
+        assert result.warm_started and torch.equal(initial, before[1])
+    torch.testing.assert_close(result.direction, torch.linalg.solve(matrix, -g), rtol=1e-6,
+                               atol=1e-8)
