@@ -128,6 +128,15 @@ product alone 1.03–1.04 SGD steps, was 1.10; per product in CG 1.11–1.19, of
 work 0.07–0.08; the fixed part 1.31–1.38); the CNN k = 1 2.33–2.37, k = 2 2.94–2.99, k = 10
 8.56–8.58.
 
+Since the linearisation's gradient also runs through those rules, CG starts its residual and
+direction as the gradient itself and writes its first residual into the first product, and the
+trial points are written as steps from the present parameters (``--k 1 2 10 --repeats 9``;
+the code before and after alternated, three processes each, MLP, load 0.5–0.7): the MLP k = 1
+2.57–2.61 → 2.43–2.48, k = 2 3.70–3.75 → 3.62–3.70, k = 10 12.84–13.04 → 12.76–13.20 (within
+the noise there); CG's set-up and the update 0.15–0.16 → 0.05–0.07 SGD steps. Two more runs
+after (load 0.7–0.9): the MLP k = 1 2.42–2.45, k = 2 3.52–3.64, k = 10 12.53–12.59 (fixed part
+1.23–1.31, per product 1.12–1.19); the CNN k = 1 2.24–2.32, k = 2 2.95–2.97, k = 10 8.61–8.85.
+
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
 ``digits-mlp`` and ``mnist1d-mlp``, and prints steps- and seconds-to-target (the problems'
