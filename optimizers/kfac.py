@@ -87,12 +87,16 @@ approximations" (KL clipping); Kunstner et al. 2019 (empirical Fisher).
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import math
+import os
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.utils._python_dispatch
 from torch import nn
 
 from curvebench.curvature import Linearization, check_supported, flatten, unflatten
@@ -259,21 +263,81 @@ def reusable_factor(tensor: torch.Tensor | None, *, like: torch.Tensor) -> bool:
 
 def _cholesky_in_place(matrix: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """``(L, info)`` with ``LLᵀ = matrix`` from its lower triangle, on a CPU written over
-    ``matrix`` (column-major, ``(n, n)``).
+    ``matrix`` (column-major, ``(n, n)``); there only the lower triangle is ``L``, the other
+    holds what ``matrix`` had (triangular solves and ``cholesky_inverse`` read only ``L``'s).
 
     ``torch.linalg.cholesky_ex`` into a new tensor first copies its input there with a
     transposing, cache-unfriendly ``tril``/``triu`` on a CPU; with the input as the output
-    that is an in-place zeroing of the other triangle. The lower factor of a column-major
-    matrix is the faster one there. Measured (one thread, float32, medians of 7 rounds,
-    ``benchmarks/kfac_peers.py``'s factor sizes): n 785, 3.3 ms into a new tensor, 2.8 ms
-    for the upper factor in place, 2.05 ms for the lower one; n 256, 0.35 → 0.21 ms; n 512,
-    1.63 → 0.99 ms; n 3137, 122 → 120 ms. Other devices (not measured in place) get a new
-    tensor.
+    that is an in-place zeroing of the other triangle, still a strided pass. The lower factor
+    of a column-major matrix is the faster one there. On a CPU whose torch exports LAPACK's
+    ``?potrf`` (:func:`_lapack_potrf`) that routine runs on ``matrix`` directly, as torch runs
+    it, without the zeroing pass: the same ``L``, bit for bit. Measured (one thread, float32,
+    medians of 7 rounds, ``benchmarks/kfac_peers.py``'s factor sizes): n 785, 3.3 ms into a
+    new tensor, 2.8 ms for the upper factor in place, 2.05 ms for the lower one, 1.70 ms by
+    ``spotrf`` directly; n 256, 0.35 → 0.21 ms (0.10 directly at n 257); n 512, 1.63 → 0.99
+    ms; n 3137, 122 → 105–120 ms, 77 ms directly. Other devices get a new tensor.
     """
     if matrix.device.type != "cpu":
         return torch.linalg.cholesky_ex(matrix)
+    info = _lapack_cholesky(matrix)
+    if info is not None:
+        return matrix, info
     info = torch.empty((), dtype=torch.int32)
     return torch.linalg.cholesky_ex(matrix, out=(matrix, info))
+
+
+def _lapack_cholesky(matrix: torch.Tensor) -> torch.Tensor | None:
+    """LAPACK's lower Cholesky factorisation of a column-major CPU ``matrix`` in place; its
+    ``info`` (0: done, > 0: not positive definite) as a 0-d tensor, or ``None`` where it
+    cannot be called: no exported ``?potrf``, another dtype or layout, a tensor autograd
+    records, or under a dispatch mode (operator and flop counting, fake tensors), which must
+    see the operator."""
+    n = matrix.shape[-1]
+    if (matrix.dim() != 2 or matrix.shape[0] != n or matrix.stride() != (1, max(n, 1))
+            or n == 0 or matrix.requires_grad
+            or torch.utils._python_dispatch._get_current_dispatch_mode() is not None):
+        return None
+    potrf = _lapack_potrf(matrix.dtype)
+    if potrf is None:
+        return None
+    return torch.tensor(potrf(matrix), dtype=torch.int32)
+
+
+_POTRF: dict[torch.dtype, Any] = {}
+
+
+def _lapack_potrf(dtype: torch.dtype) -> Any:
+    """``matrix ↦ info``: LAPACK's ``spotrf``/``dpotrf`` (lower, in place, column-major) from
+    the library torch runs its own on the CPU, or ``None`` where torch does not export it
+    (then ``torch.linalg.cholesky_ex``). Resolved once per dtype and checked on a 2 × 2
+    matrix against torch's own factor before first use. The integers are passed as 64-bit
+    zero-padded values, which read the same as 32-bit ones on a little-endian machine, so
+    either integer width of the library is called correctly.
+    """
+    if dtype in _POTRF:
+        return _POTRF[dtype]
+    _POTRF[dtype] = None
+    name = {torch.float32: "spotrf_", torch.float64: "dpotrf_"}.get(dtype)
+    if name is None or sys.byteorder != "little":
+        return None
+    try:
+        routine = getattr(ctypes.CDLL(os.path.join(os.path.dirname(torch.__file__), "lib",
+                                                   "libtorch_cpu.so")), name)
+    except (OSError, AttributeError):
+        return None
+    routine.restype = None
+
+    def potrf(matrix: torch.Tensor) -> int:
+        n, info = ctypes.c_int64(matrix.shape[0]), ctypes.c_int64(0)
+        routine(ctypes.c_char_p(b"L"), ctypes.byref(n), ctypes.c_void_p(matrix.data_ptr()),
+                ctypes.byref(n), ctypes.byref(info), ctypes.c_size_t(1))
+        return info.value
+
+    check = torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=dtype).mT.clone()
+    expected = torch.linalg.cholesky(check)
+    if potrf(check) == 0 and torch.equal(check.tril(), expected):
+        _POTRF[dtype] = potrf
+    return _POTRF[dtype]
 
 
 def pi_correction(a: torch.Tensor, s: torch.Tensor) -> float:

@@ -95,17 +95,21 @@ def test_failed_cholesky_raises_the_shift_and_retries():
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
 def test_kept_factor_is_the_lower_cholesky_factor_in_column_major(dtype):
-    """``L`` lower triangular (its other triangle zero), ``LLᵀ = M + shift·I``, column-major;
-    decomposed again into ``out`` (the previous factor's memory) it is the same, bit for bit,
-    and a tensor that cannot take it is a clear error."""
+    """``L`` in the lower triangle (the other is never read), ``LLᵀ = M + shift·I``,
+    column-major, and solves with it are the dense ones; decomposed again into ``out`` (the
+    previous factor's memory) it is the same, bit for bit, and a tensor that cannot take it is
+    a clear error."""
     generator = torch.Generator().manual_seed(5)
     x = torch.randn(40, 9, generator=generator, dtype=dtype)
     matrix = x.T @ x
     result = damped_decomposition(matrix, shift=0.3, method="cholesky", keep_factor=True)
     factor = result.factor
     assert factor.dtype == dtype and factor.stride() == (1, 9)
-    assert torch.equal(factor, factor.tril())
-    torch.testing.assert_close(factor @ factor.T, matrix + 0.3 * torch.eye(9, dtype=dtype))
+    lower = factor.tril()
+    torch.testing.assert_close(lower @ lower.T, matrix + 0.3 * torch.eye(9, dtype=dtype))
+    rhs = torch.randn(9, 4, generator=generator, dtype=dtype)
+    torch.testing.assert_close(result.solve(rhs), torch.linalg.solve(
+        matrix + 0.3 * torch.eye(9, dtype=dtype), rhs))
     out = torch.full((9, 9), math.nan, dtype=dtype).mT
     assert reusable_factor(out, like=matrix)
     again = damped_decomposition(matrix, shift=0.3, method="cholesky", keep_factor=True, out=out)
@@ -118,6 +122,38 @@ def test_kept_factor_is_the_lower_cholesky_factor_in_column_major(dtype):
                                  out=bad)
     with pytest.raises(ValueError, match="out must be"):
         damped_decomposition(matrix, shift=0.3, method="cholesky", out=out)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+@pytest.mark.parametrize("size", [1, 7, 130])
+def test_cholesky_by_lapack_is_torchs_factor_bit_for_bit(dtype, size, monkeypatch):
+    """On a CPU the factor comes from LAPACK's ``?potrf`` called directly (no pass zeroing the
+    other triangle): its lower triangle is ``torch.linalg.cholesky_ex``'s, bit for bit, as are
+    the inverse from it and the failure flag of an indefinite matrix. Under a dispatch mode
+    (operator counting) the decomposition goes through torch, where the counter sees it."""
+    from curvebench.operator_counts import OperatorCounter
+    from curvebench.optimizers import kfac as kfac_module
+
+    generator = torch.Generator().manual_seed(size)
+    x = torch.randn(size, 2 * size + 1, generator=generator, dtype=dtype)
+    matrix = x @ x.T / x.shape[1]
+    assert kfac_module._lapack_potrf(dtype) is not None  # torch's CPU wheels export it
+    results = {}
+    for route in ("lapack", "torch"):
+        if route == "torch":
+            monkeypatch.setattr(kfac_module, "_lapack_potrf", lambda dtype: None)
+        kept = damped_decomposition(matrix, shift=1e-3, method="cholesky", keep_factor=True)
+        inverse = damped_decomposition(matrix, shift=1e-3, method="cholesky")
+        indefinite = damped_decomposition(matrix - 2 * matrix.diagonal().max() * torch.eye(
+            size, dtype=dtype), shift=1e-3, method="cholesky", max_retries=0)
+        results[route] = (kept.factor.tril(), inverse.inverse, indefinite)
+    assert torch.equal(results["lapack"][0], results["torch"][0])
+    assert torch.equal(results["lapack"][1], results["torch"][1])
+    assert results["lapack"][2] is None and results["torch"][2] is None
+    monkeypatch.undo()
+    with OperatorCounter() as counts:
+        damped_decomposition(matrix, shift=1e-3, method="cholesky", keep_factor=True)
+    assert any("cholesky" in name for name in counts.operators)
 
 
 def _wide_mlp(seed: int = 2):
