@@ -136,7 +136,8 @@ class Decomposition:
     """A factor ready for solves: ``eigh`` gives ``(values, vectors)``; ``cholesky`` gives the
     ``inverse`` or, where two triangular solves per step are cheaper than forming it (see
     :func:`prefer_triangular_solves`), the lower Cholesky ``factor`` ``L`` (``LLᵀ`` = the
-    damped matrix).
+    damped matrix) in its lower triangle (on a CPU the other triangle is not zeroed: only
+    triangular solves read it).
 
     ``shift`` is what was added to the diagonal before decomposing (the damping for Cholesky;
     zero for ``eigh`` unless a retry was needed); ``retries`` counts failed attempts.

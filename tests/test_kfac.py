@@ -137,7 +137,8 @@ def test_cholesky_by_lapack_is_torchs_factor_bit_for_bit(dtype, size, monkeypatc
     generator = torch.Generator().manual_seed(size)
     x = torch.randn(size, 2 * size + 1, generator=generator, dtype=dtype)
     matrix = x @ x.T / x.shape[1]
-    assert kfac_module._lapack_potrf(dtype) is not None  # torch's CPU wheels export it
+    if kfac_module._lapack_potrf(dtype) is None:
+        pytest.skip("this torch exports no ?potrf: K-FAC decomposes with torch's cholesky_ex")
     results = {}
     for route in ("lapack", "torch"):
         if route == "torch":
