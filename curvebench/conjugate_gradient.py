@@ -253,10 +253,10 @@ def _synchronised(apply: Callable[[torch.Tensor], torch.Tensor], *, gradient: to
                         residual_history=(0.0,), model_values=(0.0,), quadratic_value=0.0,
                         curvature=0.0, stop_reason="zero_gradient")
     # Every pass over a parameter-sized vector costs about as much as a small layer, so the
-    # loop below allocates nothing but the products (and, once, the direction) and reads each
-    # vector as few times as it can: x starts as None (zero) until the first step, ρ and s
-    # start as g itself, ρ is then updated in place, ‖ρ‖² is ρᵀζ without a preconditioner,
-    # and q is updated by a scalar recurrence.
+    # loop below allocates nothing but the products, the iterate and (once) the direction, and
+    # reads each vector as few times as it can: x starts as None (zero) until the first step,
+    # ρ and s start as g itself, ρ is then updated in place, ‖ρ‖² is ρᵀζ without a
+    # preconditioner, and q is updated by a scalar recurrence.
     products = 0
     warm_started = False
     x: torch.Tensor | None = None
