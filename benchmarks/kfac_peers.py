@@ -82,6 +82,7 @@ from curvebench.arithmetic import count_flops  # noqa: E402
 from curvebench.losses import CrossEntropyLoss, CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers import OPTIMIZERS  # noqa: E402
+from curvebench.optimizers.kfac import cholesky_route  # noqa: E402
 from curvebench.problems import get_problem, models  # noqa: E402
 from curvebench.problems.torch_models import build_torch_model, torch_dataset  # noqa: E402
 from curvebench.timing import (  # noqa: E402
@@ -619,7 +620,8 @@ def main() -> None:
              else "process CPU time")
     print(f"torch {torch.__version__}, {torch.get_num_threads()} thread(s), {clock}, "
           f"median of {args.repeats} interleaved rounds, load average {load:.1f}, "
-          f"damping {DAMPING}, timing lr {TIMING_LR}, {allocator}")
+          f"damping {DAMPING}, timing lr {TIMING_LR}, {allocator}"
+          + ("" if device.type == "cuda" else f", ours' Cholesky: {cholesky_route()}"))
     table = [{
         "workload": r["workload"], "T_cov/T_inv": r["periods"], "row": r["row"],
         "step/sgd": r["step/sgd"], "flops/sgd": r["flops/sgd"], "ops/sgd": r["ops/sgd"],
@@ -643,7 +645,8 @@ def main() -> None:
     if args.save:
         with open(args.save, "w") as handle:
             json.dump({"load": load, "device": str(device), "threads": torch.get_num_threads(),
-                       "repeats": args.repeats, "rows": rows}, handle, indent=1)
+                       "repeats": args.repeats, "cholesky": cholesky_route(), "rows": rows},
+                      handle, indent=1)
 
 
 if __name__ == "__main__":

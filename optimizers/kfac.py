@@ -118,7 +118,7 @@ from curvebench.optimizers.spec import (
     register_optimizer,
 )
 
-__all__ = ["KFAC", "Decomposition", "damped_decomposition", "pi_correction",
+__all__ = ["KFAC", "Decomposition", "cholesky_route", "damped_decomposition", "pi_correction",
            "prefer_triangular_solves", "reusable_factor", "BIAS_FACTORS", "CLIPPING",
            "INVERSE_METHODS", "MAX_DECOMPOSITION_RETRIES"]
 
@@ -302,6 +302,12 @@ def _lapack_cholesky(matrix: torch.Tensor) -> torch.Tensor | None:
     if potrf is None:
         return None
     return torch.tensor(potrf(matrix), dtype=torch.int32)
+
+
+def cholesky_route() -> str:
+    """How this process factorises K-FAC's float32 factors on a CPU (for benchmark headers)."""
+    return ("LAPACK spotrf called directly" if _lapack_potrf(torch.float32) is not None
+            else "torch.linalg.cholesky_ex")
 
 
 _POTRF: dict[torch.dtype, Any] = {}

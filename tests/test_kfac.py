@@ -151,7 +151,9 @@ def test_cholesky_by_lapack_is_torchs_factor_bit_for_bit(dtype, size, monkeypatc
     assert torch.equal(results["lapack"][0], results["torch"][0])
     assert torch.equal(results["lapack"][1], results["torch"][1])
     assert results["lapack"][2] is None and results["torch"][2] is None
+    assert kfac_module.cholesky_route() == "torch.linalg.cholesky_ex"  # said in headers
     monkeypatch.undo()
+    assert kfac_module.cholesky_route() == "LAPACK spotrf called directly"
     with OperatorCounter() as counts:
         damped_decomposition(matrix, shift=1e-3, method="cholesky", keep_factor=True)
     assert any("cholesky" in name for name in counts.operators)
