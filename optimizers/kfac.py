@@ -38,7 +38,8 @@ learning rate and ``μ`` the momentum.
   input of a 10-way output layer; most factors when decomposed every step) keeps its
   triangular factor instead of its inverse and is applied by two triangular solves
   (:func:`prefer_triangular_solves`): forming that inverse costs twice the factorisation,
-  more than the solves cost beyond a product with it. A failed
+  more than the solves cost beyond a product with it. On a CPU the factorisation is LAPACK's
+  ``?potrf`` on a column-major copy, called directly (:func:`_cholesky_in_place`). A failed
   decomposition (not positive definite, non-finite, or not converged) is retried with a shift
   ten times larger each time (:func:`damped_decomposition`); only if every retry fails is the
   previous decomposition kept, or, where the new triangular factor was being written over the
