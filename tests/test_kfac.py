@@ -147,7 +147,10 @@ def test_cholesky_by_lapack_is_torchs_factor_bit_for_bit(dtype, size, monkeypatc
         inverse = damped_decomposition(matrix, shift=1e-3, method="cholesky")
         indefinite = damped_decomposition(matrix - 2 * matrix.diagonal().max() * torch.eye(
             size, dtype=dtype), shift=1e-3, method="cholesky", max_retries=0)
-        results[route] = (kept.factor.tril(), inverse.inverse, indefinite)
+        results[route] = (kept.factor.tril(), inverse.inverse, indefinite,
+                          bool(kept.factor.triu(1).any()))
+    # the route taken: LAPACK leaves the matrix in the other triangle, torch zeroes it
+    assert results["lapack"][3] == (size > 1) and not results["torch"][3]
     assert torch.equal(results["lapack"][0], results["torch"][0])
     assert torch.equal(results["lapack"][1], results["torch"][1])
     assert results["lapack"][2] is None and results["torch"][2] is None
