@@ -89,6 +89,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import functools
 import math
 import os
 import sys
@@ -311,9 +312,7 @@ def cholesky_route() -> str:
             else "torch.linalg.cholesky_ex")
 
 
-_POTRF: dict[torch.dtype, Any] = {}
-
-
+@functools.cache
 def _lapack_potrf(dtype: torch.dtype) -> Any:
     """``matrix ↦ info``: LAPACK's ``spotrf``/``dpotrf`` (lower, in place, column-major) from
     the library torch runs its own on the CPU, or ``None`` where torch does not export it
@@ -322,9 +321,6 @@ def _lapack_potrf(dtype: torch.dtype) -> Any:
     zero-padded values, which read the same as 32-bit ones on a little-endian machine, so
     either integer width of the library is called correctly.
     """
-    if dtype in _POTRF:
-        return _POTRF[dtype]
-    _POTRF[dtype] = None
     name = {torch.float32: "spotrf_", torch.float64: "dpotrf_"}.get(dtype)
     if name is None or sys.byteorder != "little":
         return None
@@ -343,9 +339,7 @@ def _lapack_potrf(dtype: torch.dtype) -> Any:
 
     check = torch.tensor([[4.0, 2.0], [2.0, 3.0]], dtype=dtype).mT.clone()
     expected = torch.linalg.cholesky(check)
-    if potrf(check) == 0 and torch.equal(check.tril(), expected):
-        _POTRF[dtype] = potrf
-    return _POTRF[dtype]
+    return potrf if potrf(check) == 0 and torch.equal(check.tril(), expected) else None
 
 
 def pi_correction(a: torch.Tensor, s: torch.Tensor) -> float:
