@@ -166,6 +166,7 @@ from kfac_peers import arithmetic_per_step, parse_device, workloads  # noqa: E40
 from curvebench.curvature import Linearization, flatten, unflatten  # noqa: E402
 from curvebench.losses import CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
+from curvebench.optimizers import get_optimizer  # noqa: E402
 from curvebench.optimizers.sgn import GaussNewtonCG  # noqa: E402
 from curvebench.problems import get_problem  # noqa: E402
 from curvebench.problems.torch_models import torch_dataset  # noqa: E402
@@ -288,16 +289,20 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
     if theirs is not None:
         work["curvlinops"] = theirs
 
+    lin = linearizations["layers"]
+    work["ggn_quadratic_form"] = lambda: lin.ggn_quadratic_form(vector)
     work["sgd_step"] = _sgd_step(model, loss, inputs, targets)
     setups: dict[str, Callable[[], None]] = {}
-    optimizers: dict[int, GaussNewtonCG] = {}
+    optimizers: dict[str, GaussNewtonCG] = {}
     for k in ks:
-        sgn_model = copy.deepcopy(model)
-        optimizer = _sgn(sgn_model, loss, k)
-        optimizers[k] = optimizer
-        work[f"sgn_step[k={k}]"] = (
-            lambda optimizer=optimizer: optimizer.step(inputs=inputs, targets=targets))
-        setups[f"sgn_step[k={k}]"] = _restart(sgn_model, optimizer)
+        for key, every in ((f"sgn_step[k={k}]", RESIDUAL_EVERY),
+                           (f"sgn_step[k={k}]+residual", 1)):
+            sgn_model = copy.deepcopy(model)
+            optimizer = _sgn(sgn_model, loss, k, residual_every=every)
+            optimizer.step(inputs=inputs, targets=targets)  # step 1 records the residual
+            optimizers[key] = optimizer
+            work[key] = lambda optimizer=optimizer: optimizer.step(inputs=inputs, targets=targets)
+            setups[key] = _restart(sgn_model, optimizer)
 
     wall: dict[str, list[float]] = {key: [] for key in work}
     cpu: dict[str, list[float]] = {key: [] for key in work}
@@ -310,7 +315,7 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         fn()
     for optimizer in optimizers.values():
         optimizer.counters.clear()
-    by_key = {f"sgn_step[k={k}]": (k, optimizer) for k, optimizer in optimizers.items()}
+    by_key = {f"sgn_step[k={k}]": (k, optimizers[f"sgn_step[k={k}]"]) for k in ks}
     for _ in range(repeats):
         for key, fn in work.items():
             # An untimed run of the same work first, as in training, where a step follows a
@@ -346,13 +351,18 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         for optimizer in optimizers.values():
             optimizer.counters.clear()
     sgd = arithmetic_per_step(work["sgd_step"], 1)
-    arithmetic = {"product": arithmetic_per_step(work["ggn[layers]"], 1)["flops"] / sgd["flops"]}
+    arithmetic = {key: arithmetic_per_step(work[call], 1)["flops"] / sgd["flops"]
+                  for key, call in (("product", "ggn[layers]"), ("form", "ggn_quadratic_form"))}
     operators = {}
-    for k in ks:  # from the state the timed steps started from
-        setups[f"sgn_step[k={k}]"]()
-        step = arithmetic_per_step(work[f"sgn_step[k={k}]"], 1)
-        arithmetic[k] = step["flops"] / sgd["flops"]
-        operators[k] = step["operators"] / sgd["operators"]
+    for k in ks:  # from the state the timed steps started from, amortised as in a run
+        counted = {}
+        for residual in ("", "+residual"):
+            setups[f"sgn_step[k={k}]{residual}"]()
+            counted[residual] = arithmetic_per_step(work[f"sgn_step[k={k}]{residual}"], 1)
+        arithmetic[k] = counted[""]["flops"] / sgd["flops"]  # a step without the residual
+        arithmetic[f"{k} amortised"], operators[k] = (
+            _amortised(counted[""][what], counted["+residual"][what]) / sgd[what]
+            for what in ("flops", "operators"))
     clocks = (("cuda", wall),) if cuda else (("wall", wall), ("cpu", cpu))
     for clock, times in clocks:
         median = {key: statistics.median(values) for key, values in times.items()}
@@ -365,14 +375,21 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
             print("  curvlinops/ours".ljust(28) + f"{median['curvlinops'] / ours:6.2f}")
         # Median over repeats of (SGN step ÷ the SGD step of the same repeat): load from other
         # processes drifts, and hits both sides of a ratio alike only within one repeat.
-        ratios = {k: statistics.median(step / sgd for step, sgd in zip(
-            times[f"sgn_step[k={k}]"], times["sgd_step"], strict=True)) for k in ks}
-        print("  sgn(k) ÷ SGD step          ratio   goal  flops    ops  verdict")
+        # "ratio" is a run's mean step: RESIDUAL_EVERY − 1 steps without the final residual
+        # and one with it (the two columns after the verdict).
+        ratios, plain, recording = ({k: statistics.median(
+            value(step, with_residual) / sgd for step, with_residual, sgd in zip(
+                times[f"sgn_step[k={k}]"], times[f"sgn_step[k={k}]+residual"],
+                times["sgd_step"], strict=True)) for k in ks}
+            for value in (_amortised, lambda step, _: step, lambda _, step: step))
+        print(f"  sgn(k) ÷ SGD step          ratio   goal  flops    ops  verdict       "
+              f"step without / with the residual (1 in {RESIDUAL_EVERY})")
         for k in ks:
             ratio = ratios[k]
             verdict = "pass" if ratio <= goal(k) else f"MISS by {ratio - goal(k):.2f}"
             print(f"  sgn(k={k})".ljust(28) + f"{ratio:6.2f} {goal(k):6.1f} "
-                  f"{arithmetic[k]:6.2f} {operators[k]:6.2f}  {verdict}")
+                  f"{arithmetic[f'{k} amortised']:6.2f} {operators[k]:6.2f}  {verdict:12}  "
+                  f"{plain[k]:6.2f} / {recording[k]:.2f}")
         if clock in ("cpu", "cuda"):
             _print_phases(phases, evaluations, ratios=ratios, sgd_time=sgd_time, grad=grad,
                           ggn=ours, arithmetic=arithmetic)
@@ -392,11 +409,21 @@ def _sgd_step(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
     return sgd_step
 
 
-def _sgn(model: nn.Module, loss: CurvatureLoss, k: int) -> GaussNewtonCG:
-    """The SGN step measured: exactly ``k`` CG products (tolerance 0), line search and
+#: How often registered SGN records CG's final residual (its last iteration then takes a whole
+#: product, else the forward half of one).
+RESIDUAL_EVERY: int = get_optimizer("sgn").settings["residual_every"]
+
+
+def _amortised(plain: float, with_residual: float) -> float:
+    """The mean step of a run: ``RESIDUAL_EVERY − 1`` steps without the residual, one with."""
+    return ((RESIDUAL_EVERY - 1) * plain + with_residual) / RESIDUAL_EVERY
+
+
+def _sgn(model: nn.Module, loss: CurvatureLoss, k: int, *, residual_every: int) -> GaussNewtonCG:
+    """The SGN step measured: exactly ``k`` CG iterations (tolerance 0), line search and
     adaptive damping on, no warm-up."""
     return GaussNewtonCG(model, loss=loss, cg_iterations=k, cg_tolerance=0.0, warmup_steps=0,
-                         damping=1e-2, damping_min=1e-2)
+                         damping=1e-2, damping_min=1e-2, residual_every=residual_every)
 
 
 def count_operators(*, names: list[str], batch: int, ks: list[int], steps: int = 20) -> None:
@@ -423,7 +450,7 @@ def _count_case(model: nn.Module, loss: CurvatureLoss, inputs: torch.Tensor,
     }
     optimizers = {}
     for k in ks:
-        optimizers[k] = _sgn(copy.deepcopy(model), loss, k)
+        optimizers[k] = _sgn(copy.deepcopy(model), loss, k, residual_every=RESIDUAL_EVERY)
         work[f"sgn(k={k}) step"] = (
             lambda optimizer=optimizers[k]: optimizer.step(inputs=inputs, targets=targets))
     print("  " + "call".ljust(22) + "operators".rjust(10) + "of them views".rjust(15)
@@ -461,11 +488,12 @@ def _restart(model: nn.Module, optimizer: GaussNewtonCG) -> Callable[[], None]:
 def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[int, list[float]],
                   *, ratios: dict[int, float], sgd_time: float, grad: float, ggn: float,
                   arithmetic: dict) -> None:
-    """The SGN step's phases in SGD steps (medians over repeats, process CPU clock), and for
-    every row that misses its goal, where the excess is."""
-    print("  phases in SGD steps: forward+backward = linearisation and gradient, "
-          "product = curvature ÷ k")
-    print("  " + "k".ljust(6) + "".join(p.rjust(12) for p in (*PHASES, "product", "evals")))
+    """The phases of an SGN step without the final residual in SGD steps (medians over
+    repeats, process CPU clock), and for every row that misses its goal, where the excess is."""
+    print("  phases of a step without the residual, in SGD steps: forward+backward = "
+          "linearisation and gradient, iteration = curvature ÷ k (k − 1 products and the last "
+          "iteration's J v)")
+    print("  " + "k".ljust(6) + "".join(p.rjust(12) for p in (*PHASES, "iteration", "evals")))
     split = {k: {p: statistics.median(values) / sgd_time for p, values in by_phase.items()}
              for k, by_phase in phases.items()}
     for k, median in split.items():
@@ -475,11 +503,12 @@ def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[i
     print(f"  for comparison: one gradient {grad / sgd_time:.2f}, one product alone "
           f"{ggn / sgd_time:.2f} SGD steps")
     ks = sorted(split)
-    product_flops = arithmetic["product"]
-    fixed_flops = {k: arithmetic[k] - k * product_flops for k in ks}
+    product_flops, form_flops = arithmetic["product"], arithmetic["form"]
+    fixed_flops = {k: arithmetic[k] - (k - 1) * product_flops - form_flops for k in ks}
     print(f"  arithmetic (flops of products and decompositions ÷ an SGD step's): one GGN "
-          f"product (J v, then Jᵀu) {product_flops:.2f} (goal 1.1); the rest of an SGN step "
-          f"with k products {min(fixed_flops.values()):.2f}–{max(fixed_flops.values()):.2f} "
+          f"product (J v, then Jᵀu) {product_flops:.2f} (goal 1.1), the last iteration's "
+          f"vᵀGv (J v alone) {form_flops:.2f}; the rest of an SGN step "
+          f"{min(fixed_flops.values()):.2f}–{max(fixed_flops.values()):.2f} "
           f"(goal 1.2): the linearisation's gradient, the line search's function evaluations")
     # CG's own vector work per iteration: the slope of the solve phase over k.
     work = ((split[ks[-1]]["solve"] - split[ks[0]]["solve"]) / (ks[-1] - ks[0])
@@ -496,8 +525,9 @@ def _print_phases(phases: dict[int, dict[str, list[float]]], evaluations: dict[i
         print(f"  k={k} misses by {ratios[k] - goal(k):.2f}: fixed part {fixed:.2f} (goal 1.2) = "
               f"linearisation {linearisation:.2f} (a gradient: {grad / sgd_time:.2f}) + "
               f"{evals} function evaluation(s) {median['line_search']:.2f} + CG set-up and "
-              f"update {rest:.2f}; per product {product + work:.2f} (goal 1.1) = product "
-              f"{product:.2f} (alone: {ggn / sgd_time:.2f}) + CG's vector work {work:.2f}")
+              f"update {rest:.2f}; per iteration {product + work:.2f} (goal 1.1) = products "
+              f"and the last J v {product:.2f} (a product alone: {ggn / sgd_time:.2f}) + CG's "
+              f"vector work {work:.2f}")
 
 
 SGD_GRID = (0.01, 0.03, 0.1, 0.3, 1.0, 3.0)

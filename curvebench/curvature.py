@@ -325,6 +325,15 @@ class Linearization:
         hjv = self.loss.hessian_vector_product(self.output, jv)
         return self.vector_jacobian_product(hjv)
 
+    def ggn_quadratic_form(self, vector: torch.Tensor) -> torch.Tensor:
+        """``vᵀ G v = (J v)ᵀ H (J v)`` (0-dimensional): the forward-mode half of a product.
+
+        Sets :attr:`input_layer_tangent` as a product does.
+        """
+        jv = self.jacobian_vector_product(vector)
+        return torch.dot(jv.reshape(-1),
+                         self.loss.hessian_vector_product(self.output, jv).reshape(-1))
+
     def hessian_vector_product(self, vector: torch.Tensor) -> torch.Tensor:
         """``∇²L v``: the exact Hessian of the batch loss times ``v`` (Pearlmutter 1994).
 

@@ -9,7 +9,10 @@ One step on a batch with loss ``L`` and parameters ``θ``:
    ``m ← β m + (1 − β) g`` (the authors' ``BETA``).
 2. Solve ``(G + λI) d = −g`` by truncated CG (:func:`~curvebench.conjugate_gradient.
    conjugate_gradient`) with ``k`` iterations (optionally warm-started from the previous
-   direction times a decay, optionally with Martens' relative-progress rule).
+   direction times a decay, optionally with Martens' relative-progress rule). CG's last
+   iteration needs only ``dᵀ(G + λI)d``, so it costs the forward-mode half of a product,
+   ``‖H^½ J s‖²``, except on the steps that record CG's final relative residual (a diagnostic;
+   the first step and every ``residual_every``-th after), which need the whole product.
 3. Try ``θ + α d`` with ``α = step_size``; the reduction ratio
    ``r = (f(θ + αd) − f(θ)) / (α gᵀd + ½ α² dᵀ(G + λI)d)`` adapts the damping
    (Levenberg–Marquardt / trust-region rule, Nocedal & Wright Alg. 4.1):
@@ -149,6 +152,11 @@ class GaussNewtonCG(CurvatureOptimizer):
         weight_decay: ``ω ≥ 0``: ``(ω/2)‖θ‖²`` is added to the objective.
         warmup_steps: the first this many steps use ``warmup_cg_iterations`` instead of ``k``.
         warmup_cg_iterations: CG iterations during warm-up (``≥ 1``).
+        residual_every: record CG's final relative residual ``‖(G+λI)d + g‖ / ‖g‖`` (step
+            info ``cg_relative_residual``; NaN on the other steps) on steps 1, 1 + n, 1 + 2n, …
+            for ``n = residual_every``; it costs the reverse-mode half of a product (about half
+            an SGD step on an MLP), which the other steps skip. The direction does not depend on
+            it beyond rounding.
         params: parameters to optimise (default: all that require gradients).
 
     Raises:
@@ -177,12 +185,14 @@ class GaussNewtonCG(CurvatureOptimizer):
         weight_decay: float = 0.0,
         warmup_steps: int = 10,
         warmup_cg_iterations: int = 10,
+        residual_every: int = 10,
         params: Iterable[torch.Tensor] | None = None,
     ) -> None:
         _check_int("cg_iterations", cg_iterations, minimum=1)
         _check_int("max_backtracks", max_backtracks, minimum=0)
         _check_int("warmup_steps", warmup_steps, minimum=0)
         _check_int("warmup_cg_iterations", warmup_cg_iterations, minimum=1)
+        _check_int("residual_every", residual_every, minimum=1)
         _check_range("cg_tolerance", cg_tolerance, low=0.0)
         _check_range("warm_start_decay", warm_start_decay, low=0.0, high=1.0)
         _check_range("damping", damping, low=0.0)
@@ -204,7 +214,7 @@ class GaussNewtonCG(CurvatureOptimizer):
             line_search=bool(line_search), armijo_c=armijo_c, backtrack_factor=backtrack_factor,
             max_backtracks=max_backtracks, step_size=step_size, momentum=momentum,
             weight_decay=weight_decay, warmup_steps=warmup_steps,
-            warmup_cg_iterations=warmup_cg_iterations,
+            warmup_cg_iterations=warmup_cg_iterations, residual_every=residual_every,
         )
         super().__init__(model, loss=loss, defaults=defaults, params=params)
         self.state[_STATE] = {"step": 0, "damping": float(damping)}
@@ -256,6 +266,11 @@ class GaussNewtonCG(CurvatureOptimizer):
                 product = linearization.ggn_vector_product(vector)
                 return product.add_(vector, alpha=shift) if shift else product
 
+        def quadratic_form(vector: torch.Tensor) -> torch.Tensor:  # vᵀ(G + ωI + λI)v
+            with timer.phase("curvature"):
+                value = linearization.ggn_quadratic_form(vector)
+                return value + shift * torch.dot(vector, vector) if shift else value
+
         # J₁ d, the input layer's output tangent along the direction, accumulated from the
         # products' (Linearization.tracks_input_layer), so function evaluations at θ + αd
         # need not recompute that layer.
@@ -273,6 +288,7 @@ class GaussNewtonCG(CurvatureOptimizer):
         iterations = (h["warmup_cg_iterations"] if state["step"] <= h["warmup_steps"]
                       else h["cg_iterations"])
         track = (h["adaptive_damping"] or h["line_search"]) and linearization.tracks_input_layer
+        residual = (state["step"] - 1) % h["residual_every"] == 0
         previous = state.get("previous_direction")
         initial = (previous * h["warm_start_decay"]
                    if previous is not None and h["warm_start_decay"] > 0 else None)
@@ -282,8 +298,10 @@ class GaussNewtonCG(CurvatureOptimizer):
                 tolerance=h["cg_tolerance"], initial=initial,
                 relative_progress=h["cg_relative_progress"],
                 on_step=on_step if track else None, on_restart=along.clear,
+                quadratic_form=None if residual else quadratic_form,
             )
-        self.counters.update(ggn_products=result.products, cg_iterations=result.iterations)
+        self.counters.update(ggn_products=result.products, cg_iterations=result.iterations,
+                             jacobian_vector_products=result.quadratic_forms)
         direction = result.direction
         state["previous_direction"] = direction
 
@@ -418,7 +436,7 @@ _SGN_PAPER_DEFAULTS = {
 _SGN_DEFAULTS = {**_SGN_PAPER_DEFAULTS, "damping": 1.0, "damping_min": 0.1}
 _SGN_FACTORY = curvature_optimizer_factory(
     GaussNewtonCG, cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
-    backtrack_factor=0.5, max_backtracks=10)
+    backtrack_factor=0.5, max_backtracks=10, residual_every=10)
 _SGN_REFERENCE = ("Gargiani, Zanelli, Diehl & Hutter 2020, 'On the promise of the stochastic "
                   "generalized Gauss-Newton method for training DNNs' (arXiv 2006.02409)")
 
@@ -458,7 +476,7 @@ register_optimizer(OptimizerSpec(
     factory=curvature_optimizer_factory(
         GaussNewtonCG, cg_relative_progress=True, armijo_c=1e-2, backtrack_factor=0.8,
         max_backtracks=20, adaptive_damping=True, line_search=True, momentum=0.0,
-        warmup_steps=0, warmup_cg_iterations=1),
+        warmup_steps=0, warmup_cg_iterations=1, residual_every=10),
     defaults={
         "cg_iterations": 25,
         "cg_tolerance": 0.0,

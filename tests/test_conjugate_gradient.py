@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 
 import pytest
 import torch
@@ -147,6 +148,65 @@ def test_zero_gradient_and_nonpositive_curvature():
     negative = conjugate_gradient(lambda v: -v, gradient=_gradient(n), max_iterations=3)
     assert negative.stop_reason == "nonpositive_curvature"
     assert torch.count_nonzero(negative.direction) == 0
+
+
+@pytest.mark.parametrize("variant", ["cold", "tolerance", "warm", "preconditioned",
+                                     "relative_progress", "damped"])
+@pytest.mark.parametrize("iterations", [1, 2, 6])
+def test_a_last_iteration_by_the_quadratic_form_gives_the_solve_with_a_product(variant,
+                                                                               iterations):
+    """The last iteration needs only ``sᵀ(G + λI)s``: the same direction, model values and
+    curvature as with the product, one product fewer, and the final residual unknown (NaN).
+    "cold" runs without host reads; the others test after every product."""
+    n = 12
+    matrix, g = _spd(n), _gradient(n)
+    options = {"tolerance": {"tolerance": 1e-12},
+               "warm": {"initial": 0.5 * torch.linalg.solve(matrix, -g)},
+               "preconditioned": {"preconditioner": torch.linspace(0.5, 2.0, n,
+                                                                   dtype=torch.float64)},
+               "relative_progress": {"relative_progress": True},
+               "damped": {"damping": 0.3}}.get(variant, {})
+    forms = []
+
+    def quadratic_form(v: torch.Tensor) -> torch.Tensor:
+        forms.append(v.clone())
+        return v @ matrix @ v
+
+    full = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=iterations,
+                              **options)
+    cheap = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=iterations,
+                               quadratic_form=quadratic_form, **options)
+    assert full.warm_started == cheap.warm_started == (variant == "warm")
+    assert len(forms) == cheap.quadratic_forms == 1 and full.quadratic_forms == 0
+    assert cheap.products == full.products - 1
+    assert cheap.iterations == full.iterations == iterations
+    torch.testing.assert_close(cheap.direction, full.direction, rtol=1e-12, atol=1e-14)
+    assert cheap.model_values == pytest.approx(full.model_values, rel=1e-11)
+    damping = options.get("damping", 0.0)
+    d = cheap.direction
+    assert cheap.quadratic_value == pytest.approx(_model_value(matrix, g, damping, d), rel=1e-11)
+    assert cheap.curvature == pytest.approx(float(d @ (matrix @ d + damping * d)), rel=1e-11)
+    assert cheap.residual_history[:-1] == pytest.approx(full.residual_history[:-1], rel=1e-12)
+    assert math.isnan(cheap.relative_residual) and not math.isnan(full.relative_residual)
+    assert cheap.stop_reason == "max_iterations"
+
+
+def test_a_last_iteration_by_the_quadratic_form_stops_on_nonpositive_curvature():
+    """A non-positive ``sᵀGs`` from the form stops CG before it moves, as a product's does."""
+    n = 6
+    g = _gradient(n)
+    negative = conjugate_gradient(lambda v: -v, gradient=g, max_iterations=1,
+                                  quadratic_form=lambda v: -(v @ v))
+    assert negative.stop_reason == "nonpositive_curvature" and negative.quadratic_forms == 1
+    assert torch.count_nonzero(negative.direction) == 0 and negative.quadratic_value == 0.0
+    matrix = torch.diag(torch.linspace(1.0, 2.0, n, dtype=torch.float64))
+    second = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=2,
+                                tolerance=1e-14, quadratic_form=lambda v: -(v @ v))
+    one = conjugate_gradient(lambda v: matrix @ v, gradient=g, max_iterations=1, tolerance=1e-14)
+    assert second.stop_reason == "nonpositive_curvature" and second.iterations == 1
+    torch.testing.assert_close(second.direction, one.direction, rtol=1e-14, atol=0.0)
+    assert second.relative_residual == pytest.approx(one.relative_residual, rel=1e-14)
+    assert second.quadratic_value == pytest.approx(one.quadratic_value, rel=1e-12)
 
 
 def test_invalid_arguments_raise():

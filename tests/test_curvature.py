@@ -96,6 +96,8 @@ def test_ggn_vector_product_matches_dense_ggn(model_name, loss_name, jvp_method)
     vectors = torch.randn(3, lin.num_parameters, dtype=torch.float64, generator=generator)
     for vector in vectors:
         assert _relative_error(lin.ggn_vector_product(vector), reference @ vector) <= TOLERANCE
+        expected = vector @ reference @ vector
+        assert abs(float(lin.ggn_quadratic_form(vector)) - expected) <= TOLERANCE * abs(expected)
     if jvp_method != "layers":
         return
     # Every column, so the whole matrix is checked (the models are tiny).
@@ -356,7 +358,8 @@ def test_in_place_activations_and_max_pool_give_the_out_of_place_products(jvp_me
                             jvp_method=jvp_method)
         vector = torch.randn(lin.num_parameters, generator=torch.Generator().manual_seed(32),
                              dtype=torch.float64)
-        products.append((lin.gradient, lin.ggn_vector_product(vector)))
+        products.append((lin.gradient, lin.ggn_vector_product(vector),
+                         lin.ggn_quadratic_form(vector)))
         assert model[2].return_indices is False
         assert model(inputs).shape == (4, 3)
     for ours, expected in zip(products[0], products[1], strict=True):

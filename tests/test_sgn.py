@@ -232,7 +232,8 @@ def test_bad_hyperparameters_are_user_errors(name, overrides):
 
 @pytest.mark.parametrize("overrides", [{"momentum": 1.0}, {"warmup_cg_iterations": 0},
                                        {"warm_start_decay": 1.5}, {"armijo_c": 1.0},
-                                       {"backtrack_factor": 0.0}, {"max_backtracks": -1}])
+                                       {"backtrack_factor": 0.0}, {"max_backtracks": -1},
+                                       {"residual_every": 0}, {"residual_every": 2.0}])
 def test_bad_constructor_arguments_raise_value_error(overrides):
     with pytest.raises(ValueError):
         GaussNewtonCG(nn.Linear(3, 2), loss=MSELoss(), **overrides)
@@ -365,6 +366,51 @@ def _tracked_mlp_batch(batch: int = 16):
     return model, CrossEntropyLoss(), x, y
 
 
+@pytest.mark.parametrize("tolerance", [0.0, 1e-6])  # without host reads; tested per product
+@pytest.mark.parametrize("cg_iterations", [1, 3])
+def test_steps_that_record_no_residual_take_the_last_cg_iteration_from_the_forward_half(
+        cg_iterations, tolerance):
+    """Between the steps that record CG's final residual (1, 4, 7 for ``residual_every=3``),
+    the last iteration costs a ``J v`` instead of a product: the float64 trajectory is the one
+    of recording every step, with the residual NaN there and counted as a Jacobian-vector
+    product."""
+    steps = 7
+    runs = {}
+    for every in (1, 3):
+        model, loss, x, y = _tracked_mlp_batch()
+        optimizer = GaussNewtonCG(model, loss=loss, cg_iterations=cg_iterations,
+                                  cg_tolerance=tolerance, warmup_steps=0, step_size=4.0,
+                                  damping=1e-3, damping_min=1e-4, weight_decay=1e-3,
+                                  residual_every=every)
+        infos = []
+        for _ in range(steps):
+            optimizer.step(inputs=x, targets=y)
+            infos.append(dict(optimizer.step_info))
+        runs[every] = (flat_parameters(model), infos, dict(optimizer.counters))
+    (every_step, every_infos, every_counts), (some, some_infos, some_counts) = runs[1], runs[3]
+    torch.testing.assert_close(some, every_step, rtol=1e-10, atol=1e-13)
+    recorded = [step % 3 == 0 for step in range(steps)]
+    assert [not math.isnan(info["cg_relative_residual"]) for info in some_infos] == recorded
+    assert all(not math.isnan(info["cg_relative_residual"]) for info in every_infos)
+    assert any(info["step_size"] < 4.0 for info in some_infos)  # the line search ran
+    for ours, theirs, record in zip(some_infos, every_infos, recorded, strict=True):
+        for key in ours:
+            if key != "cg_relative_residual" or record:
+                assert ours[key] == pytest.approx(theirs[key], rel=1e-9, abs=1e-300), key
+    skipped = steps - sum(recorded)
+    assert some_counts["jacobian_vector_products"] == skipped
+    assert every_counts["jacobian_vector_products"] == 0
+    assert some_counts["ggn_products"] == every_counts["ggn_products"] - skipped
+    assert some_counts["cg_iterations"] == every_counts["cg_iterations"] == steps * cg_iterations
+
+
+def test_registered_sgn_variants_fix_how_often_the_residual_is_recorded():
+    """``residual_every`` shapes a step's cost, so it is one of the settings a run's hash
+    covers."""
+    for name in ("sgn", "sgn-paper", "hf"):
+        assert get_optimizer(name).settings["residual_every"] == 10
+
+
 @pytest.mark.parametrize(("weight_decay", "tolerance"), [(0.0, 0.0), (1e-2, 0.0), (0.0, 1e-6)])
 def test_a_step_reads_the_host_once_plus_once_per_function_evaluation(weight_decay, tolerance,
                                                                        monkeypatch):
@@ -414,7 +460,11 @@ def test_a_solve_without_host_reads_gives_the_trajectory_of_one_with_them(tolera
     assert any(info["step_size"] < 4.0 for info in fast_infos)
     early = [info["cg_iterations"] < (7 if i < 2 else 4) for i, info in enumerate(fast_infos)]
     assert any(early) == (tolerance == 0.3)
+    # The final residual is computed on step 1 (residual_every 10) and where CG stopped early.
+    known = [not math.isnan(info["cg_relative_residual"]) for info in fast_infos]
+    assert known == [i == 0 or stopped for i, stopped in enumerate(early)]
     for ours, theirs in zip(fast_infos, checked_infos, strict=True):
         assert ours.keys() == theirs.keys()
         for key in ours:
-            assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-300), key
+            assert ours[key] == pytest.approx(theirs[key], rel=1e-12, abs=1e-300,
+                                              nan_ok=True), key
