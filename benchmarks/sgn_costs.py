@@ -299,7 +299,9 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
                            (f"sgn_step[k={k}]+residual", 1)):
             sgn_model = copy.deepcopy(model)
             optimizer = _sgn(sgn_model, loss, k, residual_every=every)
-            optimizer.step(inputs=inputs, targets=targets)  # step 1 records the residual
+            # Step 1 records the residual: count one step done, from the same parameters and
+            # damping (the count only schedules the residual here: no warm-up, no momentum).
+            optimizer.state["gauss_newton"]["step"] = 1
             optimizers[key] = optimizer
             work[key] = lambda optimizer=optimizer: optimizer.step(inputs=inputs, targets=targets)
             setups[key] = _restart(sgn_model, optimizer)

@@ -76,8 +76,8 @@ whose direction is not finite (which no clipping can bound) is not applied, leav
 and momentum as they were, counts in ``skipped_steps`` and, with adaptation, raises the damping
 as a failed step does. :attr:`counters` holds ``forward_passes``, ``backward_passes`` (one per
 backpropagated vector: ``D`` for KFLR, ``mc_samples`` for K-FAC), ``factor_updates``,
-``inverse_updates``, ``skipped_steps`` and, with adaptation, ``ggn_products`` and
-``function_evaluations``.
+``inverse_updates``, ``skipped_steps`` and, with adaptation, ``jacobian_vector_products`` (the
+quadratic model's ``J δ``) and ``function_evaluations``.
 
 References: Martens & Grosse 2015, "Optimizing neural networks with Kronecker-factored
 approximate curvature"; Grosse & Martens 2016 (KFC); Botev, Ritter & Barber 2017 (KFLR, KFRA);
@@ -863,10 +863,9 @@ class KFAC(CurvatureOptimizer):
         ``δ`` is the update applied (learning rate, clipping and momentum included), so the
         trial forward at ``θ + δ`` can take the input layer's output as ``f₁(θ) + J₁δ``.
         """
-        jd = linearization.jacobian_vector_product(flatten(deltas, parameters))
+        curvature = linearization.ggn_quadratic_form(flatten(deltas, parameters))
         tangent = linearization.input_layer_tangent if linearization.tracks_input_layer else None
-        curvature = (jd * self.loss.hessian_vector_product(linearization.output, jd)).sum()
-        self.counters["ggn_products"] += 1
+        self.counters["jacobian_vector_products"] += 1
         terms = [curvature * 0.5]
         for p, g, d in zip(parameters, grads, deltas, strict=True):
             terms.append(torch.vdot(g.reshape(-1), d.reshape(-1)))

@@ -675,12 +675,14 @@ def test_damping_adaptation_reuses_the_step_forward_pass():
     optimizer = KFAC(model, loss=CrossEntropyLoss(), curvature="kflr", adapt_damping=True,
                      damping_adaptation_period=2)
     inputs, targets = _batch()
-    forward = []
+    forward, jvps = [], []
     for _ in range(4):
         optimizer.counters.clear()
         optimizer.step(inputs=inputs, targets=targets)
         forward.append(optimizer.counters["forward_passes"])
-    assert forward == [1, 2, 1, 2]
+        jvps.append(optimizer.counters["jacobian_vector_products"])
+        assert optimizer.counters["ggn_products"] == 0  # δᵀGδ = ‖H^½ Jδ‖²: no Jᵀ pass
+    assert forward == [1, 2, 1, 2] and jvps == [0, 1, 0, 1]
     assert "reduction_ratio" in optimizer.step_info
 
 

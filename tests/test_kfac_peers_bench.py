@@ -52,6 +52,7 @@ def test_a_goal_below_every_rows_arithmetic_says_so():
     assert "the least: asdl kfac mc, 1.90x its flops, 1.60x on its cheapest step" in line
     assert "the fastest of ours, kfac, spends (SGD steps) update 0.50" in line
     assert "kernels" not in line  # a CPU's rows: launches do not bound them
+    assert "kfac 2.20 miss (its arithmetic alone 2.10x)" in line
     (line,) = kfac_peers.goal_lines([_row("kfac", True, 2.2, flops=1.4)])
     assert "arithmetic" not in line  # 1.4x the flops: the goal is not below it
     (line,) = kfac_peers.goal_lines([_row("kfac", True, 2.2, flops=1.9, device="cuda")])

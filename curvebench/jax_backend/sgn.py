@@ -12,7 +12,10 @@ Settings are read from the torch registry at build time (:func:`sgn_settings` bu
 torch optimizer on a one-weight model and reads its ``param_groups[0]``), so defaults and fixed
 knobs (Armijo constant, backtracking factor, …) cannot drift between the backends. Not
 supported in JAX yet (they raise): ``cg_relative_progress`` and ``warm_start_decay > 0`` (the
-``hf`` variant).
+``hf`` variant). Every step here records CG's final residual: the torch step's
+``residual_every`` (its last CG iteration without the reverse half of a product, except on
+recording steps) is read with the settings but not applied, so a JAX step's last iteration
+costs a whole product.
 
 Reference: Gargiani, Zanelli, Diehl, Hutter 2020, "On the promise of the stochastic generalized
 Gauss-Newton method for training DNNs" (arXiv 2006.02409).
