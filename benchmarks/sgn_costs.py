@@ -12,17 +12,22 @@ interleaved repeats of:
 * ``curvlinops/ours``: the same product through ``curvlinops.GGNLinearOperator`` ÷ ours
   (if curvlinops is installed);
 * ``sgn(k) ÷ SGD``: a whole SGN step with ``k`` CG iterations (CG tolerance 0, so exactly
-  ``k`` products; line search and adaptive damping on, the defaults) ÷ a ``torch.optim.SGD``
+  ``k`` iterations; line search and adaptive damping on, the defaults) ÷ a ``torch.optim.SGD``
   step (the median over repeats of the ratio within each repeat), against issue 10's goal
-  ``1.2 + 1.1 k`` with a pass/miss column; then the step's phases in SGD steps: building the
-  linearisation (forward, and the backward that also gives the gradient), the GGN products
-  (``curvature``; ÷ ``k`` to compare with ``ggn/grad``), CG's own vector work (``solve``), the
+  ``1.2 + 1.1 k`` with a pass/miss column. The ratio is a run's mean step: the last CG
+  iteration takes only ``J s`` (``sᵀGs = ‖H^½ J s‖²``) except on the one step in
+  ``RESIDUAL_EVERY`` (the registered ``residual_every``) that records CG's final residual with
+  a whole product; both steps are timed from the same state and printed after the verdict;
+  then the phases of a step without the residual in SGD steps: building the linearisation
+  (forward, and the backward that also gives the gradient), the ``k − 1`` GGN products and the
+  last ``J s`` (``curvature``; ÷ ``k`` per iteration), CG's own vector work (``solve``), the
   reduction-ratio/Armijo function evaluations (``line_search``) and the rest (``update``);
   and, for each row that misses, a line splitting the excess into the fixed part (goal 1.2)
-  and the part per product (goal 1.1); and the arithmetic (``flops``,
-  :mod:`curvebench.arithmetic`: flops of matrix products) of each SGN step, of a product and
-  of the rest of a step, ÷ an SGD step's: what the goals demand of the arithmetic alone, which
-  one CPU thread's time follows on the MLP; ``ops`` is the same for operators that are not
+  and the part per iteration (goal 1.1); and the arithmetic (``flops``,
+  :mod:`curvebench.arithmetic`: flops of matrix products) of each SGN step (a run's mean), of
+  a product, of the last iteration's ``J s`` and of the rest of a step, ÷ an SGD step's:
+  what the goals demand of the arithmetic alone, which one CPU thread's time follows on the
+  MLP; ``ops`` is the same for operators that are not
   views, each a kernel launch on a GPU, which bound these small workloads there.
 
 Ratios are printed for wall-clock time and for process CPU time (``time.process_time``); on a
@@ -136,6 +141,17 @@ the code before and after alternated, three processes each, MLP, load 0.5–0.7)
 the noise there); CG's set-up and the update 0.15–0.16 → 0.05–0.07 SGD steps. Two more runs
 after (load 0.7–0.9): the MLP k = 1 2.42–2.45, k = 2 3.52–3.64, k = 10 12.53–12.59 (fixed part
 1.23–1.31, per product 1.12–1.19); the CNN k = 1 2.24–2.32, k = 2 2.95–2.97, k = 10 8.61–8.85.
+
+Since CG's last iteration takes only ``J s`` on the steps that do not record the final residual
+(``--k 1 2 10 --repeats 9``; the code before and after alternated, two processes each, load
+0.8–1.0; before → a run's mean step, and the step without / with the residual): the MLP
+k = 1 2.43–2.45 → 1.90–1.93 (1.85–1.88 / 2.36–2.39), k = 2 3.59–3.62 → 3.08 (3.02–3.04 /
+3.44–3.56), k = 10 12.63–12.72 → 11.93–12.21 (11.87–12.15 / 12.50–12.53); the CNN k = 1
+2.29–2.36 → 1.98–2.04, k = 2 2.91–3.11 → 2.65–2.69, k = 10 8.44–8.69 → 8.31–8.36. A step
+that records the residual costs what every step did before. The MLP's k = 10 sits on its
+goal, 12.2: nine products at 1.11 SGD steps' arithmetic each, the last iteration's ``J s``
+at 0.56 and the fixed part at 1.11 leave no room for CG's vector work (0.07–0.09 per
+iteration).
 
 With ``--time-to-target`` it instead runs, through :func:`curvebench.harness.run` at a large
 batch, ``sgn`` with its defaults against ``sgd`` over a small learning-rate grid on
