@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import jax
 import jax.flatten_util
 import jax.numpy as jnp
@@ -157,8 +159,45 @@ def test_sgn_steps_match_torch(problem: str, hyperparameters, steps: int) -> Non
                                        torch_params[0]) < 1e-10
         for key in ("cg_iterations", "damping", "step_size"):
             assert stepper.step_info[key] == pytest.approx(info[key], rel=1e-6), key
+        # The final residual on the same steps (1, 11, …), from the whole last product.
+        assert stepper.step_info["cg_relative_residual"] == pytest.approx(
+            info["cg_relative_residual"], rel=1e-6, nan_ok=True), index
+    skipped = sum(math.isnan(info["cg_relative_residual"]) for info in infos)
+    assert skipped > 0 or problem != "digits-mlp"  # its 12 steps record 2 residuals
+    assert stepper.counters["jacobian_vector_products"] == skipped
     assert relative_difference(np.array(got), np.array(expected)) < 1e-6
     assert relative_difference(_to_flat(architecture, stepper.params), torch_params[-1]) < 1e-4
+
+
+@pytest.mark.parametrize("iterations", [1, 3])
+@pytest.mark.parametrize("by_form", [False, True])
+def test_jax_cg_takes_its_last_iteration_from_the_quadratic_form_as_torch_does(iterations,
+                                                                               by_form):
+    """Float64, a dense SPD matrix: the JAX solve agrees with the torch one (direction, model
+    value, curvature, final residual or NaN, products) with and without the last product."""
+    from curvebench.conjugate_gradient import conjugate_gradient
+    from curvebench.jax_backend.sgn import conjugate_gradient_jax
+
+    generator = np.random.default_rng(3)
+    factor = generator.standard_normal((9, 9))
+    matrix, gradient = factor @ factor.T / 9 + 0.1 * np.eye(9), generator.standard_normal(9)
+    ours = conjugate_gradient_jax(
+        lambda v: jnp.asarray(matrix) @ v, gradient=jnp.asarray(gradient),
+        damping=jnp.asarray(0.2), max_iterations=jnp.asarray(iterations), tolerance=0.0,
+        quadratic_form=lambda v: v @ jnp.asarray(matrix) @ v, by_form=jnp.asarray(by_form))
+    torch_matrix = torch.from_numpy(matrix)
+    theirs = conjugate_gradient(
+        lambda v: torch_matrix @ v, gradient=torch.from_numpy(gradient), damping=0.2,
+        max_iterations=iterations,
+        quadratic_form=(lambda v: v @ torch_matrix @ v) if by_form else None)
+    assert relative_difference(np.asarray(ours["direction"]), theirs.direction.numpy()) < 1e-12
+    assert float(ours["quadratic_value"]) == pytest.approx(theirs.quadratic_value, rel=1e-12)
+    assert float(ours["curvature"]) == pytest.approx(theirs.curvature, rel=1e-12)
+    assert float(ours["relative_residual"]) == pytest.approx(theirs.relative_residual,
+                                                             rel=1e-10, nan_ok=True)
+    assert math.isnan(float(ours["relative_residual"])) == by_form
+    assert (int(ours["products"]), int(ours["forms"])) == (theirs.products,
+                                                          theirs.quadratic_forms)
 
 
 def test_sgn_settings_come_from_the_torch_spec() -> None:

@@ -12,10 +12,9 @@ Settings are read from the torch registry at build time (:func:`sgn_settings` bu
 torch optimizer on a one-weight model and reads its ``param_groups[0]``), so defaults and fixed
 knobs (Armijo constant, backtracking factor, …) cannot drift between the backends. Not
 supported in JAX yet (they raise): ``cg_relative_progress`` and ``warm_start_decay > 0`` (the
-``hf`` variant). Every step here records CG's final residual: the torch step's
-``residual_every`` (its last CG iteration without the reverse half of a product, except on
-recording steps) is read with the settings but not applied, so a JAX step's last iteration
-costs a whole product.
+``hf`` variant). As in torch, CG's last iteration takes ``sᵀ(G + λI)s`` from ``J s`` alone
+(no reverse pass) except on the steps that record the final residual (``residual_every``); the
+choice is a ``lax.cond`` inside the CG loop, so only the branch taken runs.
 
 Reference: Gargiani, Zanelli, Diehl, Hutter 2020, "On the promise of the stochastic generalized
 Gauss-Newton method for training DNNs" (arXiv 2006.02409).
@@ -67,50 +66,74 @@ def sgn_state(params: Any, settings: Mapping[str, Any]) -> dict[str, jax.Array]:
 
 
 def conjugate_gradient_jax(matvec: Callable[[jax.Array], jax.Array], *, gradient: jax.Array,
-                           damping: jax.Array, max_iterations: jax.Array, tolerance: float
-                           ) -> dict[str, jax.Array]:
+                           damping: jax.Array, max_iterations: jax.Array, tolerance: float,
+                           quadratic_form: Callable[[jax.Array], jax.Array] | None = None,
+                           by_form: jax.Array | bool = False) -> dict[str, jax.Array]:
     """Truncated CG on ``(A + λI) d = −g`` from ``d = 0``, as :func:`curvebench.
     conjugate_gradient.conjugate_gradient` without warm start, preconditioner or
     relative-progress rule.
 
+    ``quadratic_form`` (``v ↦ vᵀAv``) takes the place of the product in the iteration that
+    reaching ``max_iterations`` makes the last one, where ``by_form`` (traced) is true: the
+    final residual is then NaN and ``q``, ``dᵀ(A+λI)d`` come from the move (as in torch).
+
     Returns:
-        ``direction``, ``iterations``, ``products``, ``relative_residual``,
-        ``quadratic_value`` (``q(d) = gᵀd + ½dᵀ(A+λI)d``) and ``curvature`` (``dᵀ(A+λI)d``).
+        ``direction``, ``iterations``, ``products``, ``forms`` (0 or 1: the last iteration by
+        ``quadratic_form``), ``relative_residual``, ``quadratic_value``
+        (``q(d) = gᵀd + ½dᵀ(A+λI)d``) and ``curvature`` (``dᵀ(A+λI)d``).
     """
     g_norm = jnp.linalg.norm(gradient)
     zero_gradient = g_norm == 0
     safe_norm = jnp.where(zero_gradient, 1.0, g_norm)
     r = -gradient
     residual = jnp.linalg.norm(r) / safe_norm
+    count, zero = jnp.zeros((), jnp.int32), jnp.zeros((), gradient.dtype)
     carry = {"x": jnp.zeros_like(gradient), "r": r, "p": r, "rz": r @ r,
-             "iterations": jnp.zeros((), jnp.int32), "products": jnp.zeros((), jnp.int32),
-             "residual": jnp.where(zero_gradient, 0.0, residual),
+             "iterations": count, "products": count, "forms": count,
+             "residual": jnp.where(zero_gradient, 0.0, residual), "value": zero,
              "done": zero_gradient | (residual <= tolerance)}
+
+    def product(c: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        ap = matvec(c["p"]) + damping * c["p"]
+        return ap, c["p"] @ ap, zero, zero
+
+    def form(c: dict[str, jax.Array]) -> tuple[jax.Array, ...]:
+        # No (A+λI)p, so r is not updated; q(x) = −½ xᵀ(r − g) and pᵀr for q after the move.
+        p = c["p"]
+        return (jnp.zeros_like(p), quadratic_form(p) + damping * (p @ p),
+                -0.5 * (c["x"] @ (c["r"] - gradient)), p @ c["r"])
 
     def condition(c: dict[str, jax.Array]) -> jax.Array:
         return (~c["done"]) & (c["iterations"] < max_iterations)
 
     def body(c: dict[str, jax.Array]) -> dict[str, jax.Array]:
-        ap = matvec(c["p"]) + damping * c["p"]
-        curvature = c["p"] @ ap
+        last = (jnp.asarray(by_form) & (c["iterations"] + 1 == max_iterations)
+                if quadratic_form is not None else jnp.asarray(False))
+        ap, curvature, value, p_r = (jax.lax.cond(last, form, product, c)
+                                     if quadratic_form is not None else product(c))
         bad = ~(curvature > 0) | ~jnp.isfinite(curvature)
         step = c["rz"] / curvature
         x = c["x"] + step * c["p"]
         r = c["r"] - step * ap
-        residual = jnp.linalg.norm(r) / safe_norm
+        residual = jnp.where(last, jnp.nan, jnp.linalg.norm(r) / safe_norm)
         rz = r @ r
         p = (rz / c["rz"]) * c["p"] + r
+        value = value - step * p_r + 0.5 * step * step * curvature  # q(x + αp), ∇q(x) = −r
         keep = lambda new, old: jnp.where(bad, old, new)  # noqa: E731
         return {"x": keep(x, c["x"]), "r": keep(r, c["r"]), "p": keep(p, c["p"]),
                 "rz": keep(rz, c["rz"]), "iterations": c["iterations"] + (~bad),
-                "products": c["products"] + 1, "residual": keep(residual, c["residual"]),
-                "done": bad | (residual <= tolerance)}
+                "products": c["products"] + (~last), "forms": c["forms"] + last,
+                "residual": keep(residual, c["residual"]), "value": value,
+                "done": bad | last | (residual <= tolerance)}
 
     c = jax.lax.while_loop(condition, body, carry)
     x, r = c["x"], c["r"]
+    moved = ~jnp.isnan(c["residual"])  # else the last move was by the form: ρ is stale
+    quadratic_value = jnp.where(moved, -0.5 * (x @ (r - gradient)), c["value"])
+    curvature = jnp.where(moved, -(x @ (r + gradient)), 2.0 * (quadratic_value - gradient @ x))
     return {"direction": x, "iterations": c["iterations"], "products": c["products"],
-            "relative_residual": c["residual"], "quadratic_value": -0.5 * (x @ (r - gradient)),
-            "curvature": -(x @ (r + gradient))}
+            "forms": c["forms"], "relative_residual": c["residual"],
+            "quadratic_value": quadratic_value, "curvature": curvature}
 
 
 def _update_damping(damping: jax.Array, ratio: jax.Array, minimum: float) -> jax.Array:
@@ -158,11 +181,18 @@ def sgn_update(*, apply: Callable[[Any, jax.Array], jax.Array], loss: JaxLoss,
             product = lin.ggn_vector_product(vector)
             return product + decay * vector if decay else product
 
+        def quadratic_form(vector: jax.Array) -> jax.Array:  # vᵀ(G + ωI)v from J v alone
+            jv = lin.jvp(vector)
+            value = jnp.sum(jv * loss.hessian_vector_product(lin.output, jv))
+            return value + decay * (vector @ vector) if decay else value
+
         damping = state["damping"]
         iterations = jnp.where(step <= h["warmup_steps"], h["warmup_cg_iterations"],
                                h["cg_iterations"])
         cg = conjugate_gradient_jax(matvec, gradient=rhs, damping=damping,
-                                    max_iterations=iterations, tolerance=h["cg_tolerance"])
+                                    max_iterations=iterations, tolerance=h["cg_tolerance"],
+                                    quadratic_form=quadratic_form,
+                                    by_form=(step - 1) % h["residual_every"] != 0)
         direction = cg["direction"]
         f0 = lin.loss_value + (0.5 * decay * (theta @ theta) if decay else 0.0)
         slope = cg["quadratic_value"] - 0.5 * cg["curvature"]
@@ -201,6 +231,7 @@ def sgn_update(*, apply: Callable[[Any, jax.Array], jax.Array], loss: JaxLoss,
                 evaluations = evaluations + backtracks
         new_state = {"step": step, "damping": new_damping, "gradient_average": average}
         info = {"cg_iterations": cg["iterations"], "ggn_products": cg["products"],
+                "jacobian_vector_products": cg["forms"],
                 "cg_relative_residual": cg["relative_residual"], "damping": damping,
                 "step_size": alpha, "reduction_ratio": ratio,
                 "quadratic_model": cg["quadratic_value"], "function_evaluations": evaluations}

@@ -24,7 +24,8 @@ import numpy as np
 __all__ = ["JaxStepper", "Update", "as_array", "NoPhases", "COUNTED_INFO"]
 
 #: Entries of an update's ``info`` that count work (also added to ``counters``).
-COUNTED_INFO = ("cg_iterations", "ggn_products", "function_evaluations")
+COUNTED_INFO = ("cg_iterations", "ggn_products", "jacobian_vector_products",
+                "function_evaluations")
 
 
 class NoPhases:
