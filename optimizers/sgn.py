@@ -70,6 +70,8 @@ from curvebench.optimizers.spec import (
 __all__ = ["GaussNewtonCG", "update_damping", "armijo_backtracking"]
 
 _STATE = "gauss_newton"
+#: Default of ``residual_every``: CG's final residual on one step in this many.
+RESIDUAL_EVERY = 10
 
 
 def update_damping(damping: float, *, ratio: float, minimum: float = 0.0) -> float:
@@ -185,7 +187,7 @@ class GaussNewtonCG(CurvatureOptimizer):
         weight_decay: float = 0.0,
         warmup_steps: int = 10,
         warmup_cg_iterations: int = 10,
-        residual_every: int = 10,
+        residual_every: int = RESIDUAL_EVERY,
         params: Iterable[torch.Tensor] | None = None,
     ) -> None:
         _check_int("cg_iterations", cg_iterations, minimum=1)
@@ -436,7 +438,7 @@ _SGN_PAPER_DEFAULTS = {
 _SGN_DEFAULTS = {**_SGN_PAPER_DEFAULTS, "damping": 1.0, "damping_min": 0.1}
 _SGN_FACTORY = curvature_optimizer_factory(
     GaussNewtonCG, cg_relative_progress=False, warm_start_decay=0.0, armijo_c=1e-4,
-    backtrack_factor=0.5, max_backtracks=10, residual_every=10)
+    backtrack_factor=0.5, max_backtracks=10, residual_every=RESIDUAL_EVERY)
 _SGN_REFERENCE = ("Gargiani, Zanelli, Diehl & Hutter 2020, 'On the promise of the stochastic "
                   "generalized Gauss-Newton method for training DNNs' (arXiv 2006.02409)")
 
@@ -476,7 +478,7 @@ register_optimizer(OptimizerSpec(
     factory=curvature_optimizer_factory(
         GaussNewtonCG, cg_relative_progress=True, armijo_c=1e-2, backtrack_factor=0.8,
         max_backtracks=20, adaptive_damping=True, line_search=True, momentum=0.0,
-        warmup_steps=0, warmup_cg_iterations=1, residual_every=10),
+        warmup_steps=0, warmup_cg_iterations=1, residual_every=RESIDUAL_EVERY),
     defaults={
         "cg_iterations": 25,
         "cg_tolerance": 0.0,
