@@ -286,8 +286,8 @@ GRAM_MIN_DEPTH = 256
 
 def gram(columns: torch.Tensor, *, scale: float = 1.0, running: torch.Tensor | None = None,
          decay: float = 0.0) -> torch.Tensor:
-    """``scale · C Cᵀ`` of ``C = columns``, ``(d, M)``: a Kronecker factor, exactly symmetric;
-    with ``running`` (symmetric, ``(d, d)``, a view allowed) the running average
+    """``scale · C Cᵀ`` of ``C = columns``, ``(d, M)``: a Kronecker factor; with ``running``
+    (symmetric, ``(d, d)``, a view allowed) the running average
     ``decay·running + (1 − decay)·scale·C Cᵀ``, written over ``running`` and returned.
 
     In place, the product adds into the running average: no new ``d × d`` tensor and no
@@ -303,6 +303,10 @@ def gram(columns: torch.Tensor, *, scale: float = 1.0, running: torch.Tensor | N
     1024 144 against 118; but d 3137, M 129 (the CNN's fc) 33 against 34-51. Elsewhere (a GPU,
     where these small workloads are bound by kernel launches), and where autograd records
     ``columns``, one product.
+
+    The result is symmetric to rounding, not always to the last bit: BLAS's product ``C Cᵀ``
+    is not bit-symmetric on every CPU (on an AVX-512 one it is not, for some sizes).
+    Its consumers read one triangle: ``eigh`` the lower one, the Cholesky route the upper one.
     """
     d, depth = columns.shape
     blocks = min(GRAM_MAX_BLOCKS, d // GRAM_BLOCK_WIDTH)
