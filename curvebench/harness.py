@@ -21,7 +21,14 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from curvebench.backends import DEFAULT_BACKEND, Session, check_backend, get_backend
+from curvebench.backends import (
+    DEFAULT_BACKEND,
+    Session,
+    check_backend,
+    check_run_code,
+    get_backend,
+    run_code,
+)
 from curvebench.records import DEFAULT_THREADS, RunConfig, RunRecord, Status
 
 if TYPE_CHECKING:
@@ -89,7 +96,8 @@ def plan_run(
     ``threads`` is the torch thread count :func:`execute` sets for the run (default
     :data:`DEFAULT_THREADS`); ``workers_per_machine`` the number of runs executed at once on the
     machine (1 for a lone run; sweeps stamp their executor's); ``backend`` the framework it
-    runs on (:mod:`curvebench.backends`). All three are part of the identity.
+    runs on (:mod:`curvebench.backends`). All three are part of the identity, and so is the
+    code that runs it (:func:`~curvebench.backends.run_code`), stamped here.
 
     Raises:
         UnknownNameError: unknown problem or optimizer.
@@ -135,6 +143,7 @@ def plan_run(
         threads=threads,
         workers_per_machine=workers_per_machine,
         backend=backend,
+        code=run_code(backend),
     )
 
 
@@ -220,11 +229,13 @@ def execute(
         DeviceError: the device does not exist.
         HyperparameterError: the optimizer rejects its hyperparameters.
         UnknownBackendError, UnsupportedBackendError: the backend cannot run the optimizer.
+        CodeMismatchError: ``config`` was planned with other code (source or libraries).
     """
     from curvebench.optimizers import get_optimizer
     from curvebench.problems import get_problem
 
     backend = get_backend(config.backend or DEFAULT_BACKEND)
+    check_run_code(config)
     optimizer_spec = get_optimizer(config.optimizer)
     check_backend(optimizer_spec, backend.name)
     problem = get_problem(config.problem)

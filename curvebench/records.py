@@ -13,7 +13,7 @@ from typing import Any, Literal
 __all__ = ["SCHEMA_VERSION", "RunConfig", "RunRecord", "Status", "STATUSES", "RecordedOptimizer",
            "recorded_optimizers", "record_backend", "several_backends", "method_label",
            "method_name", "execution_label", "execution_groups", "mixed_execution_note",
-           "DEFAULT_THREADS", "MAX_THREADS", "PHASES"]
+           "code_label", "DEFAULT_THREADS", "MAX_THREADS", "PHASES"]
 
 #: Version of the stored JSON layout; bump on incompatible changes.
 SCHEMA_VERSION = 1
@@ -31,7 +31,7 @@ DEFAULT_THREADS = 1
 MAX_THREADS = 512
 
 #: Identity fields added after the first records were written; ``None`` = not recorded.
-_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine", "backend", "settings")
+_IDENTITY_SINCE_V1 = ("threads", "workers_per_machine", "backend", "settings", "code")
 
 #: Phase names the reports know (keys of ``RunRecord.phase_seconds``); optimizers may use
 #: others, which are kept as they are.
@@ -39,11 +39,19 @@ PHASES = ("forward", "backward", "curvature", "solve", "update", "line_search")
 
 
 def execution_label(config: RunConfig) -> str:
-    """``threads=1 workers/machine=2`` (``?`` for a setting a legacy record does not know)."""
+    """``threads=1 workers/machine=2 code=1a2b3c4d`` (``?`` for what a legacy record does not
+    know; ``code`` is the start of curvebench's source fingerprint, :func:`code_label`)."""
     def show(value: int | None) -> str:
         return "?" if value is None or value == 0 else str(value)
 
-    return f"threads={show(config.threads)} workers/machine={show(config.workers_per_machine)}"
+    return (f"threads={show(config.threads)} workers/machine={show(config.workers_per_machine)}"
+            f" code={code_label(config)}")
+
+
+def code_label(config: RunConfig) -> str:
+    """The first 8 hex digits of the curvebench source fingerprint that ran ``config`` (``?``
+    for a legacy record)."""
+    return (config.code_dict or {}).get("curvebench", "?")[:8]
 
 
 def execution_groups(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]:
@@ -55,13 +63,15 @@ def execution_groups(records: Sequence[RunRecord]) -> dict[str, list[RunRecord]]
 
 
 def mixed_execution_note(records: Sequence[RunRecord]) -> str | None:
-    """One line when ``records`` mix thread counts or workers per machine, else ``None``."""
+    """One line when ``records`` mix thread counts, workers per machine or code, else
+    ``None``."""
     groups = execution_groups(records)
     if len(groups) < 2:
         return None
     parts = "; ".join(f"{label}: {len(items)} run(s)" for label, items in groups.items())
     return (f"note: these runs were made with different execution settings ({parts}; "
-            "? = not recorded); their seconds are not comparable across settings")
+            "? = not recorded); their seconds are not comparable across settings, nor any result "
+            "across code")
 
 
 def _freeze(mapping: Mapping[str, Any]) -> tuple[tuple[str, Any], ...]:
@@ -88,6 +98,10 @@ class RunConfig:
     SGN's Armijo constant), so changing one in code makes a new run instead of silently reusing
     a stale one. Both are part of the identity and, like the fields above, left out of
     :meth:`key` when ``None`` (a legacy record).
+
+    ``code`` (:func:`curvebench.backends.run_code`) names the code that runs it: a fingerprint
+    of curvebench's source and the versions of the backend's libraries. Part of the identity
+    too, so a stored run is reused only by the same code; ``None`` for a legacy record.
     """
 
     problem: str
@@ -106,13 +120,18 @@ class RunConfig:
     #: The framework the run ran on (``"torch"``, ``"jax"``); ``None``: a legacy torch record.
     backend: str | None = None
     settings: tuple[tuple[str, Any], ...] | None = None
+    #: What runs it (``{"curvebench": source fingerprint, "torch": version, ...}``, frozen);
+    #: ``None``: a legacy record.
+    code: tuple[tuple[str, str], ...] | None = None
 
     @classmethod
     def create(cls, *, hyperparameters: Mapping[str, Any],
-               settings: Mapping[str, Any] | None = None, **fields: Any) -> RunConfig:
-        """Build a config from a hyperparameter mapping (and a settings mapping)."""
+               settings: Mapping[str, Any] | None = None,
+               code: Mapping[str, str] | None = None, **fields: Any) -> RunConfig:
+        """Build a config from a hyperparameter mapping (and settings and code mappings)."""
         return cls(hyperparameters=_freeze(hyperparameters),
-                   settings=None if settings is None else _freeze(settings), **fields)
+                   settings=None if settings is None else _freeze(settings),
+                   code=None if code is None else _freeze(code), **fields)
 
     @property
     def hyperparameter_dict(self) -> dict[str, Any]:
@@ -123,17 +142,24 @@ class RunConfig:
         """The fixed settings as a mapping; ``None`` for a legacy record (not recorded)."""
         return None if self.settings is None else dict(self.settings)
 
+    @property
+    def code_dict(self) -> dict[str, str] | None:
+        """The code that runs it as a mapping; ``None`` for a legacy record (not recorded)."""
+        return None if self.code is None else dict(self.code)
+
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)
         data["hyperparameters"] = self.hyperparameter_dict
         data["settings"] = self.settings_dict
+        data["code"] = self.code_dict
         return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> RunConfig:
         data = dict(data)
         return cls.create(hyperparameters=data.pop("hyperparameters"),
-                          settings=data.pop("settings", None), **data)
+                          settings=data.pop("settings", None), code=data.pop("code", None),
+                          **data)
 
     def key(self) -> str:
         """Stable 16-hex-digit hash of the configuration (legacy ``None`` fields left out)."""

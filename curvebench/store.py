@@ -27,7 +27,7 @@ from typing import Any
 
 import pandas as pd
 
-from curvebench.records import SCHEMA_VERSION, RunConfig, RunRecord
+from curvebench.records import SCHEMA_VERSION, RunConfig, RunRecord, code_label
 
 __all__ = ["RunStore", "StoreError", "UnreadableRun", "RecordError", "runs_dataframe",
            "validate_record"]
@@ -420,13 +420,15 @@ def validate_record(data: Any) -> None:
     for name, value in hyperparameters.items():
         _check_value(name, str, "config.hyperparameters (a name)")
         _check_value(value, bool | int | float | str, f"config.hyperparameters.{name}")
-    settings = config.get("settings")
-    if settings is not None:
-        if not isinstance(settings, dict):
-            raise RecordError(f"config.settings: expected an object or null, got "
-                              f"{_json_type(settings)}")
-        for name, value in settings.items():
-            _check_value(value, bool | int | float | str, f"config.settings.{name}")
+    for mapping, values in (("settings", bool | int | float | str), ("code", str)):
+        entries = config.get(mapping)
+        if entries is None:
+            continue
+        if not isinstance(entries, dict):
+            raise RecordError(f"config.{mapping}: expected an object or null, got "
+                              f"{_json_type(entries)}")
+        for name, value in entries.items():
+            _check_value(value, values, f"config.{mapping}.{name}")
     for table in ("history", "evaluations"):
         lengths = {len(column) for column in data[table].values()}
         if len(lengths) > 1:
@@ -456,7 +458,7 @@ def _check_fields(data: dict[str, Any], cls: type, prefix: str) -> None:
             if not isinstance(value, dict):
                 raise RecordError(f"config: expected an object, got {_json_type(value)}")
             _check_fields(value, RunConfig, "config.")
-        elif name in ("hyperparameters", "settings") and cls is RunConfig:
+        elif name in ("hyperparameters", "settings", "code") and cls is RunConfig:
             continue  # a JSON object of scalars, checked by the caller
         else:
             _check_value(value, hint, where, nullable=name in _NULLABLE_VALUES)
@@ -569,7 +571,8 @@ def runs_dataframe(records: list[RunRecord]) -> pd.DataFrame:
     """Flatten records into a DataFrame, one row per run.
 
     Columns: the config fields (``threads`` and ``workers_per_machine`` NaN, ``backend``
-    ``None`` for legacy records), ``hp.<name>`` per hyperparameter, ``status``,
+    ``None`` for legacy records; ``code`` as :func:`~curvebench.records.code_label`),
+    ``hp.<name>`` per hyperparameter, ``status``,
     ``steps_to_target``, ``seconds_to_target``, ``steps_run``, ``seconds``, ``final_<metric>``,
     ``counter.<name>``, ``phase.<name>`` (seconds), ``peak_memory_bytes``, ``key``.
     """
@@ -589,6 +592,7 @@ def runs_dataframe(records: list[RunRecord]) -> pd.DataFrame:
             "backend": config.backend,
             "threads": _nan(config.threads),
             "workers_per_machine": _nan(config.workers_per_machine),
+            "code": code_label(config),
             "status": record.status,
             "steps_to_target": _nan(record.steps_to_target),
             "seconds_to_target": _nan(record.seconds_to_target),

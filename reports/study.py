@@ -98,7 +98,8 @@ def run_load(record: RunRecord) -> float | None:
 
 def timing_conditions(runs: pd.DataFrame) -> str:
     """``"threads: 1; load 0.8–1.9"``: the conditions the seconds of ``runs`` were measured
-    under (``threads: unknown`` and ``load: not recorded`` when the records do not say)."""
+    under (``threads: unknown`` and ``load: not recorded`` when the records do not say;
+    ``code: mixed …`` when runs of more than one curvebench source are among them)."""
     threads = sorted({int(t) for t in runs.get("threads", pd.Series(dtype=float)).dropna()})
     if not threads:
         text = "threads: unknown"
@@ -106,6 +107,9 @@ def timing_conditions(runs: pd.DataFrame) -> str:
         text = f"threads: {threads[0]}"
     else:
         text = "threads: mixed " + ", ".join(map(str, threads)) + " (not comparable)"
+    codes = sorted(set(runs.get("code", pd.Series(dtype=object)).dropna()) - {"?"})
+    if len(codes) > 1:  # one code is the norm and goes unsaid
+        text += "; code: mixed " + ", ".join(codes) + " (not comparable)"
     loads = runs.get("load", pd.Series(dtype=float)).dropna()
     if loads.empty:
         return f"{text}; load: not recorded"

@@ -95,10 +95,10 @@ def test_study_executor_key_is_the_sweeps_default(tmp_path, capsys):
                      '[optimizers.sgd]\n', encoding="utf-8")
     assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--dry-run",
                  "--workers", "2"]) == 0
-    assert "(process, threads=1 workers/machine=2)" in capsys.readouterr().err
+    assert "(process, threads=1 workers/machine=2 code=" in capsys.readouterr().err
     assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--dry-run",
                  "--executor", "serial"]) == 0
-    assert "(serial, threads=1 workers/machine=1)" in capsys.readouterr().err
+    assert "(serial, threads=1 workers/machine=1 code=" in capsys.readouterr().err
     study.write_text('problems = ["synthetic-linreg"]\nexecutor = "mpi"\n[optimizers.sgd]\n',
                      encoding="utf-8")
     assert main(["sweep", str(study), "--out", str(tmp_path / "o"), "--dry-run"]) == 2

@@ -9,6 +9,7 @@ import json
 import pytest
 import torch
 
+from curvebench.backends import source_fingerprint
 from curvebench.cli import main
 from curvebench.harness import execute, plan_run
 from curvebench.records import RunConfig, RunRecord
@@ -104,14 +105,16 @@ def test_run_and_show_keep_thread_counts_apart(tmp_path, capsys):
     assert main(["show", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "different execution settings" in shown
-    assert "== runs with threads=1 workers/machine=1 ==" in shown
-    assert "== runs with threads=2 workers/machine=1 ==" in shown
+    code = source_fingerprint()[:8]
+    assert f"== runs with threads=1 workers/machine=1 code={code} ==" in shown
+    assert f"== runs with threads=2 workers/machine=1 code={code} ==" in shown
 
     legacy = next(p for p in out.glob("run-*.json")
                   if json.loads(p.read_text())["config"]["threads"] == 2)
     strip_execution_fields(legacy)
     assert main(["show", str(out)]) == 0
-    assert "== runs with threads=? workers/machine=? ==" in capsys.readouterr().out
+    assert (f"== runs with threads=? workers/machine=? code={code} =="
+            in capsys.readouterr().out)
 
 
 def test_show_formats_match_the_readme(tmp_path, capsys):

@@ -12,10 +12,14 @@ so importing this package imports neither torch nor jax.
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import importlib
+import importlib.metadata
+import importlib.util
 import resource
 import sys
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -26,7 +30,8 @@ if TYPE_CHECKING:
 
 __all__ = ["Backend", "Session", "BACKENDS", "DEFAULT_BACKEND", "UnknownBackendError",
            "UnsupportedBackendError", "get_backend", "check_backend", "backend_names",
-           "process_peak_rss"]
+           "process_peak_rss", "source_fingerprint", "fingerprint_sources", "run_code",
+           "check_run_code", "CodeMismatchError"]
 
 #: Backend name → module defining ``BACKEND``.
 BACKENDS: Mapping[str, str] = {
@@ -39,6 +44,10 @@ DEFAULT_BACKEND = "torch"
 
 class UnknownBackendError(ValueError):
     """A backend name that does not exist (one-line message listing the known ones)."""
+
+
+class CodeMismatchError(ValueError):
+    """A run planned by other code than this process runs (one-line message)."""
 
 
 class UnsupportedBackendError(ValueError):
@@ -75,6 +84,9 @@ class Backend(Protocol):
     """A framework the harness can run on."""
 
     name: str
+    #: The installed distributions its runs compute with; their versions are part of a run's
+    #: identity (:func:`run_code`).
+    distributions: tuple[str, ...]
 
     def resolve_device(self, device: str) -> str:
         """The canonical device string (``"cpu"``, ``"cuda:0"``), checking it exists.
@@ -140,3 +152,87 @@ def process_peak_rss() -> int:
     scale = 1 if sys.platform == "darwin" else 1024  # ru_maxrss is KiB on Linux
     return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale)
 
+
+#: The packages whose source shapes a run, and inside them the one that only reads records
+#: (the report builders), left out.
+_RUN_SHAPING_PACKAGES = ("curvebench", "curvebench.problems", "curvebench.optimizers")
+_READ_ONLY_PACKAGES = ("curvebench.reports",)
+
+
+def _package_directory(name: str) -> Path:
+    spec = importlib.util.find_spec(name)
+    assert spec is not None and spec.submodule_search_locations, name
+    return Path(next(iter(spec.submodule_search_locations))).resolve()
+
+
+@functools.cache
+def source_fingerprint() -> str:
+    """16 hex digits of SHA-256 over the Python source that shapes a run: every module of
+    :data:`_RUN_SHAPING_PACKAGES` but the report builders (:func:`fingerprint_sources`). Read
+    once per process."""
+    return fingerprint_sources({name: _package_directory(name) for name in _RUN_SHAPING_PACKAGES},
+                               skipped=[_package_directory(name) for name in _READ_ONLY_PACKAGES])
+
+
+def fingerprint_sources(packages: Mapping[str, Path], *, skipped: Iterable[Path] = ()) -> str:
+    """16 hex digits of SHA-256 over the ``*.py`` files under the directories of ``packages``
+    (dotted package name → directory), each named by its dotted module name, so that an
+    editable install (packages side by side) and a wheel (subpackages nested) of the same
+    source agree; files under a ``skipped`` directory are left out."""
+    skipped = {Path(path).resolve() for path in skipped}
+    modules: dict[str, Path] = {}
+    for package, directory in packages.items():
+        root = Path(directory).resolve()
+        for path in root.rglob("*.py"):
+            if not skipped.intersection(path.resolve().parents):
+                modules[".".join((package, *path.relative_to(root).with_suffix("").parts))] = path
+    digest = hashlib.sha256()
+    for module in sorted(modules):
+        source = modules[module].read_bytes()
+        digest.update(f"{module}\0{len(source)}\0".encode())
+        digest.update(source)
+    return digest.hexdigest()[:16]
+
+
+@functools.cache
+def _versions(backend: str) -> tuple[tuple[str, str], ...]:
+    versions = []
+    for distribution in get_backend(backend).distributions:
+        try:
+            versions.append((distribution, importlib.metadata.version(distribution)))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append((distribution, "not installed"))
+    return tuple(versions)
+
+
+def run_code(backend: str) -> dict[str, str]:
+    """The code a run on ``backend`` runs here: ``{"curvebench": source_fingerprint(),
+    <distribution>: <version>, ...}`` for the backend's :attr:`Backend.distributions`.
+
+    Part of a run's identity (``RunConfig.code``): a stored run is reused only by the same
+    source and the same framework versions, so a faster or fixed method is measured again
+    instead of being reported from its old record.
+
+    Raises:
+        UnknownBackendError: unknown backend.
+    """
+    return {"curvebench": source_fingerprint(), **dict(_versions(backend))}
+
+
+def check_run_code(config: RunConfig) -> None:
+    """Refuse to run ``config`` with other code than it was planned with (a legacy record,
+    which does not say, is not checked): its record would be stored under the other code.
+
+    Raises:
+        CodeMismatchError: one line naming what differs.
+    """
+    if config.code is None:
+        return
+    here = run_code(config.backend or DEFAULT_BACKEND)
+    planned = config.code_dict or {}
+    differences = [f"{name} {planned.get(name, 'none')} there, {here.get(name, 'none')} here"
+                   for name in sorted(set(planned) | set(here))
+                   if planned.get(name) != here.get(name)]
+    if differences:
+        raise CodeMismatchError("this run was planned with other code ("
+                                + "; ".join(differences) + "); plan it again here")

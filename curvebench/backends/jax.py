@@ -225,6 +225,8 @@ class JaxBackend:
     """JAX (CPU or GPU) with optax, kfac-jax and our JAX SGN."""
 
     name = "jax"
+    # torch: the data pipeline and the thread settings are torch's
+    distributions = ("jax", "jaxlib", "optax", "kfac-jax", "numpy", "torch")
 
     def resolve_device(self, device: str) -> str:
         _device(device)

@@ -162,6 +162,7 @@ class TorchBackend:
     """PyTorch (CPU or CUDA)."""
 
     name = "torch"
+    distributions = ("torch", "numpy")
 
     def resolve_device(self, device: str) -> str:
         return str(resolve_device(device))
