@@ -60,6 +60,56 @@ def test_a_goal_below_every_rows_arithmetic_says_so():
     assert "launches more than 1.5x an SGD step's kernels" in line and "kfac, 2.90x" in line
 
 
+def _processes(*ratios: tuple[float, float]) -> list[dict]:
+    """Rows (ours kfac, the ASDL peer) of one process per ``(ours, peer)`` pair of step ÷ SGD
+    ratios."""
+    return kfac_peers.across_processes([
+        kfac_peers.compare([_row("kfac", True, ours), _row("asdl kfac mc", False, peer)])
+        for ours, peer in ratios])
+
+
+def test_several_processes_give_medians_ranges_and_passes_per_process():
+    ours, peer = _processes((1.45, 1.5), (1.55, 1.5), (1.36, 1.6))
+    assert ours["step/sgd"] == pytest.approx(1.45)
+    assert ours["per process"]["step/sgd"] == [1.45, 1.55, 1.36]
+    assert ours["ours/peer"] == pytest.approx(1.45 / 1.5)  # the median of paired ratios
+    assert kfac_peers.with_range(ours, "step/sgd") == "1.45 (1.36–1.55)"
+    # the median passes both goals, one process does not: neither is called met
+    goals = kfac_peers._goals(ours)
+    assert "1.45 (1.36–1.55) > 1.5x SGD in 1 of 3 processes" in goals
+    assert "0.97 (0.85–1.03)x the fastest peer in 1 of 3 processes" in goals
+    (line,) = kfac_peers.goal_lines([ours, peer])
+    assert "kfac 1.45 (1.36–1.55) pass in 2 of 3" in line
+    assert "asdl kfac mc 1.50 (1.50–1.60) pass in 2 of 3" in line
+    assert "in some processes only by kfac, asdl kfac mc" in line
+    (slower,) = kfac_peers.slower_lines([ours, peer])
+    assert "0.97 (0.85–1.03)x in 1 of 3 processes asdl kfac mc" in slower
+    # every process passing is a plain pass; one process is printed as before
+    ours, peer = _processes((1.2, 1.5), (1.3, 1.6))
+    assert kfac_peers._goals(ours) == "met" and kfac_peers.slower_lines([ours, peer]) == []
+    (line,) = kfac_peers.goal_lines([ours, peer])
+    assert "reached by kfac in every process; in some processes only by asdl kfac mc" in line
+    assert "kfac 1.25 (1.20–1.30) pass, asdl kfac mc 1.55 (1.50–1.60) pass in 1 of 2" in line
+    single = kfac_peers.compare([_row("kfac", True, 1.45)])[0]
+    assert kfac_peers.with_range(single, "step/sgd") == "1.45"
+
+
+def test_processes_must_measure_the_same_rows():
+    one = kfac_peers.compare([_row("kfac", True, 1.4)])
+    other = kfac_peers.compare([_row("kflr", True, 1.4)])
+    with pytest.raises(ValueError, match="different rows"):
+        kfac_peers.across_processes([one, other])
+
+
+def test_a_measuring_process_gets_the_same_settings_and_one_process():
+    parser = kfac_peers.build_parser()
+    args = parser.parse_args(["--repeats", "7", "--workloads", "mlp", "cnn", "--every-step",
+                              "only", "--allocator", "system", "--processes", "3",
+                              "--threads", "2"])
+    child = parser.parse_args(kfac_peers.child_arguments(args, save="rows.json"))
+    assert vars(child) == {**vars(args), "processes": 1, "save": "rows.json"}
+
+
 def test_reasons_are_chosen_by_row_workload_and_device():
     lm = kfac_peers._explanation(_row("kfac +LM damping", True, 2.0, workload="digits-cnn b128"))
     assert lm.startswith("Levenberg–Marquardt")
