@@ -62,8 +62,9 @@ def _inverse(a, *args, out_shape=None, **kwargs) -> int:
     return _batch(a) * 2 * a[-1] ** 3
 
 
-def _triangular_solve(a, b, *args, out_shape=None, **kwargs) -> int:
-    return max(_batch(a), _batch(b)) * a[-1] ** 2 * b[-1]
+def _triangular_solve(a, b, *args, left: bool = True, out_shape=None, **kwargs) -> int:
+    # left: A X = B, B's columns the right-hand sides; otherwise X A = B, B's rows
+    return max(_batch(a), _batch(b)) * a[-1] ** 2 * (b[-1] if left else b[-2])
 
 
 def _cholesky_solve(b, a, *args, out_shape=None, **kwargs) -> int:  # (rhs, factor)

@@ -122,7 +122,7 @@ from curvebench.optimizers.spec import (
 
 __all__ = ["KFAC", "Decomposition", "cholesky_route", "damped_decomposition", "pi_correction",
            "prefer_triangular_solves", "reusable_factor", "BIAS_FACTORS", "CLIPPING",
-           "INVERSE_METHODS", "MAX_DECOMPOSITION_RETRIES"]
+           "INVERSE_METHODS", "MANY_RIGHT_HAND_SIDES", "MAX_DECOMPOSITION_RETRIES"]
 
 #: How a layer's bias is preconditioned (see the module docstring).
 BIAS_FACTORS = ("homogeneous", "separate")
@@ -130,6 +130,9 @@ CLIPPING = ("none", "kl", "norm")
 INVERSE_METHODS = ("eigh", "cholesky")
 #: Retries of a failed decomposition, each with a ten times larger shift.
 MAX_DECOMPOSITION_RETRIES = 8
+#: From this many right-hand sides on, triangular solves run from the right
+#: (:meth:`Decomposition.solve`).
+MANY_RIGHT_HAND_SIDES = 64
 _MAX_DAMPING = 1e6
 
 
@@ -153,12 +156,32 @@ class Decomposition:
     inverse: torch.Tensor | None = None
     factor: torch.Tensor | None = None
 
-    def solve(self, matrix: torch.Tensor) -> torch.Tensor:
-        """``(M + shift·I)⁻¹ matrix`` for a Cholesky decomposition (inverse or factor)."""
+    def solve(self, matrix: torch.Tensor, *, left: bool = True) -> torch.Tensor:
+        """``(M + shift·I)⁻¹ matrix``, or with ``left=False`` ``matrix (M + shift·I)⁻¹``, for a
+        Cholesky decomposition (inverse or factor).
+
+        With the factor ``L``, two triangular solves. ``M`` is symmetric, so either product is
+        the transpose of the other side's product with ``matrixᵀ``: the solves run from the
+        right (``X Lᵀ = B``, then ``Y L = X``) where there are at least
+        :data:`MANY_RIGHT_HAND_SIDES` right-hand sides and from the left otherwise. Measured
+        (torch 2.13 with MKL, one thread, float32, an AMD EPYC without AVX-512, ms for both
+        solves, from the left against from the right): n 785 with 256 right-hand sides 8.0
+        against 5.0, n 257 with 256 2.1 against 0.8, n 256 with 785 6.1 against 2.8, n 289
+        with 64 0.66 against 0.28, n 3137 with 128 59 against 41; with 4 or 10 the right
+        runs 1.5–3.5 times as long (n 785, 10: 0.61 against 2.16; n 3137, 10: 10.9 against
+        29.8).
+        """
         if self.factor is None:
-            return self.inverse @ matrix
-        half = torch.linalg.solve_triangular(self.factor, matrix, upper=False)
-        return torch.linalg.solve_triangular(self.factor.T, half, upper=True)
+            return self.inverse @ matrix if left else matrix @ self.inverse
+        count = matrix.shape[-1] if left else matrix.shape[0]
+        if (count >= MANY_RIGHT_HAND_SIDES) == left:  # the other side, on the transpose
+            return self.solve(matrix.mT, left=not left).mT
+        lower, upper = self.factor, self.factor.T
+        if left:
+            half = torch.linalg.solve_triangular(lower, matrix, upper=False)
+            return torch.linalg.solve_triangular(upper, half, upper=True)
+        half = torch.linalg.solve_triangular(upper, matrix, upper=True, left=False)
+        return torch.linalg.solve_triangular(lower, half, upper=False, left=False)
 
 
 def prefer_triangular_solves(size: int, other: int, period: int, *,
@@ -745,7 +768,7 @@ class KFAC(CurvatureOptimizer):
         if dec_a.factor is not None or dec_s.factor is not None:
             dtype = (dec_a.factor if dec_a.factor is not None else dec_a.inverse).dtype
             work = matrix if matrix.dtype == dtype else matrix.to(dtype)
-            return dec_a.solve(dec_s.solve(work).T).T.to(matrix.dtype)
+            return dec_a.solve(dec_s.solve(work), left=False).to(matrix.dtype)
         inverse_a, inverse_s = self._damped_inverses(layer)
         if matrix.dtype != inverse_a.dtype:
             return (inverse_s @ matrix.to(inverse_a.dtype) @ inverse_a).to(matrix.dtype)

@@ -51,6 +51,8 @@ def test_products_in_place_count_as_out_of_place():
     (lambda a: torch.linalg.eigh(a), 8 * 12 ** 3 // 3),
     (lambda a: torch.linalg.inv(a), 2 * 12 ** 3),
     (lambda a: torch.linalg.solve_triangular(a.tril(), a[:, :5], upper=False), 12 ** 2 * 5),
+    (lambda a: torch.linalg.solve_triangular(a.tril(), a[:5], upper=False, left=False),
+     12 ** 2 * 5),  # X A = B: B's rows are the right-hand sides
     (lambda a: torch.cholesky_solve(a[:, :5], a.tril()), 2 * 12 ** 2 * 5),
     (lambda a: torch.linalg.solve(a, a[:, :5]), 2 * 12 ** 3 // 3 + 2 * 12 ** 2 * 5),
     (lambda a: torch.linalg.qr(a[:, :5]), 2 * 12 * 25 - 2 * 125 // 3),

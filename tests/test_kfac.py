@@ -23,6 +23,7 @@ from curvebench.losses import CrossEntropyLoss, MSELoss
 from curvebench.optimizers import OPTIMIZERS, HyperparameterError
 from curvebench.optimizers.kfac import (
     KFAC,
+    MANY_RIGHT_HAND_SIDES,
     Decomposition,
     damped_decomposition,
     pi_correction,
@@ -107,9 +108,13 @@ def test_kept_factor_is_the_lower_cholesky_factor_in_column_major(dtype):
     assert factor.dtype == dtype and factor.stride() == (1, 9)
     lower = factor.tril()
     torch.testing.assert_close(lower @ lower.T, matrix + 0.3 * torch.eye(9, dtype=dtype))
-    rhs = torch.randn(9, 4, generator=generator, dtype=dtype)
-    torch.testing.assert_close(result.solve(rhs), torch.linalg.solve(
-        matrix + 0.3 * torch.eye(9, dtype=dtype), rhs))
+    damped = matrix + 0.3 * torch.eye(9, dtype=dtype)
+    # few right-hand sides (solved from the left) and many (from the right), either side
+    for count in (4, MANY_RIGHT_HAND_SIDES):
+        rhs = torch.randn(9, count, generator=generator, dtype=dtype)
+        torch.testing.assert_close(result.solve(rhs), torch.linalg.solve(damped, rhs))
+        torch.testing.assert_close(result.solve(rhs.T, left=False),
+                                   torch.linalg.solve(damped, rhs).T)
     out = torch.full((9, 9), math.nan, dtype=dtype).mT
     assert reusable_factor(out, like=matrix)
     again = damped_decomposition(matrix, shift=0.3, method="cholesky", keep_factor=True, out=out)
