@@ -158,7 +158,7 @@ class Decomposition:
 
     def solve(self, matrix: torch.Tensor, *, left: bool = True) -> torch.Tensor:
         """``(M + shift·I)⁻¹ matrix``, or with ``left=False`` ``matrix (M + shift·I)⁻¹``, for a
-        Cholesky decomposition (inverse or factor).
+        Cholesky decomposition (inverse or factor); ``matrix`` is 2-D (a vector as a column).
 
         With the factor ``L``, two triangular solves. ``M`` is symmetric, so either product is
         the transpose of the other side's product with ``matrixᵀ``: the solves run from the
