@@ -36,6 +36,7 @@ import torch
 from kfac_peers import Workload, tensor_bytes
 from torch import nn
 
+from curvebench.environment import device_description
 from curvebench.kronecker import kronecker_layers
 from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import OPTIMIZERS
@@ -228,7 +229,8 @@ def main() -> None:
     for workload in workloads():
         rows += measure(workload, names, repeats=args.repeats, cycles=args.cycles,
                         overrides=dict(item.split("=", 1) for item in args.hp))
-    print(f"torch {torch.__version__}, {torch.get_num_threads()} threads, "
+    cpu = device_description(torch.device("cpu"))
+    print(f"torch {torch.__version__} on {cpu}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} interleaved rounds")
     print(tabulate(rows, headers="keys", floatfmt=".2f"))
     print()

@@ -87,6 +87,7 @@ from torch import nn
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), os.pardir))
 
 from curvebench.arithmetic import count_flops  # noqa: E402
+from curvebench.environment import device_description  # noqa: E402
 from curvebench.losses import CrossEntropyLoss, CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers import OPTIMIZERS  # noqa: E402
@@ -712,12 +713,12 @@ def main() -> None:
                 rows += compare(measure(workload, setting, repeats=args.repeats))
         loads = [os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")]
     load = statistics.median(loads)
-    clock = (f"CUDA events on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
-             else "process CPU time")
+    clock = "CUDA events" if device.type == "cuda" else "process CPU time"
     where = ("" if args.processes == 1 else
              f"; medians over {args.processes} processes (ranges in brackets), their load "
              f"averages {', '.join(f'{value:.1f}' for value in loads)}")
-    print(f"torch {torch.__version__}, {args.threads} thread(s), {clock}, "
+    print(f"torch {torch.__version__} on {device_description(device)}, {args.threads} "
+          f"thread(s), {clock}, "
           f"median of {args.repeats} interleaved rounds, load average {load:.1f}, "
           f"damping {DAMPING}, timing lr {TIMING_LR}, {allocator}"
           + ("" if device.type == "cuda" else f", ours' Cholesky: {cholesky_route()}")
@@ -746,6 +747,7 @@ def main() -> None:
     if args.save:
         with open(args.save, "w") as handle:
             json.dump({"load": load, "loads": loads, "device": str(device),
+                       "device description": device_description(device),
                        "threads": args.threads, "repeats": args.repeats,
                        "processes": args.processes, "cholesky": cholesky_route(),
                        "rows": rows}, handle, indent=1)

@@ -41,6 +41,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from curvebench.environment import device_description
 from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import OPTIMIZERS, CurvatureOptimizer
 from curvebench.timing import add_allocator_option, apply_allocator_policy
@@ -277,7 +278,9 @@ def main() -> None:
     # ASDL wraps its phases in CUDA profiling ranges, which fail without CUDA; no-ops here.
     torch.cuda.nvtx.range = _NoRange  # type: ignore[assignment]
     allocator = apply_allocator_policy(args.allocator)
-    print(f"torch {torch.__version__}, 1 thread, load {os.getloadavg()[0]:.2f}, "
+    cpu = device_description(torch.device("cpu"))
+    print(f"torch {torch.__version__} on {cpu}, 1 thread, "
+          f"load {os.getloadavg()[0]:.2f}, "
           f"{args.repeats} rounds × {args.steps} steps, CPU time, {allocator}")
     for workload in workloads(args.workloads.split(",")):
         measure(workload, repeats=args.repeats, steps=args.steps)

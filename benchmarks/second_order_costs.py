@@ -30,6 +30,7 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from curvebench.environment import device_description
 from curvebench.losses import CrossEntropyLoss
 from curvebench.optimizers import CurvatureOptimizer, get_optimizer
 from curvebench.reports.study import PASS_WEIGHTS
@@ -150,7 +151,9 @@ def gradient_equivalents_per_step(name: str, model: nn.Module, inputs, targets,
 
 
 def measure(*, repeats: int, only: list[str], batch_mlp: int, batch_cnn: int) -> None:
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, process CPU time, "
+    cpu = device_description(torch.device("cpu"))
+    print(f"torch {torch.__version__} on {cpu}, threads {torch.get_num_threads()}, "
+          "process CPU time, "
           f"median of {repeats} interleaved repeats")
     for case, (base, inputs, targets) in cases(batch_mlp, batch_cnn).items():
         size = sum(p.numel() for p in base.parameters())

@@ -180,6 +180,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kfac_peers import arithmetic_per_step, parse_device, workloads  # noqa: E402
 
 from curvebench.curvature import Linearization, flatten, unflatten  # noqa: E402
+from curvebench.environment import device_description  # noqa: E402
 from curvebench.losses import CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers import get_optimizer  # noqa: E402
@@ -269,9 +270,9 @@ def _curvlinops_product(model, loss, inputs, targets, vector) -> Callable[[], to
 def measure(*, names: list[str], batch: int, repeats: int, ks: list[int],
             device: torch.device | None = None, allocator: str = "system allocator") -> None:
     device = torch.device("cpu") if device is None else device
-    where = (f"CUDA events on {torch.cuda.get_device_name(device)}" if device.type == "cuda"
-             else "CPU")
-    print(f"torch {torch.__version__}, threads {torch.get_num_threads()}, {where}, "
+    where = "CUDA events" if device.type == "cuda" else "CPU"
+    print(f"torch {torch.__version__} on {device_description(device)}, threads "
+          f"{torch.get_num_threads()}, {where}, "
           f"median of {repeats} interleaved repeats, load average {_load()}, {allocator}")
     for name, (model, loss, inputs, targets) in _cases(names, batch, device).items():
         _measure_case(name, model, loss, inputs, targets, repeats=repeats, ks=ks)

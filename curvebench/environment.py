@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["environment_info", "git_sha", "device_name", "resolve_device", "DeviceError"]
+__all__ = ["environment_info", "git_sha", "device_name", "device_description", "resolve_device",
+           "DeviceError"]
 
 
 class DeviceError(RuntimeError):
@@ -70,6 +71,20 @@ def device_name(device: torch.device) -> str:
     return platform.processor() or platform.machine()
 
 
+def cpu_capability() -> str:
+    """The vector instruction set torch's CPU kernels use here (``"AVX2"``, ``"AVX512"``, …)."""
+    return torch.backends.cpu.get_cpu_capability()
+
+
+def device_description(device: torch.device) -> str:
+    """The GPU's name, or the CPU model with the instruction set torch's kernels use there
+    (``"AMD EPYC, AVX2"``): cost ratios of linear algebra against an SGD step differ between
+    CPUs a model name alone does not tell apart."""
+    if device.type == "cuda":
+        return device_name(device)
+    return f"{device_name(device)}, {cpu_capability()}"
+
+
 def environment_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
     """Versions, device, thread count, dtype and TF32 setting, as plain strings and numbers."""
     from curvebench import __version__
@@ -84,6 +99,7 @@ def environment_info(device: torch.device, dtype: torch.dtype) -> dict[str, Any]
         "device": str(device),
         "device_name": device_name(device),
         "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cpu_capability": cpu_capability() if device.type == "cpu" else None,
         "threads": torch.get_num_threads(),
         "dtype": str(dtype).removeprefix("torch."),
         "tf32_matmul": bool(torch.backends.cuda.matmul.allow_tf32),

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from curvebench.backends import torch as torch_backend
-from curvebench.environment import DeviceError
+from curvebench.environment import DeviceError, device_description
 from curvebench.harness import first_reaching, plan_run, run
 from curvebench.optimizers import OPTIMIZERS, CurvatureOptimizer, OptimizerSpec
 from curvebench.problems import Budget, Target, get_problem
@@ -147,9 +147,13 @@ def test_record_round_trips_and_has_environment():
     assert again.config == record.config and again.history["loss"] == record.history["loss"]
     env = record.environment
     for key in ("python", "torch", "curvebench", "device", "device_name", "threads", "dtype",
-                "tf32_matmul"):
+                "tf32_matmul", "cpu_capability"):
         assert key in env
     assert env["tf32_matmul"] is False
+    # the instruction set torch's CPU kernels use: ratios against an SGD step depend on it
+    assert env["cpu_capability"] == torch.backends.cpu.get_cpu_capability()
+    assert device_description(torch.device("cpu")) == (f"{env['device_name']}, "
+                                                      f"{env['cpu_capability']}")
     assert record.peak_memory_bytes > 0
     assert set(record.phase_seconds) == {"forward", "backward", "update"}
     assert record.counters == {"forward_passes": 5, "backward_passes": 5}
