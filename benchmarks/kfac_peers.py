@@ -477,31 +477,47 @@ def compare(rows: list[dict]) -> list[dict]:
 TIMED_FIELDS = ("step/sgd", "ours/peer", "sgd ms")
 
 
-def across_processes(runs: list[list[dict]]) -> list[dict]:
-    """Merge the compared rows of several processes (``--processes``; each run the same rows
-    in the same order) into one row each: every timed field (:data:`TIMED_FIELDS`) and every
-    phase the median over processes, each process's value of a timed field kept under
-    ``"per process"`` (for ranges and counts of passes), the peer the one most often fastest.
+def merge_processes(runs: list[list[dict]], *, key: Callable[[dict], tuple],
+                    fields: tuple[str, ...]) -> list[dict]:
+    """Merge the rows of several processes' runs (each the same rows in the same order, told
+    apart by ``key``) into one row each: the first process's row with every timed field of
+    ``fields`` the median over processes and each process's value kept under
+    ``"per process"`` (for ranges and counts of passes: :func:`with_range`, :func:`_passes`).
 
     Raises:
         ValueError: the runs do not hold the same rows.
     """
-    keys = [[(r["workload"], r["periods"], r["row"]) for r in run] for run in runs]
+    keys = [[key(r) for r in run] for run in runs]
     if any(other != keys[0] for other in keys[1:]):
         raise ValueError("the processes measured different rows")
     merged = []
     for rows in zip(*runs, strict=True):
         row = {**rows[0], "per process": {}}
-        for field in TIMED_FIELDS:
+        for field in fields:
             values = [r[field] for r in rows if field in r]
             if values:
                 row[field] = statistics.median(values)
                 row["per process"][field] = values
+        merged.append(row)
+    return merged
+
+
+def across_processes(runs: list[list[dict]]) -> list[dict]:
+    """Merge the compared rows of several processes (``--processes``; each run the same rows
+    in the same order) into one row each (:func:`merge_processes`): every timed field
+    (:data:`TIMED_FIELDS`) and every phase the median over processes, the peer the one most
+    often fastest.
+
+    Raises:
+        ValueError: the runs do not hold the same rows.
+    """
+    merged = merge_processes(runs, key=lambda r: (r["workload"], r["periods"], r["row"]),
+                             fields=TIMED_FIELDS)
+    for row, rows in zip(merged, zip(*runs, strict=True), strict=True):
         if "peer" in row:
             row["peer"] = Counter(r["peer"] for r in rows).most_common(1)[0][0]
         row["phases"] = {name: statistics.median(r["phases"].get(name, 0.0) for r in rows)
                          for name in rows[0]["phases"]}
-        merged.append(row)
     return merged
 
 
@@ -763,24 +779,30 @@ def child_arguments(args: argparse.Namespace, *, save: str) -> list[str]:
 
 
 def in_processes(args: argparse.Namespace) -> tuple[list[float], list[dict]]:
-    """Run the measurement in ``args.processes`` fresh processes, one after another (never
-    side by side: they would share the cores), and merge their rows
-    (:func:`across_processes`); their load averages and the merged rows. A process's own
-    heap, thread pools and code layout shift its timings by a few percent, so a verdict
-    within that of a goal holds only when it holds in every process."""
-    loads, runs = [], []
+    """Run the measurement in ``args.processes`` fresh processes (:func:`run_processes`) and
+    merge their rows (:func:`across_processes`); their load averages and the merged rows."""
+    saved = run_processes(__file__, count=args.processes,
+                          arguments=lambda save: child_arguments(args, save=save))
+    return [s["load"] for s in saved], across_processes([s["rows"] for s in saved])
+
+
+def run_processes(script: str, *, count: int,
+                  arguments: Callable[[str], list[str]]) -> list[dict]:
+    """Run ``script`` in ``count`` fresh processes, one after another (never side by side:
+    they would share the cores), each with ``arguments(save)`` that make it write its JSON to
+    ``save``; what each wrote. A process's own heap, thread pools and code layout shift its
+    timings by a few percent, so a verdict within that of a goal holds only when it holds in
+    every process."""
+    saved = []
     with tempfile.TemporaryDirectory() as directory:
-        for index in range(args.processes):
+        for index in range(count):
             save = os.path.join(directory, f"rows-{index}.json")
-            print(f"process {index + 1} of {args.processes} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, os.path.abspath(__file__),
-                            *child_arguments(args, save=save)],
+            print(f"process {index + 1} of {count} ...", file=sys.stderr, flush=True)
+            subprocess.run([sys.executable, os.path.abspath(script), *arguments(save)],
                            check=True, stdout=subprocess.DEVNULL)
             with open(save) as handle:
-                saved = json.load(handle)
-            loads.append(saved["load"])
-            runs.append(saved["rows"])
-    return loads, across_processes(runs)
+                saved.append(json.load(handle))
+    return saved
 
 
 if __name__ == "__main__":
