@@ -169,7 +169,11 @@ class Decomposition:
         against 5.0, n 257 with 256 2.1 against 0.8, n 256 with 785 6.1 against 2.8, n 289
         with 64 0.66 against 0.28, n 3137 with 128 59 against 41; with 4 or 10 the right
         runs 1.5–3.5 times as long (n 785, 10: 0.61 against 2.16; n 3137, 10: 10.9 against
-        29.8).
+        29.8). On an Intel Xeon with AVX-512: n 785 with 256, 2.72 against 2.44 ms; there the
+        right side's column-major result costs the rest of a K-FAC step about what the side
+        saves (0.2 ms in the KL clipping's inner product, 0.17 in the update with a strided
+        direction), and a step that made it contiguous first measured the same (the MLP of
+        ``benchmarks/kfac_peers.py``, paired ratios 0.996–1.013).
         """
         if self.factor is None:
             return self.inverse @ matrix if left else matrix @ self.inverse
