@@ -92,7 +92,7 @@ from curvebench.losses import CrossEntropyLoss, CurvatureLoss  # noqa: E402
 from curvebench.operator_counts import OperatorCounter  # noqa: E402
 from curvebench.optimizers import OPTIMIZERS  # noqa: E402
 from curvebench.optimizers.kfac import cholesky_route  # noqa: E402
-from curvebench.problems import get_problem, models  # noqa: E402
+from curvebench.problems import PROBLEMS, get_problem, models  # noqa: E402
 from curvebench.problems.torch_models import build_torch_model, torch_dataset  # noqa: E402
 from curvebench.timing import (  # noqa: E402
     NullPhaseTimer,
@@ -316,6 +316,20 @@ def _cnn() -> nn.Sequential:
         nn.Conv2d(1, 32, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Conv2d(32, 64, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2),
         nn.Flatten(), nn.Linear(64 * 7 * 7, 10))
+
+
+#: The workloads defined here; every registered problem is one as well (at its registered
+#: batch in this script, at ``--batch`` in ``sgn_costs.py``).
+OWN_WORKLOADS = ("mlp", "cnn")
+
+
+def check_workloads(parser: argparse.ArgumentParser, names: list[str]) -> None:
+    """Exit with a one-line usage error where a name is neither one of
+    :data:`OWN_WORKLOADS` nor a registered problem."""
+    known = [*OWN_WORKLOADS, *PROBLEMS.names()]
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(known)}")
 
 
 def workloads(names: list[str], *, device: torch.device | str = "cpu") -> list[Workload]:
@@ -712,6 +726,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    check_workloads(parser, args.workloads)
     device = parse_device(parser, args.device)
     allocator = apply_allocator_policy(args.allocator)
     from tabulate import tabulate
@@ -792,14 +807,21 @@ def run_processes(script: str, *, count: int,
     they would share the cores), each with ``arguments(save)`` that make it write its JSON to
     ``save``; what each wrote. A process's own heap, thread pools and code layout shift its
     timings by a few percent, so a verdict within that of a goal holds only when it holds in
-    every process."""
+    every process.
+
+    Raises:
+        SystemExit: a process failed (its own error is printed above the one-line message).
+    """
     saved = []
     with tempfile.TemporaryDirectory() as directory:
         for index in range(count):
             save = os.path.join(directory, f"rows-{index}.json")
             print(f"process {index + 1} of {count} ...", file=sys.stderr, flush=True)
-            subprocess.run([sys.executable, os.path.abspath(script), *arguments(save)],
-                           check=True, stdout=subprocess.DEVNULL)
+            done = subprocess.run([sys.executable, os.path.abspath(script), *arguments(save)],
+                                  check=False, stdout=subprocess.DEVNULL)
+            if done.returncode != 0:
+                raise SystemExit(f"{os.path.basename(script)}: measuring process {index + 1} of "
+                                 f"{count} failed with exit status {done.returncode}")
             with open(save) as handle:
                 saved.append(json.load(handle))
     return saved

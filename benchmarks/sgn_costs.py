@@ -188,6 +188,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 from kfac_peers import (  # noqa: E402
     _passes,
     arithmetic_per_step,
+    check_workloads,
     merge_processes,
     parse_device,
     per_process,
@@ -684,6 +685,7 @@ def main() -> None:
     device = parse_device(parser, args.device)
     if args.processes < 1:
         parser.error("--processes must be at least 1")
+    check_workloads(parser, args.workloads)
     if (args.processes > 1 or args.save) and (args.time_to_target or args.count_operators):
         parser.error("--processes and --save time SGN's steps: not with --time-to-target "
                      "or --count-operators")

@@ -6,6 +6,7 @@ No timing is asserted: the benchmark measures, the tests check its bookkeeping.
 
 from __future__ import annotations
 
+import importlib
 import sys
 from pathlib import Path
 
@@ -148,3 +149,37 @@ def test_every_row_builds_and_steps_on_a_small_cnn():
             assert set(runner.phases(1)) >= {"forward", "backward", "update"}
         built.append(entry.name)
     assert len(built) == len(kfac_peers.ENTRIES) - 1
+
+
+@pytest.mark.parametrize("script", ["kfac_peers", "sgn_costs"])
+def test_an_unknown_workload_is_refused_in_one_line(script, monkeypatch, capsys):
+    module = importlib.import_module(script)
+    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--workloads", "mlp", "nosuch"])
+    with pytest.raises(SystemExit) as exit_info:
+        module.main()
+    assert exit_info.value.code == 2
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert "error: unknown workload(s) nosuch; known: mlp, cnn, " in last and "digits-cnn" in last
+
+
+def test_processes_run_one_after_another_and_a_failure_stops_them(tmp_path):
+    """Each process gets its own file to write; one failing process ends the run in one line
+    and no later process starts."""
+    script = tmp_path / "child.py"
+    script.write_text(
+        "import json, pathlib, sys\n"
+        "save = sys.argv[sys.argv.index('--save') + 1]\n"
+        "log = pathlib.Path(sys.argv[1])\n"
+        "log.write_text(log.read_text() + 'x' if log.exists() else 'x')\n"
+        "if len(log.read_text()) == int(sys.argv[2]): sys.exit(3)\n"
+        "json.dump({'rows': [len(log.read_text())]}, open(save, 'w'))\n")
+    log = tmp_path / "log"
+    saved = kfac_peers.run_processes(str(script), count=2,
+                                     arguments=lambda save: [str(log), "0", "--save", save])
+    assert saved == [{"rows": [1]}, {"rows": [2]}]
+    log.unlink()
+    with pytest.raises(SystemExit, match=r"child\.py: measuring process 2 of 3 failed with "
+                                         r"exit status 3"):
+        kfac_peers.run_processes(str(script), count=3,
+                                 arguments=lambda save: [str(log), "2", "--save", save])
+    assert log.read_text() == "xx"  # the third never ran
