@@ -43,6 +43,7 @@ from curvebench.optimizers import OPTIMIZERS
 from curvebench.optimizers.kfac import KFAC, damped_decomposition
 from curvebench.problems import get_problem, models
 from curvebench.problems.torch_models import build_torch_model, torch_dataset
+from curvebench.spaces import HyperparameterError
 from curvebench.timing import PhaseTimer
 
 
@@ -220,15 +221,22 @@ def main() -> None:
 
     torch.manual_seed(0)
     names = presets()
+    malformed = [item for item in args.hp if "=" not in item]
+    if malformed:
+        parser.error(f"--hp takes KEY=VALUE, got {', '.join(map(repr, malformed))}")
+    overrides = dict(item.split("=", 1) for item in args.hp)
     if args.time_to_target:
         rows = time_to_target(names, adam_grid=[1e-3, 3e-3, 1e-2, 3e-2],
                               max_steps=args.max_steps)
         print(tabulate(rows, headers="keys", floatfmt=".3g"))
         return
     rows = []
-    for workload in workloads():
-        rows += measure(workload, names, repeats=args.repeats, cycles=args.cycles,
-                        overrides=dict(item.split("=", 1) for item in args.hp))
+    try:  # every preset is built with the overrides before anything is timed
+        for workload in workloads():
+            rows += measure(workload, names, repeats=args.repeats, cycles=args.cycles,
+                            overrides=overrides)
+    except HyperparameterError as error:
+        parser.error(str(error))
     cpu = device_description(torch.device("cpu"))
     print(f"torch {torch.__version__} on {cpu}, {torch.get_num_threads()} threads, "
           f"median of {args.repeats} interleaved rounds")

@@ -274,6 +274,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
+    unknown = sorted(set(args.workloads.split(",")) - {"mlp", "cnn"})
+    if unknown:
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; known: mlp, cnn")
     torch.set_num_threads(1)
     # ASDL wraps its phases in CUDA profiling ranges, which fail without CUDA; no-ops here.
     torch.cuda.nvtx.range = _NoRange  # type: ignore[assignment]

@@ -21,7 +21,7 @@ import tempfile
 import time
 
 from curvebench.harness import plan_run
-from curvebench.problems import Budget, get_problem
+from curvebench.problems import PROBLEMS, Budget, get_problem
 from curvebench.store import RunStore
 from curvebench.sweep import run_sweep
 
@@ -41,6 +41,10 @@ def main() -> None:
     parser.add_argument("--optimizer", default="sgn",
                         help="registered SGN preset whose other defaults are used")
     args = parser.parse_args()
+    unknown = [name for name in args.problems.split(",") if name not in PROBLEMS]
+    if unknown:
+        parser.error(f"unknown problem(s) {', '.join(unknown)}; known: "
+                     f"{', '.join(PROBLEMS.names())}")
     seeds = [int(s) for s in args.seeds.split(",")]
     configs = {}
     for name in args.problems.split(","):

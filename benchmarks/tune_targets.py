@@ -60,6 +60,10 @@ def main() -> None:
     seeds = [int(s) for s in args.seeds.split(",")]
     names = args.problems.split(",") if args.problems else [
         p.name for p in PROBLEMS if p.offline and p.name != "synthetic-linreg"]
+    unknown = [name for name in names if name not in PROBLEMS]
+    if unknown:
+        parser.error(f"unknown problem(s) {', '.join(unknown)}; known: "
+                     f"{', '.join(PROBLEMS.names())}")
     for name in names:
         problem = PROBLEMS.get(name)
         metric, direction = problem.target.metric, problem.target.direction

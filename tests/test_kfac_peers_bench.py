@@ -6,7 +6,6 @@ No timing is asserted: the benchmark measures, the tests check its bookkeeping.
 
 from __future__ import annotations
 
-import importlib
 import sys
 from pathlib import Path
 
@@ -149,17 +148,6 @@ def test_every_row_builds_and_steps_on_a_small_cnn():
             assert set(runner.phases(1)) >= {"forward", "backward", "update"}
         built.append(entry.name)
     assert len(built) == len(kfac_peers.ENTRIES) - 1
-
-
-@pytest.mark.parametrize("script", ["kfac_peers", "sgn_costs"])
-def test_an_unknown_workload_is_refused_in_one_line(script, monkeypatch, capsys):
-    module = importlib.import_module(script)
-    monkeypatch.setattr(sys, "argv", [f"{script}.py", "--workloads", "mlp", "nosuch"])
-    with pytest.raises(SystemExit) as exit_info:
-        module.main()
-    assert exit_info.value.code == 2
-    last = capsys.readouterr().err.strip().splitlines()[-1]
-    assert "error: unknown workload(s) nosuch; known: mlp, cnn, " in last and "digits-cnn" in last
 
 
 def test_processes_run_one_after_another_and_a_failure_stops_them(tmp_path):
