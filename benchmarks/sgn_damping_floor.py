@@ -33,10 +33,15 @@ VARIANTS = {
 }
 
 
+def seed_list(text: str) -> list[int]:
+    """``"0,1,2"`` → ``[0, 1, 2]`` (argparse turns its ``ValueError`` into a usage error)."""
+    return [int(value) for value in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--problems", default="mnist1d-mlp,synthetic-linreg,digits-autoencoder")
-    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--seeds", type=seed_list, default="0,1,2")
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--optimizer", default="sgn",
                         help="registered SGN preset whose other defaults are used")
@@ -45,7 +50,7 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown problem(s) {', '.join(unknown)}; known: "
                      f"{', '.join(PROBLEMS.names())}")
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     configs = {}
     for name in args.problems.split(","):
         problem = get_problem(name)

@@ -24,6 +24,7 @@ import math
 from pathlib import Path
 
 import numpy as np
+from sgn_damping_floor import seed_list
 
 from curvebench.harness import run
 from curvebench.problems import PROBLEMS
@@ -47,17 +48,23 @@ def best_value(record, metric: str, direction: str, *, max_step: float = math.in
     return float(values.min() if direction == "min" else values.max())
 
 
+def rate_list(text: str) -> list[float]:
+    """``"0.1,0.3"`` → ``[0.1, 0.3]`` (argparse turns its ``ValueError`` into a usage error)."""
+    return [float(value) for value in text.split(",")]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--problems", default="")
-    parser.add_argument("--seeds", default="0,1")
+    parser.add_argument("--seeds", type=seed_list, default="0,1")
     parser.add_argument("--study", type=Path, default=QUICK_STUDY,
                         help="take Adam's learning rates from this study file")
-    parser.add_argument("--lrs", help="comma-separated learning rates (instead of --study)")
+    parser.add_argument("--lrs", type=rate_list,
+                        help="comma-separated learning rates (instead of --study)")
     args = parser.parse_args()
-    lrs = ([float(v) for v in args.lrs.split(",")] if args.lrs
+    lrs = (args.lrs if args.lrs
            else study_learning_rates(args.study))
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = args.seeds
     names = args.problems.split(",") if args.problems else [
         p.name for p in PROBLEMS if p.offline and p.name != "synthetic-linreg"]
     unknown = [name for name in names if name not in PROBLEMS]

@@ -1,5 +1,6 @@
 """The benchmark scripts refuse bad arguments in one usage line (exit status 2) before they
-measure anything: a misspelt workload or problem, a malformed or unknown ``--hp``."""
+measure anything: a misspelt workload or problem, a list that does not parse, a malformed,
+unknown or out-of-range ``--hp``."""
 
 from __future__ import annotations
 
@@ -22,6 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
      "unknown problem(s) nosuch; known: "),
     ("tune_targets", ["--problems", "nosuch", "--lrs", "0.1"],
      "unknown problem(s) nosuch; known: "),
+    ("sgn_damping_floor", ["--seeds", "0,a"], "argument --seeds: invalid seed_list value"),
+    ("tune_targets", ["--seeds", "x"], "argument --seeds: invalid seed_list value"),
+    ("tune_targets", ["--lrs", "0.1,abc"], "argument --lrs: invalid rate_list value"),
     ("kfac_costs", ["--hp", "damping"], "--hp takes KEY=VALUE, got 'damping'"),
     ("kfac_costs", ["--hp", "nosuch=1"], "optimizer 'kfac' has no hyperparameter 'nosuch'"),
     ("kfac_costs", ["--hp", "damping=-1"], "damping must be positive"),
