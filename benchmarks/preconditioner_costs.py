@@ -69,6 +69,10 @@ class Workload:
     targets: torch.Tensor
 
 
+#: The workloads this script defines (``--workloads``).
+WORKLOADS = ("mlp", "cnn")
+
+
 def workloads(names: list[str]) -> list[Workload]:
     generator = torch.Generator().manual_seed(0)
     torch.manual_seed(0)
@@ -274,9 +278,9 @@ def main() -> None:
     args = parser.parse_args()
     if args.steps < 1 or args.repeats < 1:
         parser.error("--steps and --repeats must be >= 1")
-    unknown = sorted(set(args.workloads.split(",")) - {"mlp", "cnn"})
+    unknown = sorted(set(args.workloads.split(",")) - set(WORKLOADS))
     if unknown:
-        parser.error(f"unknown workload(s) {', '.join(unknown)}; known: mlp, cnn")
+        parser.error(f"unknown workload(s) {', '.join(unknown)}; known: {', '.join(WORKLOADS)}")
     torch.set_num_threads(1)
     # ASDL wraps its phases in CUDA profiling ranges, which fail without CUDA; no-ops here.
     torch.cuda.nvtx.range = _NoRange  # type: ignore[assignment]

@@ -431,15 +431,14 @@ def _measure_case(name: str, model: nn.Module, loss: CurvatureLoss, inputs: torc
         print(f"  sgn(k) ÷ SGD step          ratio   goal  flops    ops  verdict       "
               f"step without / with the residual (1 in {RESIDUAL_EVERY})")
         for k in ks:
-            ratio = ratios[k]
-            verdict = "pass" if ratio <= goal(k) else f"MISS by {ratio - goal(k):.2f}"
-            print(f"  sgn(k={k})".ljust(28) + f"{ratio:6.2f} {goal(k):6.1f} "
-                  f"{arithmetic[f'{k} amortised']:6.2f} {operators[k]:6.2f}  {verdict:12}  "
+            row = {"workload": name, "clock": clock, "k": k, "ratio": ratios[k],
+                   "plain": plain[k], "recording": recording[k], "goal": goal(k),
+                   "flops": arithmetic[f"{k} amortised"], "ops": operators[k],
+                   "sgd ms": sgd_time * 1e3}
+            rows.append(row)
+            print(f"  sgn(k={k})".ljust(28) + f"{row['ratio']:6.2f} {row['goal']:6.1f} "
+                  f"{row['flops']:6.2f} {row['ops']:6.2f}  {verdict(row):12}  "
                   f"{plain[k]:6.2f} / {recording[k]:.2f}")
-            rows.append({"workload": name, "clock": clock, "k": k, "ratio": ratio,
-                         "plain": plain[k], "recording": recording[k], "goal": goal(k),
-                         "flops": arithmetic[f"{k} amortised"], "ops": operators[k],
-                         "sgd ms": sgd_time * 1e3})
         if clock in ("cpu", "cuda"):
             _print_phases(phases, evaluations, ratios=ratios, sgd_time=sgd_time, grad=grad,
                           ggn=ours, arithmetic=arithmetic)
