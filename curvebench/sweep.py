@@ -398,6 +398,8 @@ def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str
     At most ``workers`` runs are in flight. When a worker process dies, the pool breaks and
     every run in flight is a suspect: suspects are run again one at a time in a new pool, so a
     death while a suspect runs alone is its own, and it is stored as an ``error`` record. A
+    run whose submission finds the pool already broken never started; it waits for the new
+    pool without suspicion. A
     pool whose workers cannot start at all (checked with a trivial task) stops the sweep with
     :class:`SweepError` instead of blaming the runs.
     """
@@ -431,7 +433,11 @@ def _process_pool(configs: Sequence[RunConfig], *, worker: Worker, data_dir: str
                     config = pending.popleft()
                     if not claim(config):  # another sweep runs it
                         continue
-                    running[pool.submit(worker, config.to_dict(), data_dir)] = config
+                    try:
+                        running[pool.submit(worker, config.to_dict(), data_dir)] = config
+                    except BrokenProcessPool:  # a run in flight killed its worker just now
+                        broken = True  # this one never started: it is no suspect
+                        pending.appendleft(config)
                 if not running:
                     break
                 done, _ = wait(running, return_when=FIRST_COMPLETED)

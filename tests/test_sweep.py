@@ -231,6 +231,59 @@ def test_process_pool_matches_serial_and_stores_a_dying_worker_as_error(tmp_path
     assert len(list((tmp_path / "pool").glob("run-*.json"))) == len(configs)
 
 
+class PoolBrokenBeforeItsFutureSaysSo:
+    """A process pool run in this process, whose worker "dies" on an lr above 100.
+
+    The death breaks the pool at once, so the next ``submit`` raises ``BrokenProcessPool``
+    before the sweep has seen the dead run's future: the order a real pool produces when a
+    worker dies while the sweep is busy with another run's result.
+    """
+
+    submitted: list[str] = []
+
+    def __init__(self, **_: object) -> None:
+        self.broken = False
+
+    def submit(self, fn, /, *args):
+        from concurrent.futures import Future
+        from concurrent.futures.process import BrokenProcessPool
+
+        if self.broken:
+            raise BrokenProcessPool("a child process terminated abruptly")
+        future: Future = Future()
+        config = args[0] if args else None
+        if isinstance(config, dict) and config["hyperparameters"].get("lr", 0) > 100:
+            self.broken = True
+            future.set_exception(BrokenProcessPool("a child process terminated abruptly"))
+        else:
+            future.set_result(fn(*args))
+        if isinstance(config, dict):
+            self.submitted.append(config["optimizer"] + f" {config['hyperparameters']['lr']}")
+        return future
+
+    def shutdown(self, **_: object) -> None:
+        pass
+
+
+def test_a_submission_that_finds_the_pool_broken_is_run_later_not_blamed(tmp_path, monkeypatch):
+    import curvebench.sweep as sweep
+
+    monkeypatch.setattr(sweep, "ProcessPoolExecutor", PoolBrokenBeforeItsFutureSaysSo)
+    PoolBrokenBeforeItsFutureSaysSo.submitted = []
+    configs = study_configs(tmp_path, SMALL_STUDY.replace(', "digits-logreg"', ""))
+    result = run_sweep(configs, store=RunStore(tmp_path), executor="process", workers=2,
+                       progress=False)
+    # sgd 0.01 and 1.0 finish; sgd 1000 kills the pool; adam's submission finds it broken,
+    # then sgd 1000 runs alone in a new pool and dies again, then adam runs.
+    assert PoolBrokenBeforeItsFutureSaysSo.submitted == [
+        "sgd 0.01", "sgd 1.0", "sgd 1000.0", "sgd 1000.0", "adam 0.001"]
+    status = {(r.config.optimizer, r.config.hyperparameter_dict["lr"]): r.status
+              for r in result.records}
+    assert status.pop(("sgd", 1000.0)) == "error"
+    assert "error" not in status.values() and len(status) == 3
+    assert result.worker_failures == 1
+
+
 def failing_worker(config: dict, data_dir):
     raise RuntimeError("data server\nunreachable")
 
