@@ -14,8 +14,9 @@ curvature types differ only in those vectors:
 =============  =====================================================================  ===========
 type           vectors ``c_{k,n}`` backpropagated to every layer                      reference
 =============  =====================================================================  ===========
-``kflr``       the ``D`` columns of ``C_n`` with ``H_n = C_n C_nᵀ``                   Botev 2017
-                (:meth:`~curvebench.losses.CurvatureLoss.hessian_factor`): exact
+``kflr``       the ``K`` columns of ``C_n`` with ``H_n = C_n C_nᵀ`` (``D − 1`` for    Botev 2017
+                softmax cross-entropy, whose ``H_n`` has that rank, else ``D``;
+                :meth:`~curvebench.losses.CurvatureLoss.hessian_factor`): exact
 ``kfac``       ``mc_samples`` draws of                                                Martens &
                 :meth:`~curvebench.losses.CurvatureLoss.sampled_output_gradient`,     Grosse 2015
                 each weighted ``1/mc_samples``: unbiased for ``kflr``'s ``S``

@@ -76,7 +76,14 @@ class CurvatureLoss(abc.ABC):
 
     @abc.abstractmethod
     def hessian_factor(self, output: torch.Tensor) -> torch.Tensor:
-        """Return ``C`` with ``(N, D, D)`` shape such that ``H_n = C_n C_nᵀ`` for every sample."""
+        """Return ``C`` with ``(N, D, K)`` shape such that ``H_n = C_n C_nᵀ`` for every sample,
+        ``K =`` :meth:`hessian_factor_columns` ``(D)`` (each column costs a consumer such as
+        KFLR one backward pass)."""
+
+    def hessian_factor_columns(self, features: int) -> int:
+        """``K``, the columns of :meth:`hessian_factor` for ``D = features`` outputs (``D``
+        unless the Hessian's rank is lower)."""
+        return features
 
     @abc.abstractmethod
     def sampled_output_gradient(
@@ -141,10 +148,39 @@ class CrossEntropyLoss(CurvatureLoss):
         return hv / output.shape[0]
 
     def hessian_factor(self, output: torch.Tensor) -> torch.Tensor:
+        """``D − 1`` columns (``diag p − p pᵀ`` has rank ``D − 1``: ``p`` sums to one), by
+        stick-breaking (the closed-form Cholesky factor of ``diag p − p pᵀ`` without its last
+        class, whose row then follows from the null vector ``1``), so KFLR and EKFAC take
+        ``D − 1`` backward passes, not ``D``.
+
+        With classes ordered so that the most probable one comes last, ``q``, and tail sums
+        ``s_k = Σ_{j≥k} q_j``, column ``k < D`` has ``√(q_k s_{k+1} / s_k)`` at class ``k``,
+        ``−q_i √(q_k / (s_k s_{k+1}))`` at every later class ``i`` and zero before. Every
+        ``s`` is at least ``max p ≥ 1/D``, so nothing divides by a vanishing probability.
+        """
+        n, d = output.shape
         p = torch.softmax(output, dim=1)
-        sqrt_p = p.sqrt()
-        factor = torch.diag_embed(sqrt_p) - p.unsqueeze(2) * sqrt_p.unsqueeze(1)
-        return factor / math.sqrt(output.shape[0])
+        if d < 2:  # one class: a zero Hessian
+            return p.new_zeros(n, d, d)
+        # the most probable class swapped with the last one (a swap is its own inverse, so
+        # the same gather puts the factor's rows back in class order)
+        last = p.argmax(dim=1, keepdim=True)
+        order = torch.arange(d, device=p.device).expand(n, d).scatter(1, last, d - 1)
+        order[:, -1:] = last
+        q = p.gather(1, order)
+        tail = q.flip(1).cumsum(dim=1).flip(1)
+        head, after = tail[:, :-1], tail[:, 1:]
+        diagonal = (q[:, :-1] * after / head).sqrt()
+        below = -q.unsqueeze(2) * (q[:, :-1] / (head * after)).sqrt().unsqueeze(1)
+        rows = torch.arange(d, device=p.device).view(1, d, 1)
+        columns = torch.arange(d - 1, device=p.device).view(1, 1, d - 1)
+        factor = torch.where(rows == columns, diagonal.unsqueeze(1),
+                             torch.where(rows > columns, below, 0.0))
+        factor = factor.gather(1, order.unsqueeze(2).expand(n, d, d - 1))
+        return factor / math.sqrt(n)
+
+    def hessian_factor_columns(self, features: int) -> int:
+        return max(features - 1, 1)
 
     def sampled_output_gradient(
         self, output: torch.Tensor, *, generator: torch.Generator | None = None

@@ -9,7 +9,8 @@ the per-example gradients projected onto the Kronecker eigenbasis,
     s = Σ_k (1/N) Σ_n ( Q_Sᵀ Ĝ_{k,n} Q_A )²,     Ĝ_{k,n} = Σ_t ĉ_{k,n,t} ã_{n,t}ᵀ,
 
 ``ĉ_{k,n,t}`` the per-example backpropagation of vector ``k`` of a factor of the loss's output
-Hessian: its ``D`` exact columns (``curvature="kflr"``: the Fisher/GGN in closed form), or
+Hessian: its exact columns (``curvature="kflr"``: the Fisher/GGN in closed form; ``D − 1`` for
+softmax cross-entropy, ``D`` otherwise; ``s`` depends on them only through ``C_n C_nᵀ``), or
 ``mc_samples`` Monte-Carlo draws (``"kfac"``, the paper's choice). K-FAC's own diagonal would
 be ``λ_S ⊗ λ_A``; ``s`` is the best diagonal in that basis in Frobenius norm (George et al.,
 Theorem 1). The step for the layer's gradient matrix ``V`` is

@@ -7,7 +7,8 @@ One step on a batch with loss ``L = (1/N) Σ_n ℓ_n`` and parameters ``θ ∈ �
    work of ``D`` mini-batch backward passes), the gradient ``g = Σ_n J_nᵀ ∂L/∂f_n``.
 2. A factor ``U`` with ``C = UᵀU``: for the GGN (``G = Σ_n J_nᵀ H_n J_n``) the rows are
    ``S_nᵀ J_n`` with the loss's Hessian factor ``H_n = S_n S_nᵀ``
-   (:meth:`~curvebench.losses.CurvatureLoss.hessian_factor`), ``N·D`` rows; for the empirical
+   (:meth:`~curvebench.losses.CurvatureLoss.hessian_factor`, ``K`` columns), ``N·K`` rows
+   (``K = D − 1`` for softmax cross-entropy, else ``D``); for the empirical
    Fisher ``F = (1/N) Σ_n ∇ℓ_n ∇ℓ_nᵀ`` (``ngd-exact``) the rows are ``∇ℓ_n / √N``, ``N`` rows.
 3. ``d = −(C + λI)⁻¹ g`` by a dense Cholesky solve of the ``P × P`` matrix (here) or in sample
    space by the Woodbury identity (``ggn-woodbury``, :mod:`.ggn_woodbury`), then
@@ -77,8 +78,8 @@ def curvature_factor(loss: CurvatureLoss, output: torch.Tensor, jacobians: torch
     """Rows ``U`` with ``C = UᵀU``: ``S_nᵀ J_n`` (GGN) or ``√N J_nᵀ ∂L/∂f_n`` (empirical Fisher)."""
     n, d, p = jacobians.shape
     if curvature == "ggn":
-        factor = loss.hessian_factor(output)  # (N, D, D), H_n = S_n S_nᵀ
-        return torch.einsum("nde,ndp->nep", factor, jacobians).reshape(n * d, p)
+        factor = loss.hessian_factor(output)  # (N, D, K), H_n = S_n S_nᵀ
+        return torch.einsum("nde,ndp->nep", factor, jacobians).reshape(-1, p)
     return torch.einsum("nd,ndp->np", output_gradient, jacobians) * math.sqrt(n)
 
 

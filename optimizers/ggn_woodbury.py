@@ -1,7 +1,8 @@
 """Sample-space Gauss–Newton / natural gradient: the damped solve by the Woodbury identity.
 
-With the curvature factor ``U`` of :mod:`.ggn_exact` (``C = UᵀU``; ``M`` rows: ``N·D`` for the
-GGN, ``N`` for the empirical Fisher) and ``M ≪ P``,
+With the curvature factor ``U`` of :mod:`.ggn_exact` (``C = UᵀU``; ``M`` rows: ``N·K`` for the
+GGN, ``K = D − 1`` for softmax cross-entropy and ``D`` otherwise, ``N`` for the empirical
+Fisher) and ``M ≪ P``,
 
     (UᵀU + λI)⁻¹ g = (g − Uᵀ (U Uᵀ + λI)⁻¹ U g) / λ,
 
@@ -31,9 +32,10 @@ from curvebench.optimizers.spec import Choice, LogUniform, OptimizerSpec, regist
 
 __all__ = ["WoodburyGaussNewton", "WOODBURY_MAX_PARAMETERS"]
 
-#: Largest model ``ggn-woodbury`` accepts. The Gram matrix ``U Uᵀ`` costs ``(N·D)² P``: at batch
-#: 128 with 10 classes and ``P = 8970`` (``digits-mlp``) that is 0.33 s of one core per step,
-#: too slow for the studies' budgets; ``P ≤ 5000`` keeps a step well under 0.2 s.
+#: Largest model ``ggn-woodbury`` accepts. The Gram matrix ``U Uᵀ`` costs ``(N·K)² P``: at batch
+#: 128 with 10 classes and ``P = 8970`` (``digits-mlp``) that was 0.33 s of one core per step
+#: with ``K = 10`` (``(9/10)²`` of it with today's ``K = 9``), too slow for the studies'
+#: budgets; ``P ≤ 5000`` keeps a step well under 0.2 s.
 WOODBURY_MAX_PARAMETERS = 5_000
 
 

@@ -680,7 +680,7 @@ class KFAC(CurvatureOptimizer):
                 state["positions"] = old + (1 - self.ema_decay) * (new - old)
         self.counters["factor_updates"] += 1
         if self.curvature == "kflr":
-            self.counters["backward_passes"] += output.shape[1]
+            self.counters["backward_passes"] += self.loss.hessian_factor_columns(output.shape[1])
         elif self.curvature == "kfac":
             self.counters["backward_passes"] += self.mc_samples
 

@@ -394,7 +394,8 @@ def test_update_periods_and_counters():
         assert optimizer.counters["forward_passes"] == 1
     assert factors == [1, 0, 1, 0, 1, 0, 1]
     assert inverses == [1, 0, 0, 1, 0, 0, 1]
-    assert backward == [4, 1, 4, 1, 4, 1, 4]  # 1 gradient + D = 3 output-factor columns
+    # 1 gradient + the Hessian factor's D − 1 = 2 columns (softmax's Hessian has rank D − 1)
+    assert backward == [3, 1, 3, 1, 3, 1, 3]
 
 
 def test_factors_are_an_exponential_moving_average():

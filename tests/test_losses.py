@@ -89,3 +89,37 @@ def test_cross_entropy_samples_classes_with_the_model_probabilities():
     frequencies = one_hot.mean(dim=0)
     sigma = (p * (1 - p) / draws).sqrt()
     assert ((frequencies - p).abs() <= 4 * sigma + 1e-12).all(), (frequencies, p)
+
+
+def test_hessian_factor_has_the_columns_the_loss_announces(case):
+    """Consumers count a backward pass per column (KFLR's counters) from
+    ``hessian_factor_columns``; the factor must have exactly that many."""
+    loss, output, _ = case
+    assert loss.hessian_factor(output).shape == (N, D, loss.hessian_factor_columns(D))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_cross_entropy_factor_has_rank_columns_and_stays_finite_at_extreme_logits(dtype):
+    """Softmax's Hessian ``diag p − p pᵀ`` has rank ``D − 1``: its factor has ``D − 1`` columns
+    and squares to it, also where probabilities underflow to zero, tie, or put all mass on
+    the last or the first class."""
+    loss = CrossEntropyLoss()
+    output = torch.tensor([[0.0, 0.0, 0.0, 0.0, 0.0],
+                           [300.0, 0.0, -300.0, 1.0, 2.0],
+                           [-300.0, 0.0, 0.0, -300.0, 300.0],
+                           [5.0, 5.0, -2.0, 1.0, 5.0],
+                           [1e-3, -50.0, 80.0, 80.0, -1e4]], dtype=dtype)
+    output = torch.cat([output, torch.randn(6, 5, generator=torch.Generator().manual_seed(4),
+                                            dtype=dtype) * 20])
+    factor = loss.hessian_factor(output)
+    assert factor.shape == (11, 5, 4) and torch.isfinite(factor).all()
+    tolerance = {"rtol": 1e-12, "atol": 1e-15} if dtype == torch.float64 else {"rtol": 1e-5,
+                                                                               "atol": 1e-7}
+    torch.testing.assert_close(factor @ factor.mT, loss.hessian_matrix(output), **tolerance)
+
+
+def test_cross_entropy_factor_of_one_class_is_zero():
+    loss = CrossEntropyLoss()
+    output = torch.randn(3, 1, dtype=torch.float64)
+    assert loss.hessian_factor_columns(1) == 1
+    assert torch.equal(loss.hessian_factor(output), torch.zeros(3, 1, 1, dtype=torch.float64))
