@@ -897,3 +897,23 @@ def test_a_state_of_the_other_bias_layout_is_refused_and_the_own_state_kept():
             if isinstance(tensor, torch.Tensor):
                 torch.testing.assert_close(tensor, own["state"][key][name], rtol=0, atol=0)
     optimizer.step(inputs=inputs, targets=targets)  # still usable
+
+
+def test_a_kept_input_factor_preconditions_into_the_gradients_layout():
+    """With ``A``'s Cholesky factor kept and 64 right-hand sides (solves from the right, whose
+    result is column-major), the preconditioned matrix comes out row-major like the gradient
+    (``S``'s side runs last), and equals ``(S + γI)⁻¹ V (A + γI)⁻¹`` taken in the other
+    order."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(200, 64), nn.Tanh(), nn.Linear(64, 3)).double()
+    optimizer = KFAC(model, loss=CrossEntropyLoss(), cov_update_period=1, inv_update_period=1,
+                     inverse_method="cholesky")
+    optimizer.step(inputs=torch.randn(128, 200, dtype=torch.float64),
+                   targets=torch.randint(0, 3, (128,)))
+    layer = model[0]
+    dec_a, dec_s = optimizer._decompositions[layer]
+    assert dec_a.factor is not None and dec_s.factor is None
+    matrix = torch.randn(64, 201, dtype=torch.float64)
+    result = optimizer._precondition(layer, matrix)
+    assert result.is_contiguous()
+    torch.testing.assert_close(result, dec_a.solve(dec_s.solve(matrix), left=False))
