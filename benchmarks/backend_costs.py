@@ -5,9 +5,12 @@ and kfac-jax ÷ our torch ``kfac``; on ``digits-mlp`` and ``mnist1d-cnn`` (their
 MLP 784-256-256-10 (random data), all at one batch size (default 512), float32. Each repeat
 times ``--steps`` steps of the torch optimizer, then of the JAX one, in process CPU time
 (``time.process_time``) with one thread each (torch ``set_num_threads(1)``; XLA's CPU client
-without its Eigen thread pool, and OpenBLAS/OpenMP/MKL limited to one thread, all set below
-before anything is imported: under load, OpenBLAS's spinning threads made kfac-jax's
-inverting steps on digits-mlp cost 8× more process time); medians are printed.
+with a one-thread pool (``NPROC=1``, see :mod:`curvebench.backends.jax`: without it XLA ran
+independent operations of the step on the other core, and SGN's step on the MLP counted 1.7
+cores' process time) and without its Eigen thread pool, and OpenBLAS/OpenMP/MKL limited to
+one thread, all set below before anything is imported: under load, OpenBLAS's spinning
+threads made kfac-jax's inverting steps on digits-mlp cost 8× more process time); medians
+are printed, with the load average and each side's process time ÷ wall time (1.00: one core).
 Compilation is timed apart (the JAX stepper's ``compile_seconds``, wall time) and excluded.
 Both sides step through the one step protocol (:mod:`curvebench.stepping`); the JAX batches
 are placed on the device once, as the JAX backend does.
@@ -32,6 +35,7 @@ import os
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "")
                            + " --xla_cpu_multi_thread_eigen=false"
                            + " intra_op_parallelism_threads=1").strip()
+os.environ["NPROC"] = "1"  # XLA's CPU thread pool, sized once when JAX starts
 for _variable in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
     # JAX's CPU LAPACK calls (kfac-jax's factor inverses) go through SciPy's OpenBLAS, whose
     # own thread pool would otherwise count its spinning threads in the process time
@@ -98,7 +102,7 @@ def main() -> None:
     print(f"batch {args.batch}, {args.repeats} repeats × {args.steps} steps, one thread each; "
           f"load {os.getloadavg()[0]:.1f}")
     print(f"{'workload':22} {'torch':6} {'jax':9} {'torch ms':>9} {'jax ms':>9} "
-          f"{'jax/torch':>9} {'compile s':>9}")
+          f"{'jax/torch':>9} {'compile s':>9} {'cores':>11}")
     for workload, factory, loss_name, batches in _workloads(args.batch, tuple(args.workloads)):
         fixed = [next(batches) for _ in range(args.steps)]
         on_jax = [(as_array(x), as_array(y)) for x, y in fixed]  # placed once, as the backend does
@@ -121,13 +125,16 @@ def main() -> None:
                 torch_step(x, y)
                 jax_optimizer.step(inputs=jx, targets=jy)
             times: dict[str, list[float]] = {"torch": [], "jax": []}
+            walls = {"torch": 0.0, "jax": 0.0}  # wall seconds, for process time ÷ wall time
             jax_steps: list[tuple[int, float]] = []  # (step number, seconds) of every JAX step
             for _ in range(args.repeats):
-                start = time.process_time()
+                start, wall = time.process_time(), time.perf_counter()
                 for x, y in fixed:
                     torch_step(x, y)
                 times["torch"].append((time.process_time() - start) / len(fixed))
+                walls["torch"] += time.perf_counter() - wall
                 total = 0.0
+                wall = time.perf_counter()
                 for x, y in on_jax:
                     start = time.process_time()
                     jax_optimizer.step(inputs=x, targets=y)
@@ -135,10 +142,13 @@ def main() -> None:
                     total += seconds
                     jax_steps.append((warm, seconds))  # kfac-jax's step counter starts at 0
                     warm += 1
+                walls["jax"] += time.perf_counter() - wall
                 times["jax"].append(total / len(fixed))
             t, j = statistics.median(times["torch"]), statistics.median(times["jax"])
+            cores = " / ".join(f"{sum(times[side]) * len(fixed) / walls[side]:.2f}"
+                               for side in ("torch", "jax"))
             print(f"{workload:22} {torch_name:6} {jax_name:9} {1e3 * t:9.2f} {1e3 * j:9.2f} "
-                  f"{j / t:9.2f} {jax_optimizer.compile_seconds:9.2f}", flush=True)
+                  f"{j / t:9.2f} {jax_optimizer.compile_seconds:9.2f} {cores:>11}", flush=True)
             if j > 2 * t and jax_name == "kfac-jax":
                 print(_kfac_jax_why(jax_optimizer, jax_steps, j, t, args.repeats), flush=True)
 

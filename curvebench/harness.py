@@ -127,6 +127,8 @@ def plan_run(
         raise ValueError(f"unknown dtype {dtype!r}; use one of {', '.join(DTYPE_NAMES)}")
     if threads is not None and threads < 1:
         raise ValueError(f"threads must be positive, got {threads}")
+    framework = get_backend(backend)
+    framework.use_threads(threads)  # before the device check, which may start the framework
     return RunConfig.create(
         problem=problem_spec.name,
         optimizer=optimizer_spec.name,
@@ -136,7 +138,7 @@ def plan_run(
         batch_size=batch_size,
         max_steps=budget.max_steps,
         max_seconds=budget.max_seconds,
-        device=get_backend(backend).resolve_device(device),
+        device=framework.resolve_device(device),
         dtype=dtype,
         eval_every=eval_every,
         stop_at_target=stop_at_target,

@@ -310,7 +310,7 @@ class Study:
                 try:
                     get_backend(backend).check_buildable(plan_run(
                         problem=problems[0], optimizer=sweep.optimizer, hyperparameters=point,
-                        backend=backend))
+                        threads=self.threads, backend=backend))
                 except HyperparameterError as error:
                     raise StudyError(_message(
                         self.source, f"optimizers.{sweep.optimizer} point {index} "

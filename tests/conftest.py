@@ -13,7 +13,14 @@ later test) may deadlock in the child. Importing jax at collection starts no thr
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+# XLA sizes its CPU thread pool once, when JAX starts in this process (curvebench.backends.jax):
+# one thread, the count of the runs these tests make (threads=1, the default); a JAX run with
+# another count is refused here, and runs in a process of its own where a test needs one.
+os.environ.setdefault("NPROC", "1")
 
 RUN_BENCHMARKS = "--run-benchmarks"
 

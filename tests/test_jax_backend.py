@@ -179,3 +179,36 @@ def test_sweep_of_a_two_backend_study_stores_both_and_tables_them_apart(tmp_path
     assert sorted(r.config.backend for r in RunStore(out).scan()[0]) == ["jax", "torch"]
     table = capsys.readouterr().out
     assert "adam [jax]" in table and "adam [torch]" in table  # never pooled into one row
+
+
+def test_a_jax_runs_threads_size_xlas_cpu_pool_in_a_new_process(tmp_path):
+    """``--threads 2`` in a fresh process: XLA's CPU pool starts with two threads and the record
+    says so; in a process whose JAX computes on one, a two-thread JAX run is refused before
+    it runs (one line), and a one-thread run is accepted."""
+    import os
+    import subprocess
+    import sys
+
+    env = {k: v for k, v in os.environ.items() if k != "NPROC"}
+    done = subprocess.run([sys.executable, "-m", "curvebench", "run", "--problem",
+                           "synthetic-linreg", "--optimizer", "sgd", "--backend", "jax",
+                           "--threads", "2", "--steps", "2", "--out", str(tmp_path)],
+                          capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr
+    [record] = RunStore(tmp_path).scan()[0]
+    assert record.config.threads == 2
+    assert record.environment["xla_cpu_threads"] == 2 and record.environment["threads"] == 2
+
+    import jax
+
+    from curvebench.backends.jax import xla_cpu_threads
+    from curvebench.harness import plan_run
+
+    jax.numpy.zeros(1).block_until_ready()  # JAX has started in this process (NPROC=1)
+    assert xla_cpu_threads() == 1
+    plan_run(problem="synthetic-linreg", optimizer="sgd", backend="jax", threads=1)
+    with pytest.raises(ValueError, match=r"on 1 CPU threads .* threads=2 needs a new process"):
+        plan_run(problem="synthetic-linreg", optimizer="sgd", backend="jax", threads=2)
+    code = main(["run", "--problem", "synthetic-linreg", "--optimizer", "sgd", "--backend",
+                 "jax", "--threads", "2", "--steps", "2", "--out", str(tmp_path / "other")])
+    assert code == 2 and not (tmp_path / "other").exists()

@@ -95,6 +95,14 @@ class Backend(Protocol):
             DeviceError: unknown or unavailable device (one line).
         """
 
+    def use_threads(self, threads: int | None) -> None:
+        """Give this process's runs ``threads`` CPU threads (``None``: leave them as they
+        are), before the framework starts thread pools it sizes only once.
+
+        Raises:
+            ValueError: the framework already computes with another count (one line).
+        """
+
     def check_buildable(self, config: RunConfig) -> None:
         """Build the run's optimizer on its problem's model once, without running it, so
         out-of-range values only the optimizer knows about are refused before anything runs.

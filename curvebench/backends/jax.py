@@ -13,6 +13,16 @@ that time is the record's ``compile_seconds`` (``phase_seconds["compile"]``), ne
 step's time. The clock waits on the parameters (``block_until_ready``) before reading the time.
 Evaluation is a jit-compiled apply with the loss and accuracy, on the same examples as the
 torch backend's. ``float64`` runs enable JAX's 64-bit mode for the session only.
+
+Threads: a run's ``threads`` sizes XLA's CPU thread pool (:meth:`JaxBackend.use_threads`), as
+it sets torch's threads on the torch backend. XLA sizes that pool once, when JAX starts its
+CPU client, from the environment variable ``NPROC`` (else from the cores the process may run
+on), so a process computes with one count: a run asking for another one after JAX started is
+refused with a one-line error. ``XLA_FLAGS``' ``--xla_cpu_multi_thread_eigen=false`` does not
+do it: XLA still runs independent operations on other threads of that pool. Measured (2
+cores, the MLP 784-256-256-10 at batch 512, SGN with 3 CG iterations): with that flag alone
+a step kept 1.7 cores busy (34 ms of process time in 20 ms); with one thread, 26.5 ms in
+26.4 ms, against torch's one-thread 22.5 ms.
 """
 
 from __future__ import annotations
@@ -32,7 +42,7 @@ import numpy as np
 from curvebench import stepping
 from curvebench.records import RunConfig
 
-__all__ = ["BACKEND", "JaxBackend", "JaxSession", "jax_versions"]
+__all__ = ["BACKEND", "JaxBackend", "JaxSession", "jax_versions", "xla_cpu_threads"]
 
 _EVAL_CHUNK = 2048
 _DTYPES = {"float32": np.float32, "float64": np.float64}
@@ -47,6 +57,29 @@ def jax_versions() -> dict[str, str | None]:
         except metadata.PackageNotFoundError:
             versions[name.replace("-", "_")] = None
     return versions
+
+
+#: XLA's CPU thread count once JAX has started its CPU client (``"cpu"``), as
+#: :func:`xla_cpu_threads` found it.
+_STARTED: dict[str, int] = {}
+
+
+def xla_cpu_threads() -> int | None:
+    """The threads of XLA's CPU pool in this process, or ``None`` before JAX starts it.
+
+    XLA reads ``NPROC`` once, when the CPU client starts (a non-negative integer; otherwise it
+    takes the cores the process may run on): the count is that value, read the first time
+    this finds the client started.
+    """
+    from jax._src import xla_bridge  # JAX has no public "has the client started?"
+
+    if "cpu" not in _STARTED:
+        if not xla_bridge.backends_are_initialized():
+            return None
+        value = os.environ.get("NPROC", "").strip()
+        _STARTED["cpu"] = (max(0, int(value)) if value.lstrip("-").isdigit()
+                           else len(os.sched_getaffinity(0)))
+    return _STARTED["cpu"]
 
 
 def _device(name: str) -> Any:
@@ -176,6 +209,7 @@ class JaxSession:
             "device": config.device,
             "device_name": str(getattr(self.device, "device_kind", self.device)),
             "threads": torch.get_num_threads(),
+            "xla_cpu_threads": xla_cpu_threads(),
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "dtype": config.dtype,
             "x64": bool(jax.config.jax_enable_x64),
@@ -232,10 +266,29 @@ class JaxBackend:
         _device(device)
         return device if ":" in device or device == "cpu" else f"{device}:0"
 
+    def use_threads(self, threads: int | None) -> None:
+        """``NPROC = threads`` for XLA's CPU pool before JAX starts it (see the module
+        docstring); afterwards only the count it started with is accepted.
+
+        Raises:
+            ValueError: JAX already computes on another number of CPU threads (one line).
+        """
+        if threads is None:
+            return
+        started = xla_cpu_threads()
+        if started is None:
+            os.environ["NPROC"] = str(threads)
+        elif started != threads:
+            raise ValueError(f"JAX already computes on {started} CPU threads in this process "
+                             f"(XLA sizes its pool once); a JAX run with threads={threads} "
+                             f"needs a new process, or NPROC={threads} set before JAX starts")
+
     def check_buildable(self, config: RunConfig) -> None:
         from curvebench.jax_backend.models import initial_params
         from curvebench.jax_backend.optimizers import build_jax_optimizer
         from curvebench.problems import get_problem
+
+        self.use_threads(config.threads)
 
         problem = get_problem(config.problem)
         architecture = problem.architecture
@@ -248,6 +301,7 @@ class JaxBackend:
                 data_dir: Path | str | None = None) -> Iterator[JaxSession]:
         from curvebench.backends.torch import torch_run_settings
 
+        self.use_threads(config.threads)
         previous = bool(jax.config.jax_enable_x64)
         jax.config.update("jax_enable_x64", config.dtype == "float64")
         try:

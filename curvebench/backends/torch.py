@@ -167,6 +167,10 @@ class TorchBackend:
     def resolve_device(self, device: str) -> str:
         return str(resolve_device(device))
 
+    def use_threads(self, threads: int | None) -> None:
+        """Nothing to do ahead: torch's threads change at any time, and each session sets its
+        run's (:func:`torch_run_settings`)."""
+
     def check_buildable(self, config: RunConfig) -> None:
         from curvebench.optimizers import get_optimizer
         from curvebench.problems import get_problem
