@@ -71,10 +71,12 @@ def xla_cpu_threads() -> int | None:
     takes the cores the process may run on): the count is that value, read the first time
     this finds the client started.
     """
-    from jax._src import xla_bridge  # JAX has no public "has the client started?"
-
     if "cpu" not in _STARTED:
-        if not xla_bridge.backends_are_initialized():
+        try:  # JAX has no public "has the client started?"; jax is pinned where it has this
+            from jax._src.xla_bridge import backends_are_initialized
+        except ImportError:
+            return None  # unknown: NPROC is still set first, as before a start
+        if not backends_are_initialized():
             return None
         value = os.environ.get("NPROC", "").strip()
         _STARTED["cpu"] = (max(0, int(value)) if value.lstrip("-").isdigit()
