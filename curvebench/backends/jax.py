@@ -290,8 +290,6 @@ class JaxBackend:
         from curvebench.jax_backend.optimizers import build_jax_optimizer
         from curvebench.problems import get_problem
 
-        self.use_threads(config.threads)
-
         problem = get_problem(config.problem)
         architecture = problem.architecture
         params = initial_params(architecture, seed=0)
