@@ -11,7 +11,11 @@ cores' process time) and without its Eigen thread pool, and OpenBLAS/OpenMP/MKL 
 one thread, all set below before anything is imported: under load, OpenBLAS's spinning
 threads made kfac-jax's inverting steps on digits-mlp cost 8× more process time); medians
 are printed, with the load average and each side's process time ÷ wall time (1.00: one core).
-Compilation is timed apart (the JAX stepper's ``compile_seconds``, wall time) and excluded.
+Compilation is timed apart (the JAX stepper's ``compile_seconds``, wall time) and excluded:
+each JAX stepper is compiled before its first step, as the harness compiles it
+(:meth:`compile`); kfac-jax compiles a step variant per state layout and damping update, and
+with only the warm-up steps before timing, the first timed round compiled the damping-update
+variant on XLA's compiler threads (1.5–1.7 cores' process time in that column, not the step's).
 Both sides step through the one step protocol (:mod:`curvebench.stepping`); the JAX batches
 are placed on the device once, as the JAX backend does.
 
@@ -120,6 +124,7 @@ def main() -> None:
             jax_optimizer = build_jax_optimizer(jax_name, architecture=architecture,
                                                 params=params, loss=loss_name,
                                                 hyperparameters=hyperparameters)
+            jax_optimizer.compile(inputs=on_jax[0][0], targets=on_jax[0][1])  # as the harness
             warm = 11 if torch_name == "sgn" else 2  # past SGN's 10 warm-up steps
             for (x, y), (jx, jy) in zip(fixed[:1] * warm, on_jax[:1] * warm, strict=True):
                 torch_step(x, y)
