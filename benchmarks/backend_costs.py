@@ -15,7 +15,7 @@ Compilation is timed apart (the JAX stepper's ``compile_seconds``, wall time) an
 each JAX stepper is compiled before its first step, as the harness compiles it
 (:meth:`compile`); kfac-jax compiles a step variant per state layout and damping update, and
 with only the warm-up steps before timing, the first timed round compiled the damping-update
-variant on XLA's compiler threads (1.5–1.7 cores' process time in that column, not the step's).
+variant on XLA's compiler threads (1.2–1.7 cores' process time in that column, not the step's).
 Both sides step through the one step protocol (:mod:`curvebench.stepping`); the JAX batches
 are placed on the device once, as the JAX backend does.
 

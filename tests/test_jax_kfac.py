@@ -53,3 +53,32 @@ def test_kfac_jax_rejects_bad_hyperparameters() -> None:
         _stepper("digits-logreg", lr=0.1)
     with pytest.raises(HyperparameterError, match="initial_damping must be positive"):
         _stepper("digits-logreg", initial_damping=0.0)
+
+
+def test_no_step_compiles_after_compile() -> None:
+    """The harness compiles a stepper before training and never times compilation: after
+    :meth:`compile`, two damping-adaptation intervals of steps (inverse updates at steps 0, 5
+    and 10, damping updates at 4 and 9) compile nothing. kfac-jax compiles a step variant per
+    state layout and damping update; a variant missed by ``compile`` would compile inside a
+    timed step, on XLA's compiler threads."""
+    import jax.monitoring
+
+    stepper = _stepper("digits-mlp")
+    interval = int(stepper.hyperparameters["damping_adaptation_interval"])
+    batches = _float32(float64_batches("digits-mlp", batch_size=128, count=2 * interval + 1))
+    compiled: list[str] = []
+
+    def listener(name: str, seconds: float, **kwargs) -> None:
+        if name.endswith("backend_compile_duration"):
+            compiled.append(name)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        stepper.compile(inputs=batches[0][0], targets=batches[0][1])
+        assert compiled, "the listener saw no compilation: it would see none in the steps"
+        compiled.clear()
+        for x, y in batches:
+            assert np.isfinite(stepper.step(inputs=x, targets=y))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    assert compiled == []
